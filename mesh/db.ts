@@ -1,0 +1,137 @@
+/**
+ * A service's database: drizzle on postgres.js when DATABASE_URL is set,
+ * embedded PGlite otherwise, migrated at open.
+ *
+ *   const database = await openDatabase({
+ *     context: 'catalog',
+ *     url: config.DATABASE_URL,                    // unset -> PGlite in .data/catalog
+ *     dataDir: config.DATA_DIR,
+ *     migrationsFolder: new URL('./migrations', import.meta.url).pathname,
+ *   });
+ *   await database.db.select().from(products);   // drizzle, tables in pgSchema('catalog')
+ *   await database.db.transaction(async (tx) => { ... });
+ *   await database.ping();                       // readiness: throws when unreachable
+ *   await database.close();
+ *
+ * PGlite is Postgres compiled to WebAssembly running inside this process, with
+ * ONE connection: every query and transaction of the process is serialised
+ * through it (a long transaction makes every other request wait), and only one
+ * process may open a given data directory at a time (run one replica per
+ * context; two processes on one directory corrupt it). It is meant for a
+ * newcomer's laptop and demos; anything with replicas sets DATABASE_URL.
+ */
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { PGlite } from '@electric-sql/pglite';
+import { sql } from 'drizzle-orm';
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
+import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
+import postgres from 'postgres';
+import { migrate, type MigrateResult } from './migrate.js';
+
+export { resultRows } from './migrate.js';
+
+/**
+ * The drizzle database type both drivers satisfy. Use the query builder
+ * (`select/insert/update/delete`, `transaction`); for raw `db.execute()`
+ * read rows through `resultRows()` because the two drivers shape results differently.
+ */
+export type Database = PgDatabase<PgQueryResultHKT>;
+/** What `db.transaction(fn)` hands to `fn`. */
+export type Transaction = Parameters<Parameters<Database['transaction']>[0]>[0];
+
+export interface OpenDatabaseOptions {
+  /** Bounded context, e.g. 'catalog': names the PGlite directory and the migration bookkeeping table. */
+  context: string;
+  /** postgres:// URL (DATABASE_URL). Unset = embedded PGlite. */
+  url?: string;
+  /** Folder written by drizzle-kit generate. */
+  migrationsFolder: string;
+  /** PGlite only: root of the data directories (DATA_DIR, default `.data`); the context's is `<dataDir>/<context>`. `memory://` keeps it in memory. */
+  dataDir?: string;
+  /** postgres.js only: pool size (default 10). */
+  maxConnections?: number;
+  /** Apply migrations at open (default true). */
+  migrate?: boolean;
+}
+
+export interface MeshDatabase {
+  readonly db: Database;
+  readonly driver: 'postgres' | 'pglite';
+  readonly context: string;
+  /** What the migrations at open did (undefined when `migrate: false`). */
+  readonly migrations: MigrateResult | undefined;
+  /** Resolves when the database answers `select 1` within `timeoutMs` (default 2000); throws otherwise. */
+  ping(timeoutMs?: number): Promise<void>;
+  /** Closes the pool / the PGlite instance; waits up to `timeoutSeconds` (postgres.js) for running queries. */
+  close(timeoutSeconds?: number): Promise<void>;
+}
+
+export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDatabase> {
+  const { context } = options;
+  let db: Database;
+  let closeDriver: (timeoutSeconds: number) => Promise<void>;
+  let driver: MeshDatabase['driver'];
+
+  if (options.url) {
+    const client = postgres(options.url, {
+      max: options.maxConnections ?? 10,
+      connect_timeout: 5,
+      idle_timeout: 60,
+      onnotice: () => {}, // "schema already exists, skipping" and friends
+      connection: { application_name: `protomesh-${context}` },
+    });
+    db = drizzlePostgres({ client });
+    closeDriver = (timeout) => client.end({ timeout });
+    driver = 'postgres';
+  } else {
+    const root = options.dataDir ?? '.data';
+    let dataDir: string | undefined;
+    if (!root.startsWith('memory://')) {
+      dataDir = resolve(join(root, context));
+      mkdirSync(dataDir, { recursive: true });
+    }
+    const client = await PGlite.create(dataDir ? { dataDir } : {});
+    db = drizzlePglite({ client });
+    closeDriver = async () => {
+      if (!client.closed) await client.close();
+    };
+    driver = 'pglite';
+  }
+
+  let migrations: MigrateResult | undefined;
+  if (options.migrate ?? true) {
+    try {
+      migrations = await migrate(db, { context, migrationsFolder: options.migrationsFolder });
+    } catch (err) {
+      await closeDriver(0).catch(() => {});
+      throw err;
+    }
+  }
+
+  let closed = false;
+  return {
+    db,
+    driver,
+    context,
+    migrations,
+    async ping(timeoutMs = 2000) {
+      if (closed) throw new Error(`${context} database is closed`);
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${context} database did not answer within ${timeoutMs} ms`)), timeoutMs);
+      });
+      try {
+        await Promise.race([db.execute(sql`select 1`), timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    async close(timeoutSeconds = 5) {
+      if (closed) return;
+      closed = true;
+      await closeDriver(timeoutSeconds);
+    },
+  };
+}

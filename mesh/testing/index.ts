@@ -1,0 +1,12 @@
+/** Helpers for integration tests: real Postgres, real NATS, isolated per run. */
+export {
+  createTestDatabase,
+  dropLeftoverTestDatabases,
+  testServerUrl,
+  withAdmin,
+  DEFAULT_TEST_SERVER,
+  type TestDatabase,
+  type Teardownable,
+} from './database.js';
+export { testNatsPrefix, testNatsUrl, type TestNatsPrefix } from './nats.js';
+export { freePort } from './ports.js';
