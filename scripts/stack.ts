@@ -1,0 +1,207 @@
+/**
+ * Starts the shop as child processes, one per service (and optionally the
+ * gateway), and waits until each answers gRPC health SERVING.
+ *
+ * The dev command (scripts/dev.ts) and the end-to-end tests (test/) use it, so
+ * both run the services exactly as production would: `node --import tsx
+ * services/<name>/main.ts`, configured only through environment variables.
+ *
+ *   const stack = await startStack({ env: { DATABASE_URL, NATS_URL, NATS_SUBJECT_PREFIX } });
+ *   stack.addr('order')            // "127.0.0.1:41234"
+ *   await stack.kill('order')      // SIGKILL, as a crash
+ *   await stack.start('order')     // same port, same env
+ *   await stack.stop()             // SIGTERM everything, wait for exit
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import {
+  HealthCheckRequestSchema,
+  HealthCheckResponseSchema,
+  HealthCheckResponse_ServingStatus,
+} from '../gen/grpc/health/v1/health_pb.js';
+import { freePort } from './infra.js';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** The shop's services in start order (the order service calls the three before it). */
+export const SHOP_SERVICES = ['catalog', 'inventory', 'payment', 'user', 'notification', 'order'] as const;
+export type ShopService = (typeof SHOP_SERVICES)[number];
+
+/** The environment variable through which other processes find a service. */
+export function addrVariable(name: ShopService): string {
+  return `${name.toUpperCase()}_ADDR`;
+}
+
+export interface StackOptions {
+  /** Services to run; all six by default. */
+  services?: readonly ShopService[];
+  /** Environment for every child (DATABASE_URL, NATS_URL, NATS_SUBJECT_PREFIX, ...). */
+  env?: Record<string, string | undefined>;
+  /** Extra environment per service (e.g. { order: { SAGA_CRASH_AFTER: 'reserve' } }). */
+  serviceEnv?: Partial<Record<ShopService, Record<string, string>>>;
+  /** Fixed ports (the dev command); free ports are chosen when absent. */
+  ports?: Partial<Record<ShopService, number>>;
+  /** Where each child's output goes: a directory of <name>.log files (default: a temp dir). */
+  logDir?: string;
+  /** Called with each line a child prints (the dev command prefixes and shows them). */
+  onLine?: (name: string, line: string) => void;
+  /** How long to wait for a service to report SERVING. */
+  readyTimeoutMs?: number;
+}
+
+export interface RunningService {
+  name: ShopService;
+  port: number;
+  process: ChildProcess;
+}
+
+export interface Stack {
+  /** host:port of a running service. */
+  addr(name: ShopService): string;
+  /** Environment naming every service's address (what another process needs to find them). */
+  readonly addrs: Record<string, string>;
+  /** Directory holding <name>.log for every child. */
+  readonly logDir: string;
+  /** Starts (or restarts) one service with the same port and env, waiting for SERVING. */
+  start(name: ShopService, extraEnv?: Record<string, string>): Promise<RunningService>;
+  /** Sends a signal (SIGKILL by default: a crash) and waits for the process to exit. */
+  kill(name: ShopService, signal?: NodeJS.Signals): Promise<number | null>;
+  /** Stops every child with SIGTERM (SIGKILL after `graceMs`) and waits. */
+  stop(graceMs?: number): Promise<void>;
+  readonly running: ReadonlyMap<ShopService, RunningService>;
+}
+
+/** Asks grpc.health.v1 Check once; resolves the serving status or undefined when unreachable. */
+export function checkHealth(address: string, service = '', timeoutMs = 1000): Promise<HealthCheckResponse_ServingStatus | undefined> {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(
+      '/grpc.health.v1.Health/Check',
+      (m: ReturnType<typeof create<typeof HealthCheckRequestSchema>>) => Buffer.from(toBinary(HealthCheckRequestSchema, m)),
+      (b: Buffer) => fromBinary(HealthCheckResponseSchema, b),
+      create(HealthCheckRequestSchema, { service }),
+      { deadline: Date.now() + timeoutMs },
+      (err, res) => {
+        client.close();
+        resolve(err || !res ? undefined : res.status);
+      },
+    );
+  });
+}
+
+/** Polls health until SERVING; rejects with the child's exit or a timeout. */
+async function waitServing(name: string, address: string, child: ChildProcess, timeoutMs: number, logFile: string): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`${name} exited (${child.exitCode ?? child.signalCode}) before it was ready; see ${logFile}`);
+    }
+    if ((await checkHealth(address, '', 500)) === HealthCheckResponse_ServingStatus.SERVING) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${name} was not SERVING at ${address} within ${timeoutMs} ms; see ${logFile}`);
+}
+
+export async function startStack(options: StackOptions = {}): Promise<Stack> {
+  const names = options.services ?? SHOP_SERVICES;
+  const logDir = options.logDir ?? path.join(os.tmpdir(), `protomesh-stack-${process.pid}-${Date.now()}`);
+  mkdirSync(logDir, { recursive: true });
+  const ports = new Map<ShopService, number>();
+  for (const name of SHOP_SERVICES) ports.set(name, options.ports?.[name] ?? (await freePort()));
+  const addrs: Record<string, string> = {};
+  for (const [name, port] of ports) addrs[addrVariable(name)] = `127.0.0.1:${port}`;
+
+  const running = new Map<ShopService, RunningService>();
+  const logs = new Map<ShopService, WriteStream>();
+
+  const start = async (name: ShopService, extraEnv: Record<string, string> = {}): Promise<RunningService> => {
+    const existing = running.get(name);
+    if (existing && existing.process.exitCode === null && existing.process.signalCode === null) {
+      throw new Error(`${name} is already running`);
+    }
+    const port = ports.get(name)!;
+    const logFile = path.join(logDir, `${name}.log`);
+    let log = logs.get(name);
+    if (!log) {
+      log = createWriteStream(logFile, { flags: 'a' });
+      logs.set(name, log);
+    }
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'services', name, 'main.ts')], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {
+        ...process.env,
+        ...addrs,
+        ...options.env,
+        ...options.serviceEnv?.[name],
+        ...extraEnv,
+        PORT: String(port),
+      },
+    });
+    const sink = log;
+    for (const stream of [child.stdout!, child.stderr!]) {
+      let buffered = '';
+      stream.on('data', (chunk: Buffer) => {
+        sink.write(chunk);
+        if (!options.onLine) return;
+        buffered += chunk.toString('utf8');
+        let nl: number;
+        while ((nl = buffered.indexOf('\n')) >= 0) {
+          options.onLine(name, buffered.slice(0, nl));
+          buffered = buffered.slice(nl + 1);
+        }
+      });
+    }
+    const service = { name, port, process: child };
+    running.set(name, service);
+    await waitServing(name, `127.0.0.1:${port}`, child, options.readyTimeoutMs ?? 30_000, logFile);
+    return service;
+  };
+
+  const kill = async (name: ShopService, signal: NodeJS.Signals = 'SIGKILL'): Promise<number | null> => {
+    const service = running.get(name);
+    if (!service) return null;
+    const child = service.process;
+    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill(signal);
+    return exited;
+  };
+
+  const stop = async (graceMs = 10_000): Promise<void> => {
+    await Promise.all(
+      [...running.values()].map(async ({ name, process: child }) => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+        await kill(name, 'SIGTERM');
+        clearTimeout(timer);
+      }),
+    );
+    await Promise.all([...logs.values()].map((log) => new Promise((r) => log.end(r))));
+  };
+
+  try {
+    // The order service calls the others, so it starts last; the rest start together.
+    const first = names.filter((n) => n !== 'order');
+    await Promise.all(first.map((name) => start(name)));
+    if (names.includes('order')) await start('order');
+  } catch (err) {
+    await stop(2000);
+    throw err;
+  }
+
+  return {
+    addr: (name) => `127.0.0.1:${ports.get(name)}`,
+    addrs,
+    logDir,
+    start,
+    kill,
+    stop,
+    running,
+  };
+}
