@@ -1,0 +1,339 @@
+// Durable pull consumers that apply each event exactly once to the service's database.
+//
+// Per message: read pm-event-id, decode the payload, then in ONE Postgres transaction
+// insert (consumer, event id) into the inbox and run the handler. If the inbox row was
+// already there the handler is skipped: a redelivered event changes nothing. Commit, then
+// ack. A crash between commit and ack redelivers the message and the inbox absorbs it.
+//
+// Failures: nak with a growing delay. On the maxDeliver-th delivery (or at once for a
+// payload that does not decode, a missing event id, or a PermanentEventError) the message
+// is copied to the dead-letter stream with the reason and then terminated. The server-side
+// max_deliver stays unlimited so a message is never dropped silently: if publishing the
+// dead letter fails, the message is nak'ed and tried again.
+//
+// Messages arrive through consume()'s callback into a local queue worked by `concurrency`
+// workers, rather than through its async iterator: stopping the iterator drops what it
+// has buffered, whereas our own queue lets stop() finish the handlers in flight and hand
+// every unstarted message straight back to the server (nak) for another replica.
+import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  nanos,
+  ReplayPolicy,
+  type ConsumerConfig,
+  type ConsumerInfo,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from "nats";
+import { backoffDelay, type BackoffOptions } from "./backoff.js";
+import { publishDeadLetter } from "./dead-letter.js";
+import type { EventsDb, EventsTx } from "./db.js";
+import { AGGREGATE_ID, EVENT_ID, EVENT_TYPE, MSG_ID, msgHdrsToRecord, TRACEPARENT } from "./headers.js";
+import { recordInbox } from "./inbox.js";
+import { assertDurableName, eventSubject, streamForType } from "./naming.js";
+import { isNotFound } from "./streams.js";
+import type { InboxTable } from "./tables.js";
+
+export interface EventMeta {
+  /** pm-event-id (falls back to Nats-Msg-Id): the inbox key. */
+  eventId: string;
+  eventType: string;
+  subject: string;
+  stream: string;
+  streamSeq: number;
+  /** 1 on the first delivery. */
+  deliveryCount: number;
+  aggregateId?: string;
+  traceparent?: string;
+  headers: Record<string, string>;
+  /** When the stream stored the message. */
+  publishedAt: Date;
+}
+
+export type EventHandler<Desc extends DescMessage> = (tx: EventsTx, event: MessageShape<Desc>, meta: EventMeta) => Promise<void>;
+
+/** Thrown by a handler when retrying cannot help: the message goes to the dead letters at once. */
+export class PermanentEventError extends Error {
+  override name = "PermanentEventError";
+}
+
+export interface ConsumerHooks {
+  onHandled?(meta: EventMeta, durationMs: number): void;
+  onDuplicate?(meta: EventMeta): void;
+  onRetry?(meta: EventMeta, error: unknown, delayMs: number): void;
+  onDeadLetter?(meta: EventMeta, reason: string): void;
+  /** Infrastructure trouble (dead-letter publish failed, consumer update refused, ...). */
+  onError?(error: unknown): void;
+}
+
+export interface ConsumerOptions<Desc extends DescMessage> {
+  /** Durable name, unique per stream: e.g. `user-award-points`. Replicas share it. */
+  name: string;
+  /** The event type consumed; its full name is the subject. */
+  event: Desc;
+  handler: EventHandler<Desc>;
+  db: EventsDb;
+  inbox: InboxTable;
+  js: JetStreamClient;
+  /** Subject prefix (NATS_SUBJECT_PREFIX). */
+  prefix?: string;
+  /** Default: the stream of the event's package (see naming.ts). */
+  stream?: string;
+  /** Default: `${prefix}${event.typeName}`. */
+  subject?: string;
+  /** Deliveries before the message is dead-lettered. Default 5. */
+  maxDeliver?: number;
+  /** Delay before redelivery after a failure; options or a function of the failed delivery count. */
+  backoff?: BackoffOptions | ((deliveryCount: number) => number);
+  /** Server waits this long for an ack before redelivering. Default 30 s. */
+  ackWaitMs?: number;
+  /** Unacknowledged messages the server lets this consumer hold. Default 100. */
+  maxAckPending?: number;
+  /** Handlers running at once in this process. Default 1 (stream order, except retries). */
+  concurrency?: number;
+  /** Where a new durable starts. Default "all": a service that starts late still sees earlier events. */
+  deliverPolicy?: "all" | "new";
+  hooks?: ConsumerHooks;
+}
+
+export interface ConsumerStats {
+  handled: number;
+  duplicates: number;
+  retries: number;
+  deadLettered: number;
+  inFlight: number;
+  queued: number;
+}
+
+export interface RunningConsumer {
+  readonly name: string;
+  readonly stream: string;
+  stats(): ConsumerStats;
+  /** Stops pulling, waits for handlers in flight, naks unstarted messages. */
+  stop(): Promise<void>;
+  /** Resolves when the consumer has stopped. */
+  readonly closed: Promise<void>;
+}
+
+/** Creates the durable consumer if needed (or updates its settings) and starts handling. */
+export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOptions<Desc>): Promise<RunningConsumer> {
+  assertDurableName(opts.name);
+  const prefix = opts.prefix ?? "";
+  const stream = opts.stream ?? streamForType(opts.event.typeName, prefix).name;
+  const subject = opts.subject ?? eventSubject(opts.event.typeName, prefix);
+  const maxDeliver = opts.maxDeliver ?? 5;
+  if (!(maxDeliver >= 1)) throw new Error("maxDeliver must be at least 1");
+  const maxAckPending = opts.maxAckPending ?? 100;
+  const concurrency = Math.max(1, opts.concurrency ?? 1);
+  const delayFor = typeof opts.backoff === "function" ? opts.backoff : (n: number) => backoffDelay(n, opts.backoff as BackoffOptions);
+  const hooks = opts.hooks ?? {};
+
+  const jsm = await opts.js.jetstreamManager();
+  await ensureConsumer(jsm, stream, {
+    durable_name: opts.name,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: opts.deliverPolicy === "new" ? DeliverPolicy.New : DeliverPolicy.All,
+    replay_policy: ReplayPolicy.Instant,
+    filter_subject: subject,
+    max_deliver: -1,
+    ack_wait: nanos(opts.ackWaitMs ?? 30_000),
+    max_ack_pending: maxAckPending,
+  }, hooks);
+
+  const stats: ConsumerStats = { handled: 0, duplicates: 0, retries: 0, deadLettered: 0, inFlight: 0, queued: 0 };
+  const queue: JsMsg[] = [];
+  let stopping = false;
+  let signal: (() => void) | undefined;
+  const notify = () => {
+    const s = signal;
+    signal = undefined;
+    s?.();
+  };
+
+  const pull = await opts.js.consumers.get(stream, opts.name);
+  const messages: ConsumerMessages = await pull.consume({
+    max_messages: Math.min(maxAckPending, 64),
+    callback: (m) => {
+      if (stopping) {
+        m.nak();
+        return;
+      }
+      queue.push(m);
+      stats.queued = queue.length;
+      notify();
+    },
+  });
+
+  async function deadLetter(m: JsMsg, meta: EventMeta, reason: string): Promise<void> {
+    try {
+      await publishDeadLetter(opts.js, m, { consumer: opts.name, error: reason, eventId: meta.eventId || `seq-${meta.streamSeq}`, prefix });
+      m.term();
+      stats.deadLettered++;
+      hooks.onDeadLetter?.(meta, reason);
+    } catch (err) {
+      hooks.onError?.(err);
+      m.nak(delayFor(m.info.deliveryCount));
+    }
+  }
+
+  async function handle(m: JsMsg): Promise<void> {
+    const started = Date.now();
+    const headers = msgHdrsToRecord(m.headers);
+    const meta: EventMeta = {
+      eventId: headers[EVENT_ID] || headers[MSG_ID] || "",
+      eventType: headers[EVENT_TYPE] || opts.event.typeName,
+      subject: m.subject,
+      stream: m.info.stream,
+      streamSeq: m.info.streamSequence,
+      deliveryCount: m.info.deliveryCount,
+      aggregateId: headers[AGGREGATE_ID],
+      traceparent: headers[TRACEPARENT],
+      headers,
+      publishedAt: new Date(Math.floor(m.info.timestampNanos / 1e6)),
+    };
+    if (!meta.eventId) return deadLetter(m, meta, `no ${EVENT_ID} or ${MSG_ID} header: cannot deduplicate`);
+    if (meta.eventType !== opts.event.typeName) {
+      return deadLetter(m, meta, `${EVENT_TYPE} is ${meta.eventType}, consumer ${opts.name} expects ${opts.event.typeName}`);
+    }
+    let event: MessageShape<Desc>;
+    try {
+      event = fromBinary(opts.event, m.data);
+    } catch (err) {
+      return deadLetter(m, meta, `cannot decode ${opts.event.typeName}: ${errorText(err)}`);
+    }
+    try {
+      const fresh = await opts.db.transaction(async (tx) => {
+        if (!(await recordInbox(tx, opts.inbox, { consumer: opts.name, eventId: meta.eventId, eventType: meta.eventType }))) {
+          return false;
+        }
+        await opts.handler(tx, event, meta);
+        return true;
+      });
+      m.ack();
+      if (fresh) {
+        stats.handled++;
+        hooks.onHandled?.(meta, Date.now() - started);
+      } else {
+        stats.duplicates++;
+        hooks.onDuplicate?.(meta);
+      }
+    } catch (err) {
+      if (err instanceof PermanentEventError || meta.deliveryCount >= maxDeliver) {
+        const why = err instanceof PermanentEventError ? "permanent" : `${meta.deliveryCount} deliveries`;
+        return deadLetter(m, meta, `${why}: ${errorText(err)}`);
+      }
+      const delay = delayFor(meta.deliveryCount);
+      m.nak(delay);
+      stats.retries++;
+      hooks.onRetry?.(meta, err, delay);
+    }
+  }
+
+  async function worker(): Promise<void> {
+    for (;;) {
+      const m = queue.shift();
+      stats.queued = queue.length;
+      if (!m) {
+        if (stopping) return;
+        await new Promise<void>((resolve) => {
+          const prev = signal;
+          signal = () => {
+            prev?.();
+            resolve();
+          };
+        });
+        continue;
+      }
+      if (stopping) {
+        m.nak(); // not started: give it back now rather than after ack_wait
+        continue;
+      }
+      stats.inFlight++;
+      try {
+        await handle(m);
+      } catch (err) {
+        hooks.onError?.(err);
+        m.nak(delayFor(m.info.deliveryCount));
+      } finally {
+        stats.inFlight--;
+      }
+    }
+  }
+
+  const workers = Array.from({ length: concurrency }, () => worker());
+  let stopPromise: Promise<void> | undefined;
+  const stop = () =>
+    (stopPromise ??= (async () => {
+      stopping = true;
+      await messages.close().catch(() => {});
+      notify();
+      await Promise.all(workers);
+    })());
+  // If the iterator ends on its own (connection closed, consumer deleted), stop the workers too.
+  const closed = messages.closed().then(
+    () => stop(),
+    (err) => {
+      hooks.onError?.(err);
+      return stop();
+    },
+  );
+
+  return {
+    name: opts.name,
+    stream,
+    stats: () => ({ ...stats }),
+    stop,
+    closed,
+  };
+}
+
+/** Creates the durable, or brings an existing one's settings up to date. */
+export async function ensureConsumer(
+  jsm: JetStreamManager,
+  stream: string,
+  cfg: Partial<ConsumerConfig> & { durable_name: string },
+  hooks: Pick<ConsumerHooks, "onError"> = {},
+): Promise<ConsumerInfo> {
+  let existing: ConsumerInfo | undefined;
+  try {
+    existing = await jsm.consumers.info(stream, cfg.durable_name);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+  if (!existing) {
+    try {
+      return await jsm.consumers.add(stream, cfg);
+    } catch (err) {
+      // A replica created it first: read it back.
+      existing = await jsm.consumers.info(stream, cfg.durable_name).catch(() => {
+        throw err;
+      });
+    }
+  }
+  if (cfg.filter_subject && existing.config.filter_subject !== cfg.filter_subject) {
+    throw new Error(
+      `consumer ${cfg.durable_name} on ${stream} filters ${existing.config.filter_subject}, not ${cfg.filter_subject}: pick another name or delete it`,
+    );
+  }
+  const c = existing.config;
+  if (c.ack_wait !== cfg.ack_wait || c.max_ack_pending !== cfg.max_ack_pending || c.max_deliver !== cfg.max_deliver) {
+    try {
+      return await jsm.consumers.update(stream, cfg.durable_name, {
+        ack_wait: cfg.ack_wait,
+        max_ack_pending: cfg.max_ack_pending,
+        max_deliver: cfg.max_deliver,
+      });
+    } catch (err) {
+      hooks.onError?.(err); // keep running on the old settings
+    }
+  }
+  return existing;
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof Error) return err.message || err.name;
+  return String(err);
+}

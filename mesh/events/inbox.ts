@@ -1,0 +1,19 @@
+// The consumer side of exactly-once effects: record (consumer, event id) in the same
+// transaction as the handler's writes.
+import type { EventsTx } from "./db.js";
+import type { InboxTable } from "./tables.js";
+
+/**
+ * Inserts the inbox row; true when this is the first time `consumer` sees `eventId`,
+ * false when a previous delivery already committed (skip the handler, just ack).
+ * A concurrent delivery of the same event blocks on the primary key until the first
+ * transaction ends, then sees its row: only one of them runs the handler's effects.
+ */
+export async function recordInbox(
+  tx: EventsTx,
+  inbox: InboxTable,
+  entry: { consumer: string; eventId: string; eventType: string },
+): Promise<boolean> {
+  const inserted = await tx.insert(inbox).values(entry).onConflictDoNothing().returning({ eventId: inbox.eventId });
+  return inserted.length > 0;
+}

@@ -1,0 +1,81 @@
+// Writing events into the outbox, inside the caller's transaction.
+import { randomUUID } from "node:crypto";
+import { context, propagation } from "@opentelemetry/api";
+import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { and, isNotNull, lt, sql } from "drizzle-orm";
+import { getTableConfig } from "drizzle-orm/pg-core";
+import type { EventsDb, EventsTx } from "./db.js";
+import { TRACEPARENT } from "./headers.js";
+import { eventSubject } from "./naming.js";
+import type { EventHeaders, OutboxTable } from "./tables.js";
+
+export interface EnqueueOptions {
+  /** The entity the event is about; events of one aggregate are published in the order written. */
+  aggregateId: string;
+  /** Defaults to a fresh UUID. Pass one to make a retried command produce the same event id. */
+  eventId?: string;
+  /** Defaults to the active OpenTelemetry context's traceparent, if telemetry registered a propagator. */
+  traceparent?: string;
+  /** Extra headers to carry to the NATS message. */
+  headers?: EventHeaders;
+  /** Subject prefix (NATS_SUBJECT_PREFIX); the subject is `${prefix}${fullTypeName}`. */
+  prefix?: string;
+}
+
+/** The LISTEN/NOTIFY channel the relay of `schemaName` waits on. */
+export function outboxChannel(schemaName: string): string {
+  return `pm_outbox_${schemaName}`;
+}
+
+export function outboxSchemaName(outbox: OutboxTable): string {
+  const schema = getTableConfig(outbox).schema;
+  if (!schema) throw new Error("the outbox table must live in a pgSchema (use outboxTable(pgSchema('<context>')))");
+  return schema;
+}
+
+/**
+ * Writes `message` as an outbox row inside `tx`, so the state change and its event commit
+ * (or roll back) together, and asks the relay to wake up. NOTIFY is transactional: the
+ * relay hears it only once the transaction commits, and never if it rolls back.
+ * Returns the event id.
+ */
+export async function enqueueEvent<Desc extends DescMessage>(
+  tx: EventsTx,
+  outbox: OutboxTable,
+  schema: Desc,
+  message: MessageShape<Desc>,
+  opts: EnqueueOptions,
+): Promise<string> {
+  if (!opts.aggregateId) throw new Error("enqueueEvent: aggregateId is required");
+  const eventId = opts.eventId ?? randomUUID();
+  const headers: EventHeaders = { ...currentTraceHeaders(), ...opts.headers };
+  if (opts.traceparent) headers[TRACEPARENT] = opts.traceparent;
+  await tx.insert(outbox).values({
+    id: eventId,
+    aggregateId: opts.aggregateId,
+    eventType: schema.typeName,
+    subject: eventSubject(schema.typeName, opts.prefix ?? ""),
+    payload: toBinary(schema, message),
+    headers,
+  });
+  // Postgres folds identical notifications of one transaction into one.
+  await tx.execute(sql`select pg_notify(${outboxChannel(outboxSchemaName(outbox))}, '')`);
+  return eventId;
+}
+
+/** traceparent/tracestate of the active OpenTelemetry context (empty when none is set up). */
+function currentTraceHeaders(): EventHeaders {
+  const carrier: EventHeaders = {};
+  propagation.inject(context.active(), carrier);
+  return carrier;
+}
+
+/** Deletes published rows older than `olderThanMs`; returns how many went. */
+export async function prunePublished(db: EventsDb, outbox: OutboxTable, olderThanMs: number): Promise<number> {
+  const cutoff = new Date(Date.now() - olderThanMs);
+  const gone = await db
+    .delete(outbox)
+    .where(and(isNotNull(outbox.publishedAt), lt(outbox.publishedAt, cutoff)))
+    .returning({ id: outbox.id });
+  return gone.length;
+}
