@@ -1,0 +1,362 @@
+// Prometheus metrics for a mesh process: one registry, a `/metrics` HTTP server on its own
+// port, and small named helpers the other mesh modules call.
+//
+// Naming convention: the grpc-ecosystem (go-grpc-prometheus) names, because dashboards and
+// alerts for them already exist everywhere:
+//   grpc_server_handled_total / grpc_server_handling_seconds   (this process served the RPC)
+//   grpc_client_handled_total / grpc_client_handling_seconds   (this process called the RPC)
+// labelled grpc_service (full proto name, e.g. shop.order.v1.OrderService), grpc_method
+// (PlaceOrder) and grpc_code (canonical upper-snake status name: OK, NOT_FOUND, ...).
+// The histograms carry grpc_code too so latency of failures is visible. Everything the mesh
+// adds on top is prefixed `mesh_`; units are in the name (_seconds, _total), per Prometheus.
+// RPC figures are read off the finished gRPC spans (RpcMetricsSpanProcessor), so neither
+// mesh/server nor mesh/client needs a line for them.
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { SpanKind } from "@opentelemetry/api";
+import type { ReadableSpan, SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { serviceIdentity } from "./identity.js";
+
+export const metricsRegistry = new Registry();
+
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export const GRPC_CODE_NAMES = [
+  "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
+] as const;
+
+export function grpcCodeName(code: number | string | undefined): string {
+  if (typeof code === "string") return code;
+  return (code !== undefined && GRPC_CODE_NAMES[code]) || "UNKNOWN";
+}
+
+const rpcLabels = ["grpc_service", "grpc_method", "grpc_code"] as const;
+
+const grpcServerHandled = new Counter({
+  name: "grpc_server_handled_total",
+  help: "RPCs completed by this process as a server, by service, method and status code.",
+  labelNames: rpcLabels,
+  registers: [metricsRegistry],
+});
+const grpcServerHandling = new Histogram({
+  name: "grpc_server_handling_seconds",
+  help: "Time to handle an RPC as a server, from request to status.",
+  labelNames: rpcLabels,
+  buckets: LATENCY_BUCKETS,
+  registers: [metricsRegistry],
+});
+const grpcClientHandled = new Counter({
+  name: "grpc_client_handled_total",
+  help: "RPCs completed by this process as a client, by service, method and status code.",
+  labelNames: rpcLabels,
+  registers: [metricsRegistry],
+});
+const grpcClientHandling = new Histogram({
+  name: "grpc_client_handling_seconds",
+  help: "Time from starting an RPC as a client until its status arrived.",
+  labelNames: rpcLabels,
+  buckets: LATENCY_BUCKETS,
+  registers: [metricsRegistry],
+});
+
+export type RpcSide = "server" | "client";
+
+/** Record one finished RPC. Called by the span processor; call directly only without tracing. */
+export function observeRpc(side: RpcSide, service: string, method: string, code: number | string, seconds: number): void {
+  const labels = { grpc_service: service, grpc_method: method, grpc_code: grpcCodeName(code) };
+  if (side === "server") {
+    grpcServerHandled.inc(labels);
+    grpcServerHandling.observe(labels, seconds);
+  } else {
+    grpcClientHandled.inc(labels);
+    grpcClientHandling.observe(labels, seconds);
+  }
+}
+
+/** Turns finished gRPC spans (from @opentelemetry/instrumentation-grpc) into the RPC metrics. */
+export class RpcMetricsSpanProcessor implements SpanProcessor {
+  onStart(): void {}
+  onEnd(span: ReadableSpan): void {
+    const attrs = span.attributes;
+    if (attrs["rpc.system"] !== "grpc") return;
+    const side: RpcSide | undefined =
+      span.kind === SpanKind.SERVER ? "server" : span.kind === SpanKind.CLIENT ? "client" : undefined;
+    if (!side) return;
+    const service = String(attrs["rpc.service"] ?? "unknown");
+    const method = String(attrs["rpc.method"] ?? "unknown");
+    const code = typeof attrs["rpc.grpc.status_code"] === "number" ? (attrs["rpc.grpc.status_code"] as number) : 2;
+    const [s, ns] = span.duration;
+    observeRpc(side, service, method, code, s + ns / 1e9);
+  }
+  async forceFlush(): Promise<void> {}
+  async shutdown(): Promise<void> {}
+}
+
+// --- HTTP at the gateway --------------------------------------------------------------
+
+const httpLabels = ["method", "route", "status"] as const;
+const httpRequests = new Counter({
+  name: "http_server_requests_total",
+  help: "HTTP requests answered, by method, route template and status.",
+  labelNames: httpLabels,
+  registers: [metricsRegistry],
+});
+const httpDuration = new Histogram({
+  name: "http_server_request_duration_seconds",
+  help: "Time to answer an HTTP request.",
+  labelNames: httpLabels,
+  buckets: LATENCY_BUCKETS,
+  registers: [metricsRegistry],
+});
+
+/** `route` is the template (/v1/orders/{id}), never the raw path, to keep cardinality bounded. */
+export function observeHttpRequest(method: string, route: string, status: number, seconds: number): void {
+  const labels = { method, route, status: String(status) };
+  httpRequests.inc(labels);
+  httpDuration.observe(labels, seconds);
+}
+
+// --- Rate limits and breakers ---------------------------------------------------------
+
+const rateLimitRejections = new Counter({
+  name: "mesh_rate_limit_rejections_total",
+  help: "Requests refused by a rate limit, by route and limit scope (client, route, global).",
+  labelNames: ["route", "scope"],
+  registers: [metricsRegistry],
+});
+
+export function countRateLimitRejection(route: string, scope = "client"): void {
+  rateLimitRejections.inc({ route, scope });
+}
+
+export type BreakerState = "closed" | "open" | "half_open" | "isolated";
+const BREAKER_STATES: BreakerState[] = ["closed", "open", "half_open", "isolated"];
+
+const breakerState = new Gauge({
+  name: "mesh_breaker_state",
+  help: "Circuit breaker state per upstream: 1 for the current state, 0 for the others.",
+  labelNames: ["upstream", "state"],
+  registers: [metricsRegistry],
+});
+const breakerTransitions = new Counter({
+  name: "mesh_breaker_transitions_total",
+  help: "Circuit breaker state changes per upstream, by the state entered.",
+  labelNames: ["upstream", "to"],
+  registers: [metricsRegistry],
+});
+
+/** Record the breaker of `upstream` entering `state` (counts a transition unless `initial`). */
+export function recordBreakerState(upstream: string, state: BreakerState, initial = false): void {
+  for (const s of BREAKER_STATES) breakerState.set({ upstream, state: s }, s === state ? 1 : 0);
+  if (!initial) breakerTransitions.inc({ upstream, to: state });
+}
+
+/**
+ * Follow a cockatiel CircuitBreakerPolicy: `watchBreaker("order", policy)`.
+ * Returns a function that stops following.
+ */
+export function watchBreaker(
+  upstream: string,
+  policy: { state: number; onStateChange: (listener: (state: number) => void) => { dispose(): void } },
+): () => void {
+  // cockatiel's CircuitState: Closed 0, Open 1, HalfOpen 2, Isolated 3.
+  const names: BreakerState[] = ["closed", "open", "half_open", "isolated"];
+  recordBreakerState(upstream, names[policy.state] ?? "closed", true);
+  const sub = policy.onStateChange((s) => recordBreakerState(upstream, names[s] ?? "closed"));
+  return () => sub.dispose();
+}
+
+// --- Outbox, consumers, dead letters ----------------------------------------------------
+
+type Reader<T> = () => T | Promise<T>;
+const outboxBacklogReaders = new Map<string, Reader<number>>();
+const outboxBacklogValues = new Map<string, number>();
+
+new Gauge({
+  name: "mesh_outbox_backlog",
+  help: "Outbox rows written but not yet published, per context.",
+  labelNames: ["context"],
+  registers: [metricsRegistry],
+  async collect() {
+    for (const [ctx, read] of outboxBacklogReaders) {
+      try {
+        outboxBacklogValues.set(ctx, await read());
+      } catch {
+        // A scrape must not fail because the database is away; keep the last value.
+      }
+    }
+    for (const [ctx, n] of outboxBacklogValues) this.set({ context: ctx }, n);
+  },
+});
+
+/** Read the backlog at scrape time: `registerOutboxBacklog("order", () => countUnpublished())`. */
+export function registerOutboxBacklog(context: string, read: Reader<number>): void {
+  outboxBacklogReaders.set(context, read);
+}
+
+/** Or push it when the relay already knows it. */
+export function setOutboxBacklog(context: string, rows: number): void {
+  outboxBacklogValues.set(context, rows);
+}
+
+const outboxPublishLag = new Histogram({
+  name: "mesh_outbox_publish_lag_seconds",
+  help: "Time from an outbox row's commit to its publication on NATS.",
+  labelNames: ["context"],
+  buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+  registers: [metricsRegistry],
+});
+
+export function observeOutboxPublishLag(context: string, seconds: number): void {
+  outboxPublishLag.observe({ context }, seconds);
+}
+
+const consumerRedeliveries = new Counter({
+  name: "mesh_consumer_redeliveries_total",
+  help: "Messages delivered again to a durable consumer (delivery count > 1).",
+  labelNames: ["consumer", "subject"],
+  registers: [metricsRegistry],
+});
+
+export function countRedelivery(consumer: string, subject: string): void {
+  consumerRedeliveries.inc({ consumer, subject });
+}
+
+const deadLetters = new Counter({
+  name: "mesh_dead_letters_total",
+  help: "Messages moved to the dead-letter stream, by consumer, subject and reason category.",
+  labelNames: ["consumer", "subject", "reason"],
+  registers: [metricsRegistry],
+});
+
+/** `reason` is a short category (max_deliveries, decode_error, handler_error), not a message. */
+export function countDeadLetter(consumer: string, subject: string, reason: string): void {
+  deadLetters.inc({ consumer, subject, reason });
+}
+
+// --- Database --------------------------------------------------------------------------
+
+export interface PoolStats {
+  inUse: number;
+  idle: number;
+  max: number;
+}
+const poolReaders = new Map<string, Reader<PoolStats>>();
+
+new Gauge({
+  name: "mesh_db_pool_connections",
+  help: "Database connections per context: in_use, idle and the configured max.",
+  labelNames: ["context", "state"],
+  registers: [metricsRegistry],
+  async collect() {
+    for (const [ctx, read] of poolReaders) {
+      try {
+        const s = await read();
+        this.set({ context: ctx, state: "in_use" }, s.inUse);
+        this.set({ context: ctx, state: "idle" }, s.idle);
+        this.set({ context: ctx, state: "max" }, s.max);
+      } catch {
+        // keep the last values
+      }
+    }
+  },
+});
+
+export function registerDbPool(context: string, read: Reader<PoolStats>): void {
+  poolReaders.set(context, read);
+}
+
+const dbQueryDuration = new Histogram({
+  name: "mesh_db_query_duration_seconds",
+  help: "Database query time per context and SQL operation (select, insert, ...).",
+  labelNames: ["context", "operation", "outcome"],
+  buckets: LATENCY_BUCKETS,
+  registers: [metricsRegistry],
+});
+
+export function observeDbQuery(context: string, operation: string, seconds: number, ok: boolean): void {
+  dbQueryDuration.observe({ context, operation, outcome: ok ? "ok" : "error" }, seconds);
+}
+
+// --- Process metrics and the HTTP endpoint ----------------------------------------------
+
+let processMetricsOn = false;
+
+/** Node's own metrics (event-loop lag, heap, RSS, GC, handles) and the `service` label. Idempotent. */
+export function collectProcessMetrics(): void {
+  if (processMetricsOn) return;
+  processMetricsOn = true;
+  metricsRegistry.setDefaultLabels({ service: serviceIdentity().name });
+  collectDefaultMetrics({ register: metricsRegistry });
+}
+
+export interface MetricsServer {
+  port: number;
+  url: string;
+  close(): Promise<void>;
+}
+
+let running: Promise<MetricsServer> | undefined;
+
+/**
+ * Serve `GET /metrics` on `port` (default METRICS_PORT, else an ephemeral port). The server
+ * is unref'd: it never keeps a process alive. A second call returns the first server.
+ */
+export function startMetricsServer(options: { port?: number; host?: string } = {}): Promise<MetricsServer> {
+  if (running) return running;
+  collectProcessMetrics();
+  const port = options.port ?? Number(process.env.METRICS_PORT ?? 0);
+  const host = options.host ?? process.env.METRICS_HOST ?? "0.0.0.0";
+  const server: Server = createServer((req, res) => {
+    if (req.method !== "GET" || (req.url ?? "").split("?")[0] !== "/metrics") {
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found: try GET /metrics\n");
+      return;
+    }
+    metricsRegistry.metrics().then(
+      (text) => res.writeHead(200, { "content-type": metricsRegistry.contentType }).end(text),
+      (err) => res.writeHead(500, { "content-type": "text/plain" }).end(String(err)),
+    );
+  });
+  running = new Promise<MetricsServer>((resolve, reject) => {
+    server.once("error", (err) => {
+      running = undefined;
+      reject(err);
+    });
+    server.listen(port, host, () => {
+      server.unref();
+      const actual = (server.address() as AddressInfo).port;
+      resolve({
+        port: actual,
+        url: `http://127.0.0.1:${actual}/metrics`,
+        close: () =>
+          new Promise<void>((done) => {
+            running = undefined;
+            server.close(() => done());
+          }),
+      });
+    });
+  });
+  return running;
+}
+
+/** The running metrics server, if any (the registry advertises its port). */
+export function metricsServer(): Promise<MetricsServer> | undefined {
+  return running;
+}

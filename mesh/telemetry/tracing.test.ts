@@ -1,0 +1,81 @@
+// Spans must really appear through the ESM loader hook: run a child process the way a
+// service runs (`--import=tsx --import=./mesh/telemetry/register.ts`), make gRPC calls, and
+// read back what it recorded. The same run checks logs and /metrics from that process.
+import test from "ava";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { fileURLToPath } from "node:url";
+
+const run = promisify(execFile);
+const root = fileURLToPath(new URL("../../", import.meta.url));
+
+interface Report {
+  results: { code: number; body?: string }[];
+  spans: { name: string; kind: number; traceId: string; spanId: string; parentSpanId?: string; attributes: Record<string, unknown> }[];
+  lines: string[];
+  metrics: string;
+  exporter: string;
+}
+
+async function runFixture(env: Record<string, string>): Promise<Report> {
+  const { stdout } = await run(
+    process.execPath,
+    ["--import=tsx", "--import=./mesh/telemetry/register.ts", "mesh/telemetry/fixtures/grpc-echo.ts"],
+    { cwd: root, env: { ...process.env, METRICS_PORT: "0", OTEL_SERVICE_NAME: "echo-fixture", ...env }, timeout: 30_000 },
+  );
+  return JSON.parse(stdout.trim().split("\n").pop()!) as Report;
+}
+
+const SERVER = 1; // SpanKind.SERVER
+const CLIENT = 2; // SpanKind.CLIENT
+
+test("with the register entry, a gRPC call yields client and server spans of one trace", async (t) => {
+  const report = await runFixture({ OTEL_TRACES_EXPORTER: "memory" });
+  t.deepEqual(report.results, [{ code: 0, body: "hello" }, { code: 5 }]);
+  t.is(report.exporter, "memory");
+
+  const ok = report.spans.filter((s) => s.attributes["rpc.grpc.status_code"] === 0);
+  const server = ok.find((s) => s.kind === SERVER);
+  const client = ok.find((s) => s.kind === CLIENT);
+  t.truthy(server, "server span");
+  t.truthy(client, "client span");
+  t.is(server!.traceId, client!.traceId);
+  t.is(server!.parentSpanId, client!.spanId, "server span is the child of the client span");
+  t.is(server!.attributes["rpc.service"], "test.echo.v1.EchoService");
+  t.is(server!.attributes["rpc.method"], "Echo");
+
+  const failed = report.spans.filter((s) => s.attributes["rpc.grpc.status_code"] === 5);
+  t.is(failed.length, 2, "the NOT_FOUND call has both spans too");
+  t.not(failed[0]!.traceId, server!.traceId, "a second root call starts a second trace");
+
+  // The log line written inside the handler carries that server span's ids and the request id.
+  const line = report.lines.map((l) => JSON.parse(l)).find((l) => l.request_id === "req-hello");
+  t.truthy(line);
+  t.is(line.trace_id, server!.traceId);
+  t.is(line.span_id, server!.spanId);
+  t.is(line.service_name, "echo-fixture");
+  t.is(line.authorization, "[redacted]");
+  t.false(report.lines.join("\n").includes("secret-token"));
+});
+
+test("the scrape after the calls shows the RPC counters moved, by code", async (t) => {
+  const { metrics } = await runFixture({ OTEL_TRACES_EXPORTER: "none" });
+  const has = (re: RegExp) => t.regex(metrics, re);
+  const labels = (code: string) => `(?=[^}]*grpc_service="test\\.echo\\.v1\\.EchoService")(?=[^}]*grpc_method="Echo")(?=[^}]*grpc_code="${code}")`;
+  has(new RegExp(`^grpc_server_handled_total\\{${labels("OK")}[^}]*\\} 1$`, "m"));
+  has(new RegExp(`^grpc_server_handled_total\\{${labels("NOT_FOUND")}[^}]*\\} 1$`, "m"));
+  has(new RegExp(`^grpc_client_handled_total\\{${labels("OK")}[^}]*\\} 1$`, "m"));
+  has(new RegExp(`^grpc_client_handling_seconds_count\\{${labels("NOT_FOUND")}[^}]*\\} 1$`, "m"));
+  has(/^nodejs_eventloop_lag_seconds\{[^}]*service="echo-fixture"[^}]*\} [0-9.e-]+$/m);
+  has(/^process_resident_memory_bytes/m);
+});
+
+test("without telemetry nothing is recorded (the hook and SDK are what make spans)", async (t) => {
+  const report = await runFixture({ PROTOMESH_TELEMETRY: "off", OTEL_TRACES_EXPORTER: "memory" });
+  t.deepEqual(report.results, [{ code: 0, body: "hello" }, { code: 5 }]);
+  t.is(report.exporter, "off");
+  t.is(report.spans.length, 0);
+  const line = JSON.parse(report.lines[0]!);
+  t.is(line.trace_id, undefined);
+  t.is(line.request_id, "req-hello");
+});
