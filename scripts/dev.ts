@@ -11,12 +11,12 @@
  *      becomes ready, then prints where to look.
  *   Ctrl-C stops everything, children included; the next run keeps the data.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { servicePorts } from '../mesh/config.js';
 import { canConnect, startNatsServer, type NatsChild } from './infra.js';
-import { ROOT, SHOP_SERVICES, startStack, type Stack } from './stack.js';
+import { ROOT, runSeeds, SHOP_SERVICES, startGateway, startStack, type RunningGateway, type Stack } from './stack.js';
 
 const started = Date.now();
 const DATA_DIR = path.resolve(ROOT, process.env.DATA_DIR ?? '.data');
@@ -86,37 +86,10 @@ function buildStorefront(): void {
   if (res.status !== 0) throw new Error('the storefront did not build: see the output above');
 }
 
-/** Runs every services/<name>/seed.ts that exists, in parallel (each owns its own data). */
-async function seed(env: NodeJS.ProcessEnv): Promise<void> {
-  const seeds = SHOP_SERVICES.filter((name) => existsSync(path.join(ROOT, 'services', name, 'seed.ts')));
-  await Promise.all(
-    seeds.map(
-      (name) =>
-        new Promise<void>((resolve, reject) => {
-          const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'services', name, 'seed.ts')], {
-            cwd: ROOT,
-            env,
-            stdio: ['ignore', 'pipe', 'pipe'],
-          });
-          let out = '';
-          child.stdout.on('data', (c) => (out += c));
-          child.stderr.on('data', (c) => (out += c));
-          child.on('exit', (code) => {
-            if (code === 0) {
-              const last = out.trim().split('\n').pop();
-              say(name, `seeded${last ? `: ${readable(last) ?? ''}` : ''}`);
-              resolve();
-            } else reject(new Error(`seeding ${name} failed:\n${out}`));
-          });
-        }),
-    ),
-  );
-}
-
 async function main(): Promise<void> {
   mkdirSync(DATA_DIR, { recursive: true });
-  const children: ChildProcess[] = [];
   let stack: Stack | undefined;
+  let gateway: RunningGateway | undefined;
   let nats: NatsChild | undefined;
   let stopping = false;
 
@@ -124,9 +97,8 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     say('dev', 'stopping…');
-    for (const child of children) child.kill('SIGTERM');
+    await gateway?.stop();
     await stack?.stop(8000);
-    await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once('exit', r)) : undefined)));
     await nats?.stop();
     say('dev', 'stopped; data kept in ' + path.relative(ROOT, DATA_DIR));
     process.exit(code);
@@ -145,7 +117,9 @@ async function main(): Promise<void> {
       LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
     };
     say('dev', process.env.DATABASE_URL ? 'data: Postgres at DATABASE_URL' : `data: embedded PGlite under ${path.relative(ROOT, DATA_DIR)}/<context>`);
-    await seed({ ...process.env, ...env } as NodeJS.ProcessEnv);
+    await runSeeds({ ...process.env, ...env } as NodeJS.ProcessEnv, (name, last) =>
+      say(name, `seeded${last ? `: ${readable(last) ?? ''}` : ''}`),
+    );
     buildStorefront();
 
     stack = await startStack({
@@ -159,32 +133,20 @@ async function main(): Promise<void> {
     });
     for (const name of SHOP_SERVICES) say(name, `ready on ${stack.addr(name)}`, colors[SHOP_SERVICES.indexOf(name)]);
 
-    const gateway = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'gateway', 'main.ts')], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ...env, ...stack.addrs, PORT: String(GATEWAY_PORT), STATIC_DIR: path.join(ROOT, 'web', 'dist') },
+    gateway = await startGateway(stack, {
+      env: { ...env, STATIC_DIR: path.join(ROOT, 'web', 'dist') },
+      port: GATEWAY_PORT,
+      onLine: (line) => {
+        const text = readable(line);
+        if (text) say('gateway', text, colors[6]);
+      },
     });
-    children.push(gateway);
-    for (const stream of [gateway.stdout, gateway.stderr]) {
-      stream.setEncoding('utf8');
-      stream.on('data', (chunk: string) => {
-        for (const line of chunk.split('\n').filter(Boolean)) {
-          const text = readable(line);
-          if (text) say('gateway', text, colors[6]);
-        }
-      });
-    }
-    gateway.on('exit', (code) => {
+    gateway.process.on('exit', (code) => {
       if (!stopping) {
         say('gateway', `exited with code ${code}`);
         void shutdown(1);
       }
     });
-    for (let i = 0; ; i++) {
-      if (await fetch(`http://127.0.0.1:${GATEWAY_PORT}/readyz`).then((r) => r.ok, () => false)) break;
-      if (i > 300) throw new Error(`the gateway did not become ready on :${GATEWAY_PORT} within 30 s`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
     say('gateway', `ready on http://localhost:${GATEWAY_PORT}`, colors[6]);
 
     const seconds = ((Date.now() - started) / 1000).toFixed(1);

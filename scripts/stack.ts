@@ -13,7 +13,7 @@
  *   await stack.stop()             // SIGTERM everything, wait for exit
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, type WriteStream } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -204,4 +204,101 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     stop,
     running,
   };
+}
+
+export interface RunningGateway {
+  url: string;
+  port: number;
+  process: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts gateway/main.ts in front of a running stack and waits for /readyz.
+ * The gateway finds each upstream through the same <NAME>_ADDR variables.
+ */
+export async function startGateway(stack: Stack, options: {
+  env?: Record<string, string | undefined>;
+  port?: number;
+  onLine?: (line: string) => void;
+  readyTimeoutMs?: number;
+} = {}): Promise<RunningGateway> {
+  const port = options.port ?? (await freePort());
+  const logFile = path.join(stack.logDir, 'gateway.log');
+  const log = createWriteStream(logFile, { flags: 'a' });
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'gateway', 'main.ts')], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...stack.addrs, ...options.env, PORT: String(port) },
+  });
+  for (const stream of [child.stdout!, child.stderr!]) {
+    let buffered = '';
+    stream.on('data', (chunk: Buffer) => {
+      log.write(chunk);
+      if (!options.onLine) return;
+      buffered += chunk.toString('utf8');
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        options.onLine(buffered.slice(0, nl));
+        buffered = buffered.slice(nl + 1);
+      }
+    });
+  }
+  const url = `http://127.0.0.1:${port}`;
+  const until = Date.now() + (options.readyTimeoutMs ?? 30_000);
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`the gateway exited (${child.exitCode ?? child.signalCode}) before it was ready; see ${logFile}`);
+    }
+    if (await fetch(`${url}/readyz`).then((r) => r.ok, () => false)) break;
+    if (Date.now() > until) {
+      child.kill('SIGKILL');
+      throw new Error(`the gateway was not ready at ${url}/readyz in time; see ${logFile}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    url,
+    port,
+    process: child,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        const timer = setTimeout(() => child.kill('SIGKILL'), 8000);
+        child.kill('SIGTERM');
+        await exited;
+        clearTimeout(timer);
+      }
+      await new Promise((r) => log.end(r));
+    },
+  };
+}
+
+/**
+ * Runs every services/<name>/seed.ts that exists, in parallel (each touches
+ * only its own context's data), with the given environment. Seeds are
+ * idempotent, so running them on every start is safe.
+ */
+export async function runSeeds(env: NodeJS.ProcessEnv, onDone?: (name: string, lastLine: string) => void): Promise<void> {
+  const seeds = SHOP_SERVICES.filter((name) => existsSync(path.join(ROOT, 'services', name, 'seed.ts')));
+  await Promise.all(
+    seeds.map(
+      (name) =>
+        new Promise<void>((resolve, reject) => {
+          const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'services', name, 'seed.ts')], {
+            cwd: ROOT,
+            env,
+            stdio: ['ignore', 'pipe', 'pipe'],
+          });
+          let out = '';
+          child.stdout!.on('data', (c) => (out += c));
+          child.stderr!.on('data', (c) => (out += c));
+          child.on('exit', (code) => {
+            if (code !== 0) return reject(new Error(`seeding ${name} failed (exit ${code}):\n${out}`));
+            onDone?.(name, out.trim().split('\n').pop() ?? '');
+            resolve();
+          });
+        }),
+    ),
+  );
 }
