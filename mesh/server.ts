@@ -1,0 +1,396 @@
+/**
+ * Serves Connect service implementations (`ServiceImpl<typeof XService>`) on a
+ * @grpc/grpc-js server, with health, reflection and a bounded graceful close.
+ *
+ * API
+ *   serve(service, impl): ServiceRegistration               typed pairing of a descriptor and its impl
+ *   startMeshServer(options: MeshServerOptions): Promise<MeshServer>
+ *     options.name            the service's name in logs, e.g. "catalog"
+ *     options.host            default "0.0.0.0"
+ *     options.port            default 0 (any free port; read it from the result)
+ *     options.services        [serve(CatalogService, impl)] or [{ service, impl }]
+ *     options.readiness?      probe for grpc.health.v1 (db ping, migrations applied)
+ *     options.readinessIntervalMs?   default 5000
+ *     options.interceptors?   Connect interceptors, run around every handler
+ *     options.reflection?     default true (grpc.reflection v1 and v1alpha)
+ *     options.maxMessageBytes?        default 8 MiB, both directions
+ *     options.onInternalError?        sees every non-ConnectError a handler throws
+ *   MeshServer
+ *     port, address ("127.0.0.1:5001"), health: HealthState, grpcServer: grpc.Server
+ *     close(graceMs = 10_000): Promise<void>
+ *       reports NOT_SERVING, stops accepting, ends server streams with UNAVAILABLE
+ *       (their clients reconnect elsewhere), lets unary calls finish within
+ *       graceMs, then cancels what is left.
+ *   createServiceDefinition(service, impl, options?): { definition, handlers }
+ *     the grpc-js pieces, for mounting on a grpc.Server of your own.
+ *
+ * Handlers get a real Connect HandlerContext: requestHeader (grpc metadata),
+ * timeoutMs() (grpc-timeout), a signal that fires on client cancel, deadline,
+ * server close and completion, responseHeader / responseTrailer. The inbound
+ * call context (deadline, x-request-id, traceparent, x-mesh-user-*) is kept in
+ * AsyncLocalStorage so mesh/client calls inside the handler pass them on.
+ *
+ * A thrown ConnectError keeps its code, message and details on the wire
+ * (details as google.rpc.Status in grpc-status-details-bin). Anything else is
+ * INTERNAL "internal error"; the real error goes to onInternalError.
+ * Client- and bidi-streaming methods answer UNIMPLEMENTED.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { Code, ConnectError, createHandlerContext, createServiceImplSpec } from "@connectrpc/connect";
+import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
+import {
+  createAsyncIterable,
+  invokeUnaryImplementation,
+  transformInvokeImplementation,
+} from "@connectrpc/connect/protocol";
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
+import type { MethodImplSpec } from "@connectrpc/connect";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import * as reflectionV1 from "../gen/grpc/reflection/v1/reflection_pb.js";
+import * as reflectionV1alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { callContextFromHandler, runWithCallContext } from "./call-context.js";
+import { encodeStatusDetails, grpcStatusFromCode, toConnectError } from "./errors.js";
+import { headersToMetadata, metadataToHeaders, methodDefinition } from "./grpc-codec.js";
+import { createHealthImpl, HealthState, ServingStatus } from "./health.js";
+import type { ReadinessProbe } from "./health.js";
+import { addReflection } from "./reflection.js";
+
+/** A service descriptor and its implementation. */
+export interface ServiceRegistration {
+  service: DescService;
+  // Partial: a missing method answers UNIMPLEMENTED.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  impl: Partial<ServiceImpl<any>>;
+}
+
+/** Pairs a descriptor with its implementation, type-checked against each other. */
+export function serve<S extends DescService>(service: S, impl: Partial<ServiceImpl<S>>): ServiceRegistration {
+  return { service, impl };
+}
+
+export interface MeshServerOptions {
+  name: string;
+  host?: string;
+  port?: number;
+  services: ServiceRegistration[];
+  readiness?: ReadinessProbe;
+  readinessIntervalMs?: number;
+  interceptors?: Interceptor[];
+  reflection?: boolean;
+  maxMessageBytes?: number;
+  onInternalError?: (error: unknown, method: DescMethod) => void;
+  /** Extra grpc-js server options; they win over the defaults. */
+  grpcOptions?: grpc.ServerOptions;
+}
+
+export interface MeshServer {
+  readonly name: string;
+  readonly port: number;
+  readonly address: string;
+  readonly health: HealthState;
+  readonly grpcServer: grpc.Server;
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Options shared by every handler of a server. */
+export interface HandlerOptions {
+  interceptors?: Interceptor[];
+  onInternalError?: (error: unknown, method: DescMethod) => void;
+  /** Aborts unary handler contexts: the grace period is over. */
+  forceSignal?: AbortSignal;
+  /** Aborts server-streaming handler contexts: the server is closing. */
+  drainSignal?: AbortSignal;
+  /** Counts in-flight calls, for the drain. */
+  inflight?: { add(): void; done(): void };
+}
+
+const defaultMaxMessageBytes = 8 * 1024 * 1024;
+
+function defaultInternalError(error: unknown, method: DescMethod): void {
+  const e = error instanceof Error ? error : new Error(String(error));
+  process.stderr.write(
+    JSON.stringify({
+      level: "error",
+      msg: "handler failed",
+      method: `${method.parent.typeName}/${method.name}`,
+      err: { message: e.message, stack: e.stack },
+    }) + "\n",
+  );
+}
+
+/** The status object grpc-js sends for an error thrown by a handler. */
+function errorStatus(
+  thrown: unknown,
+  trailer: Headers,
+  method: DescMethod,
+  onInternalError: HandlerOptions["onInternalError"],
+): Partial<grpc.StatusObject> {
+  const err = toConnectError(thrown);
+  if (err !== thrown || err.code === Code.Internal || err.code === Code.Unknown) {
+    (onInternalError ?? defaultInternalError)(err.cause ?? thrown, method);
+  }
+  const metadata = headersToMetadata(trailer);
+  headersToMetadata(err.metadata, metadata);
+  const details = encodeStatusDetails(err);
+  if (details) metadata.set("grpc-status-details-bin", details);
+  return { code: grpcStatusFromCode(err.code), details: err.rawMessage, metadata };
+}
+
+type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
+
+function handlerContext(call: AnyCall, method: DescMethod, shutdownSignal: AbortSignal | undefined) {
+  const deadline = call.getDeadline();
+  const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+  const requestAbort = new AbortController();
+  call.once("cancelled", () => {
+    requestAbort.abort(new ConnectError("the call was cancelled by the client", Code.Canceled));
+  });
+  return createHandlerContext({
+    service: method.parent,
+    method,
+    protocolName: "grpc",
+    requestMethod: "POST",
+    url: `${call.getPath()}`,
+    timeoutMs: Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined,
+    requestSignal: requestAbort.signal,
+    shutdownSignal,
+    requestHeader: metadataToHeaders(call.metadata),
+  });
+}
+
+function sendHeader(call: AnyCall, header: Headers): void {
+  let any = false;
+  header.forEach(() => (any = true));
+  if (any) call.sendMetadata(headersToMetadata(header));
+}
+
+function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOptions): grpc.handleUnaryCall<unknown, unknown> {
+  const interceptors = opts.interceptors ?? [];
+  return (call, callback) => {
+    opts.inflight?.add();
+    const ctx = handlerContext(call, spec.method, opts.forceSignal);
+    runWithCallContext(callContextFromHandler(ctx), () =>
+      invokeUnaryImplementation(spec, ctx, call.request as never, interceptors),
+    )
+      .then(
+        (res) => {
+          sendHeader(call, ctx.responseHeader);
+          callback(null, res, headersToMetadata(ctx.responseTrailer));
+        },
+        (e: unknown) => {
+          sendHeader(call, ctx.responseHeader);
+          callback(errorStatus(e, ctx.responseTrailer, spec.method, opts.onInternalError));
+        },
+      )
+      .finally(() => {
+        // As in Connect's own handlers, the signal also fires on completion,
+        // so work tied to it (downstream calls) stops with the call.
+        ctx.abort();
+        opts.inflight?.done();
+      });
+  };
+}
+
+function serverStreamingHandler(
+  spec: MethodImplSpec & { kind: "server_streaming" },
+  opts: HandlerOptions,
+): grpc.handleServerStreamingCall<unknown, unknown> {
+  const interceptors = opts.interceptors ?? [];
+  return (call) => {
+    opts.inflight?.add();
+    const ctx = handlerContext(call, spec.method, opts.drainSignal);
+    const run = async () => {
+      const output = transformInvokeImplementation(spec, ctx, interceptors)(createAsyncIterable([call.request as never]));
+      let headerSent = false;
+      for await (const message of output) {
+        if (!headerSent) {
+          sendHeader(call, ctx.responseHeader);
+          headerSent = true;
+        }
+        if (call.cancelled) break;
+        if (!call.write(message)) await drained(call, ctx.signal);
+      }
+      // An aborted stream ends with the reason it was aborted for.
+      if (ctx.signal.aborted && !call.cancelled) throw ctx.signal.reason;
+      if (!headerSent) sendHeader(call, ctx.responseHeader);
+      call.end(headersToMetadata(ctx.responseTrailer));
+    };
+    runWithCallContext(callContextFromHandler(ctx), run)
+      .catch((e: unknown) => {
+        if (call.cancelled) return;
+        call.emit("error", errorStatus(e, ctx.responseTrailer, spec.method, opts.onInternalError));
+      })
+      .finally(() => {
+        ctx.abort();
+        opts.inflight?.done();
+      });
+  };
+}
+
+/** Resolves when the stream can take more, or when the call is over. */
+function drained(call: grpc.ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      call.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    call.on("drain", done);
+    signal.addEventListener("abort", done);
+  });
+}
+
+function unimplemented(method: DescMethod): grpc.UntypedHandleCall {
+  const status = {
+    code: grpc.status.UNIMPLEMENTED,
+    details: `${method.parent.typeName}.${method.name}: ${method.methodKind.replace("_", "-")} methods are not supported by mesh/server`,
+  };
+  if (method.methodKind === "client_streaming") {
+    return ((_call, callback) => callback(status)) as grpc.handleClientStreamingCall<unknown, unknown>;
+  }
+  return ((call) => {
+    call.on("error", () => {});
+    call.emit("error", status);
+  }) as grpc.handleBidiStreamingCall<unknown, unknown>;
+}
+
+/** The grpc-js service definition and handlers of one service implementation. */
+export function createServiceDefinition(
+  service: DescService,
+  impl: ServiceRegistration["impl"],
+  opts: HandlerOptions = {},
+): { definition: grpc.ServiceDefinition; handlers: grpc.UntypedServiceImplementation } {
+  const spec = createServiceImplSpec(service, impl);
+  const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const handlers: grpc.UntypedServiceImplementation = {};
+  for (const method of service.methods) {
+    const m = spec.methods[method.localName];
+    definition[method.localName] = methodDefinition(method);
+    switch (m.kind) {
+      case "unary":
+        handlers[method.localName] = unaryHandler(m, opts);
+        break;
+      case "server_streaming":
+        handlers[method.localName] = serverStreamingHandler(m, opts);
+        break;
+      default:
+        handlers[method.localName] = unimplemented(method);
+    }
+  }
+  return { definition, handlers };
+}
+
+/** Counts in-flight calls and tells when the count reaches zero. */
+function inflightCounter() {
+  let count = 0;
+  let waiters: (() => void)[] = [];
+  return {
+    add() {
+      count++;
+    },
+    done() {
+      count--;
+      if (count === 0) {
+        for (const w of waiters) w();
+        waiters = [];
+      }
+    },
+    get count() {
+      return count;
+    },
+    idle(): Promise<void> {
+      return count === 0 ? Promise.resolve() : new Promise((r) => waiters.push(r));
+    },
+  };
+}
+
+/** Starts a gRPC server for the given services; resolves once it listens. */
+export async function startMeshServer(options: MeshServerOptions): Promise<MeshServer> {
+  const maxBytes = options.maxMessageBytes ?? defaultMaxMessageBytes;
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": maxBytes,
+    "grpc.max_send_message_length": maxBytes,
+    // Find dead peers within a minute.
+    "grpc.keepalive_time_ms": 60_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    // Rotate connections so round-robin clients over DNS discover new
+    // replicas; open streams keep going (the grace is unlimited).
+    "grpc.max_connection_age_ms": 5 * 60_000,
+    ...options.grpcOptions,
+  });
+
+  const force = new AbortController();
+  const drain = new AbortController();
+  const inflight = inflightCounter();
+  const handlerOpts: HandlerOptions = {
+    interceptors: options.interceptors,
+    onInternalError: options.onInternalError,
+    forceSignal: force.signal,
+    drainSignal: drain.signal,
+    inflight,
+  };
+
+  const health = new HealthState(options.services.map((s) => s.service.typeName));
+  const all: ServiceRegistration[] = [...options.services, { service: Health, impl: createHealthImpl(health) }];
+  for (const { service, impl } of all) {
+    const { definition, handlers } = createServiceDefinition(service, impl, handlerOpts);
+    server.addService(definition, handlers);
+  }
+  const offered = all.map((s) => s.service);
+  if (options.reflection ?? true) {
+    addReflection(server, [...offered, reflectionV1.ServerReflection, reflectionV1alpha.ServerReflection]);
+  }
+
+  if (options.readiness) {
+    await health.startProbe(options.readiness, {
+      intervalMs: options.readinessIntervalMs,
+      onChange: (ready, error) =>
+        process.stderr.write(
+          JSON.stringify({
+            level: ready ? "info" : "warn",
+            msg: ready ? "ready" : "not ready",
+            service: options.name,
+            err: error instanceof Error ? error.message : error === undefined ? undefined : String(error),
+          }) + "\n",
+        ),
+    });
+  }
+
+  const host = options.host ?? "0.0.0.0";
+  const port = await new Promise<number>((resolve, reject) => {
+    const hostPart = host.includes(":") ? `[${host}]` : host;
+    server.bindAsync(`${hostPart}:${options.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    );
+  });
+
+  let closing: Promise<void> | undefined;
+  const close = (graceMs = 10_000): Promise<void> => {
+    closing ??= (async () => {
+      health.setAll(ServingStatus.NOT_SERVING);
+      health.stop();
+      drain.abort(new ConnectError("server shutting down", Code.Unavailable));
+      const shutdown = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      let timer: NodeJS.Timeout | undefined;
+      const graceOver = new Promise<"timeout">((resolve) => {
+        timer = setTimeout(() => resolve("timeout"), graceMs);
+      });
+      const outcome = await Promise.race([inflight.idle().then(() => shutdown), graceOver]);
+      clearTimeout(timer);
+      if (outcome === "timeout") {
+        force.abort(new ConnectError("server shutting down", Code.Unavailable));
+        server.forceShutdown();
+      }
+    })();
+    return closing;
+  };
+
+  return {
+    name: options.name,
+    port,
+    address: `${host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host}:${port}`,
+    health,
+    grpcServer: server,
+    close,
+  };
+}
