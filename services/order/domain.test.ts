@@ -1,0 +1,153 @@
+import test from 'ava';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { fieldViolations } from '../../mesh/errors.js';
+import {
+  REASON_OUT_OF_STOCK,
+  REASON_TIMEOUT,
+  canTransition,
+  cancelReason,
+  decodePageToken,
+  encodePageToken,
+  expiredBeforeRun,
+  isTransient,
+  nextTransition,
+  pageSize,
+  priceOrder,
+  retryDelay,
+  validatePlaceOrder,
+  type PlaceOrderInput,
+} from './domain.js';
+
+const ok: PlaceOrderInput = { idempotencyKey: 'key-12345', lines: [{ sku: 'A-1', quantity: 2n }], paymentToken: 'tok_visa' };
+
+function fieldOf(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (e) {
+    if (!(e instanceof ConnectError)) throw e;
+    return fieldViolations(e)[0]?.field ?? `code:${Code[e.code]}`;
+  }
+  return undefined;
+}
+
+test('a valid PlaceOrder passes, SKUs trimmed', (t) => {
+  const v = validatePlaceOrder({ ...ok, lines: [{ sku: ' A-1 ', quantity: 1n }] });
+  t.is(v.lines[0]!.sku, 'A-1');
+});
+
+test('PlaceOrder validation names the field', (t) => {
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, idempotencyKey: 'short' })), 'idempotency_key');
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, idempotencyKey: 'x'.repeat(65) })), 'idempotency_key');
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, lines: [] })), 'lines');
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, lines: Array.from({ length: 51 }, (_, i) => ({ sku: `S${i}`, quantity: 1n })) })), 'lines');
+  t.is(
+    fieldOf(() => validatePlaceOrder({ ...ok, lines: [{ sku: 'A', quantity: 1n }, { sku: 'A', quantity: 2n }] })),
+    'lines[1].sku',
+  );
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, lines: [{ sku: 'A', quantity: 0n }] })), 'lines[0].quantity');
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, lines: [{ sku: 'A', quantity: 101n }] })), 'lines[0].quantity');
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, lines: [{ sku: ' ', quantity: 1n }] })), 'lines[0].sku');
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, paymentToken: '' })), 'payment_token');
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, idempotencyKey: 'x'.repeat(64), lines: [{ sku: 'A', quantity: 100n }] })), undefined);
+});
+
+test('pricing multiplies, sums, and refuses unknown SKUs and mixed currencies', (t) => {
+  const lines = [
+    { sku: 'A', quantity: 3n },
+    { sku: 'B', quantity: 1n },
+  ];
+  const p = priceOrder(lines, [
+    { sku: 'B', name: 'Bee', currency: 'EUR', unitPriceMinor: 250n },
+    { sku: 'A', name: 'Ay', currency: 'EUR', unitPriceMinor: 1000n },
+  ]);
+  t.is(p.currency, 'EUR');
+  t.is(p.totalMinor, 3250n);
+  t.deepEqual(
+    p.lines.map((l) => [l.sku, l.name, l.lineTotalMinor]),
+    [
+      ['A', 'Ay', 3000n],
+      ['B', 'Bee', 250n],
+    ],
+  );
+  t.is(fieldOf(() => priceOrder(lines, [{ sku: 'A', name: 'Ay', currency: 'EUR', unitPriceMinor: 1n }], ['B'])), 'lines[1].sku');
+  t.is(
+    fieldOf(() =>
+      priceOrder(lines, [
+        { sku: 'A', name: 'Ay', currency: 'EUR', unitPriceMinor: 1n },
+        { sku: 'B', name: 'Bee', currency: 'USD', unitPriceMinor: 1n },
+      ]),
+    ),
+    'code:FailedPrecondition',
+  );
+});
+
+test('orders only move from PENDING to a final state', (t) => {
+  t.true(canTransition('PENDING', 'CONFIRMED'));
+  t.true(canTransition('PENDING', 'CANCELLED'));
+  t.false(canTransition('CONFIRMED', 'CANCELLED'));
+  t.false(canTransition('CANCELLED', 'CONFIRMED'));
+  t.false(canTransition('PENDING', 'PENDING'));
+});
+
+const pos = { attempt: 0, deadlineAt: 10_000 };
+
+test('the happy path walks reserve -> authorize -> confirm -> done(CONFIRMED)', (t) => {
+  t.like(nextTransition({ ...pos, step: 'reserve' }, { kind: 'ok' }, 0), { step: 'authorize', delayMs: 0 });
+  t.like(nextTransition({ ...pos, step: 'authorize' }, { kind: 'ok' }, 0), { step: 'confirm', delayMs: 0 });
+  t.like(nextTransition({ ...pos, step: 'confirm' }, { kind: 'ok' }, 0), { step: 'done', finalStatus: 'CONFIRMED' });
+  t.like(nextTransition({ ...pos, step: 'compensate' }, { kind: 'ok' }, 0), { step: 'done', finalStatus: 'CANCELLED' });
+  t.throws(() => nextTransition({ ...pos, step: 'done' }, { kind: 'ok' }, 0));
+});
+
+test('a refusal compensates with its reason', (t) => {
+  const r = nextTransition({ ...pos, step: 'reserve' }, { kind: 'refused', reason: REASON_OUT_OF_STOCK }, 0);
+  t.like(r, { step: 'compensate', cancelReason: REASON_OUT_OF_STOCK, delayMs: 0 });
+  // A refused compensation is retried slowly, never abandoned.
+  t.like(nextTransition({ ...pos, step: 'compensate' }, { kind: 'refused', reason: 'x' }, 0), { step: 'compensate', attempt: 1 });
+});
+
+test('transient failures retry with growing delay until the deadline, then compensate with "timeout"', (t) => {
+  const a = nextTransition({ ...pos, step: 'authorize', attempt: 0 }, { kind: 'transient', error: 'x' }, 0);
+  t.like(a, { step: 'authorize', attempt: 1 });
+  t.true(a.delayMs > 0);
+  t.like(nextTransition({ ...pos, step: 'authorize', attempt: 3 }, { kind: 'transient', error: 'x' }, 10_000), {
+    step: 'compensate',
+    cancelReason: REASON_TIMEOUT,
+  });
+  // Confirm and compensate are not bounded by the deadline: they finish.
+  t.like(nextTransition({ ...pos, step: 'confirm' }, { kind: 'transient', error: 'x' }, 99_999), { step: 'confirm', attempt: 1 });
+  t.like(nextTransition({ ...pos, step: 'compensate' }, { kind: 'transient', error: 'x' }, 99_999), { step: 'compensate' });
+  t.true(expiredBeforeRun({ ...pos, step: 'reserve' }, 10_000));
+  t.false(expiredBeforeRun({ ...pos, step: 'confirm' }, 10_000));
+});
+
+test('retry delays grow and stay within the cap', (t) => {
+  const policy = { baseDelayMs: 100, maxDelayMs: 1000 };
+  t.is(retryDelay(1, policy, () => 1), 100);
+  t.is(retryDelay(2, policy, () => 1), 200);
+  t.is(retryDelay(3, policy, () => 0), 200);
+  t.is(retryDelay(20, policy, () => 1), 1000);
+});
+
+test('only errors that may pass are transient', (t) => {
+  t.true(isTransient(Code.Unavailable));
+  t.true(isTransient(Code.DeadlineExceeded));
+  t.false(isTransient(Code.FailedPrecondition));
+  t.false(isTransient(Code.InvalidArgument));
+  t.false(isTransient(Code.NotFound));
+});
+
+test('page tokens round-trip and refuse forgeries; page sizes default and cap', (t) => {
+  t.deepEqual(decodePageToken(encodePageToken({ seq: 42n })), { seq: 42n });
+  t.is(decodePageToken(''), undefined);
+  t.is(fieldOf(() => decodePageToken('bm9wZQ')), 'page_token');
+  t.is(pageSize(0), 20);
+  t.is(pageSize(500), 100);
+  t.is(fieldOf(() => pageSize(-1)), 'page_size');
+});
+
+test('cancel reasons default and are bounded', (t) => {
+  t.is(cancelReason(''), 'cancelled by user');
+  t.is(cancelReason(' changed my mind '), 'changed my mind');
+  t.is(fieldOf(() => cancelReason('x'.repeat(201))), 'reason');
+});

@@ -1,0 +1,315 @@
+/**
+ * The order context's rules, with no I/O: what a valid PlaceOrder is, how an
+ * order is priced, which status changes are allowed, and how the saga moves
+ * from step to step (including its retry schedule and its deadline).
+ *
+ * The saga, in one picture:
+ *
+ *   reserve ──ok──> authorize ──authorized──> confirm ──ok──> done (CONFIRMED)
+ *      │                │                        │
+ *      │ short/refused  │ declined/refused       │ refused (reservation gone...)
+ *      │ or deadline    │ or deadline            │
+ *      └────────────────┴──────────> compensate ─┴──ok──> done (CANCELLED, reason)
+ *
+ * A transient failure (UNAVAILABLE, DEADLINE_EXCEEDED, ...) leaves the step as
+ * it is and schedules it again with a growing delay; every downstream call is
+ * keyed by the order id, so running a step twice is harmless. Compensation
+ * always asks for both a refund/void and a release: both are idempotent and
+ * leave a tombstone when there is nothing to undo, so a late reserve or
+ * authorize that is still in flight is refused instead of leaking.
+ */
+import { Code } from '@connectrpc/connect';
+import { invalidArgument, failedPrecondition } from '../../mesh/errors.js';
+
+// ---- limits ---------------------------------------------------------------------
+
+export const IDEMPOTENCY_KEY_MIN = 8;
+export const IDEMPOTENCY_KEY_MAX = 64;
+export const MAX_LINES = 50;
+export const MAX_QUANTITY = 100n;
+export const MAX_CANCEL_REASON = 200;
+export const PAYMENT_TOKEN_MAX = 200;
+
+// ---- status -----------------------------------------------------------------------
+
+export const ORDER_STATUSES = ['PENDING', 'CONFIRMED', 'CANCELLED'] as const;
+export type OrderStatusName = (typeof ORDER_STATUSES)[number];
+
+/** CONFIRMED and CANCELLED are final: nothing moves an order out of them. */
+export function isFinal(status: OrderStatusName): boolean {
+  return status === 'CONFIRMED' || status === 'CANCELLED';
+}
+
+/** The only moves an order makes: PENDING to one of the two final states. */
+export function canTransition(from: OrderStatusName, to: OrderStatusName): boolean {
+  return from === 'PENDING' && (to === 'CONFIRMED' || to === 'CANCELLED');
+}
+
+// ---- PlaceOrder validation ------------------------------------------------------------
+
+export interface LineInput {
+  sku: string;
+  quantity: bigint;
+}
+
+export interface PlaceOrderInput {
+  idempotencyKey: string;
+  lines: LineInput[];
+  paymentToken: string;
+}
+
+/** Throws INVALID_ARGUMENT naming the first bad field; returns the input with SKUs trimmed. */
+export function validatePlaceOrder(input: PlaceOrderInput): PlaceOrderInput {
+  const key = input.idempotencyKey;
+  if (key.length < IDEMPOTENCY_KEY_MIN || key.length > IDEMPOTENCY_KEY_MAX) {
+    throw invalidArgument(
+      'idempotency_key',
+      `must be ${IDEMPOTENCY_KEY_MIN}-${IDEMPOTENCY_KEY_MAX} characters, got ${key.length}`,
+      key.length === 0 ? 'REQUIRED' : 'LENGTH',
+    );
+  }
+  if (input.lines.length === 0) throw invalidArgument('lines', 'at least one line is required', 'REQUIRED');
+  if (input.lines.length > MAX_LINES) {
+    throw invalidArgument('lines', `at most ${MAX_LINES} lines, got ${input.lines.length}`, 'TOO_MANY');
+  }
+  const seen = new Set<string>();
+  const lines: LineInput[] = [];
+  input.lines.forEach((line, i) => {
+    const sku = line.sku.trim();
+    if (sku === '') throw invalidArgument(`lines[${i}].sku`, 'is required', 'REQUIRED');
+    if (seen.has(sku)) throw invalidArgument(`lines[${i}].sku`, `SKU ${sku} appears more than once`, 'DUPLICATE');
+    seen.add(sku);
+    if (line.quantity < 1n || line.quantity > MAX_QUANTITY) {
+      throw invalidArgument(`lines[${i}].quantity`, `must be 1-${MAX_QUANTITY}, got ${line.quantity}`, 'RANGE');
+    }
+    lines.push({ sku, quantity: line.quantity });
+  });
+  const token = input.paymentToken.trim();
+  if (token === '') throw invalidArgument('payment_token', 'is required', 'REQUIRED');
+  if (token.length > PAYMENT_TOKEN_MAX) {
+    throw invalidArgument('payment_token', `at most ${PAYMENT_TOKEN_MAX} characters`, 'LENGTH');
+  }
+  return { idempotencyKey: key, lines, paymentToken: token };
+}
+
+/** The user's cancel reason, trimmed; INVALID_ARGUMENT when too long. Empty means "cancelled by user". */
+export function cancelReason(raw: string): string {
+  const reason = raw.trim();
+  if (reason.length > MAX_CANCEL_REASON) {
+    throw invalidArgument('reason', `at most ${MAX_CANCEL_REASON} characters, got ${reason.length}`, 'LENGTH');
+  }
+  return reason === '' ? 'cancelled by user' : reason;
+}
+
+// ---- pricing ----------------------------------------------------------------------------
+
+/** What the catalog says about one SKU (the part pricing needs). */
+export interface CatalogPrice {
+  sku: string;
+  name: string;
+  currency: string;
+  unitPriceMinor: bigint;
+}
+
+export interface PricedLine {
+  sku: string;
+  name: string;
+  quantity: bigint;
+  unitPriceMinor: bigint;
+  lineTotalMinor: bigint;
+}
+
+export interface PricedOrder {
+  currency: string;
+  lines: PricedLine[];
+  totalMinor: bigint;
+}
+
+/**
+ * Prices the lines with the catalog's answer. A SKU the catalog does not know
+ * is INVALID_ARGUMENT naming the line; products in different currencies
+ * cannot share an order (FAILED_PRECONDITION: the request is fine, the
+ * catalog's state refuses it).
+ */
+export function priceOrder(lines: LineInput[], prices: CatalogPrice[], missingSkus: string[] = []): PricedOrder {
+  const bySku = new Map(prices.map((p) => [p.sku, p]));
+  const missing = new Set(missingSkus);
+  const priced: PricedLine[] = [];
+  let currency: string | undefined;
+  let total = 0n;
+  lines.forEach((line, i) => {
+    const p = bySku.get(line.sku);
+    if (!p || missing.has(line.sku)) {
+      throw invalidArgument(`lines[${i}].sku`, `no product with SKU ${line.sku}`, 'UNKNOWN_SKU');
+    }
+    if (currency === undefined) currency = p.currency;
+    else if (p.currency !== currency) {
+      throw failedPrecondition(
+        'CURRENCY',
+        `lines[${i}].sku`,
+        `SKU ${line.sku} is priced in ${p.currency}, the order in ${currency}: one currency per order`,
+      );
+    }
+    const lineTotal = p.unitPriceMinor * line.quantity;
+    total += lineTotal;
+    priced.push({ sku: line.sku, name: p.name, quantity: line.quantity, unitPriceMinor: p.unitPriceMinor, lineTotalMinor: lineTotal });
+  });
+  return { currency: currency!, lines: priced, totalMinor: total };
+}
+
+// ---- the saga ------------------------------------------------------------------------------
+
+export const SAGA_STEPS = ['reserve', 'authorize', 'confirm', 'compensate', 'done'] as const;
+export type SagaStep = (typeof SAGA_STEPS)[number];
+
+/** The step a crash test can stop the process right after (its effect is stored). */
+export const CRASH_POINTS = ['reserve', 'authorize', 'confirm', 'compensate'] as const;
+export type CrashPoint = (typeof CRASH_POINTS)[number];
+
+export const REASON_OUT_OF_STOCK = 'out of stock';
+export const REASON_PAYMENT_DECLINED = 'payment declined';
+export const REASON_TIMEOUT = 'timeout';
+
+/** What running one step produced, as seen by the rules (the I/O happens in saga.ts). */
+export type StepOutcome =
+  /** The step's effect happened downstream; move on. */
+  | { kind: 'ok' }
+  /** Downstream refused for good (out of stock, declined, tombstone...): compensate with this reason. */
+  | { kind: 'refused'; reason: string }
+  /** Could not tell (downstream unavailable, deadline): run the same step again later. */
+  | { kind: 'transient'; error: string };
+
+export interface SagaPosition {
+  step: SagaStep;
+  /** Attempts of the current step that ended transiently, so far. */
+  attempt: number;
+  /** When the saga must have reached confirm, or it is compensated with "timeout" (epoch ms). */
+  deadlineAt: number;
+}
+
+/** Where the saga goes next and what the order becomes, if anything. */
+export interface SagaTransition {
+  step: SagaStep;
+  attempt: number;
+  /** Delay before the next step runs (0 = at once). */
+  delayMs: number;
+  lastError: string | null;
+  /** Set when the saga starts compensating: the reason the order will be cancelled with. */
+  cancelReason?: string;
+  /** Set when the order reaches a final state with this transition. */
+  finalStatus?: 'CONFIRMED' | 'CANCELLED';
+}
+
+export interface RetryPolicy {
+  /** First retry delay (ms). */
+  baseDelayMs: number;
+  /** Largest retry delay (ms). */
+  maxDelayMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { baseDelayMs: 100, maxDelayMs: 5_000 };
+
+/**
+ * Exponential backoff with "equal jitter": half the delay fixed, half random,
+ * so that sagas that failed together (a downstream restart) do not all come
+ * back in the same millisecond.
+ */
+export function retryDelay(attempt: number, policy: RetryPolicy = DEFAULT_RETRY, random = Math.random): number {
+  const exp = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** Math.max(0, attempt - 1));
+  return Math.round(exp / 2 + (exp / 2) * random());
+}
+
+const NEXT: Record<'reserve' | 'authorize' | 'confirm', SagaStep> = {
+  reserve: 'authorize',
+  authorize: 'confirm',
+  confirm: 'done',
+};
+
+/**
+ * The saga's state machine. `now` is epoch ms.
+ *
+ * The deadline bounds the steps that take something (reserve, authorize):
+ * past it, they give up and compensate with "timeout". Confirm ignores it:
+ * by then stock is held and payment authorized, and finishing is as safe as
+ * undoing (both need the same services); a refusal there still compensates.
+ * Compensation ignores it too: it must finish, so it retries until it does.
+ */
+export function nextTransition(pos: SagaPosition, outcome: StepOutcome, now: number, policy = DEFAULT_RETRY): SagaTransition {
+  const { step } = pos;
+  if (step === 'done') throw new Error('a finished saga has no next step');
+  if (outcome.kind === 'ok') {
+    if (step === 'compensate') return { step: 'done', attempt: 0, delayMs: 0, lastError: null, finalStatus: 'CANCELLED' };
+    const next = NEXT[step];
+    return {
+      step: next,
+      attempt: 0,
+      delayMs: 0,
+      lastError: null,
+      ...(next === 'done' ? { finalStatus: 'CONFIRMED' as const } : {}),
+    };
+  }
+  if (outcome.kind === 'refused') {
+    if (step === 'compensate') {
+      // Undoing was refused: nothing the saga can do better by retrying fast. Keep trying slowly; log says why.
+      return { step, attempt: pos.attempt + 1, delayMs: policy.maxDelayMs, lastError: outcome.reason };
+    }
+    return { step: 'compensate', attempt: 0, delayMs: 0, lastError: outcome.reason, cancelReason: outcome.reason };
+  }
+  // transient
+  const attempt = pos.attempt + 1;
+  if ((step === 'reserve' || step === 'authorize') && now >= pos.deadlineAt) {
+    return { step: 'compensate', attempt: 0, delayMs: 0, lastError: outcome.error, cancelReason: REASON_TIMEOUT };
+  }
+  return { step, attempt, delayMs: retryDelay(attempt, policy), lastError: outcome.error };
+}
+
+/** A saga that is due but already past its deadline before its step ran goes straight to compensation. */
+export function expiredBeforeRun(pos: SagaPosition, now: number): boolean {
+  return (pos.step === 'reserve' || pos.step === 'authorize') && now >= pos.deadlineAt;
+}
+
+/**
+ * Errors worth another try: the call may not have reached the service, or the
+ * service could not answer now. Anything else is the service's final word.
+ * UNKNOWN and INTERNAL are included because a connection torn down mid-call
+ * surfaces as one of them, and the step is idempotent anyway; the deadline
+ * stops a bug from retrying forever.
+ */
+export function isTransient(code: Code): boolean {
+  return (
+    code === Code.Unavailable ||
+    code === Code.DeadlineExceeded ||
+    code === Code.ResourceExhausted ||
+    code === Code.Aborted ||
+    code === Code.Unknown ||
+    code === Code.Internal ||
+    code === Code.Canceled
+  );
+}
+
+// ---- paging ----------------------------------------------------------------------------------
+
+/** Keyset cursor: the `seq` of the last order of the previous page (orders are listed by seq, newest first). */
+export interface PageCursor {
+  seq: bigint;
+}
+
+export const DEFAULT_PAGE_SIZE = 20;
+export const MAX_PAGE_SIZE = 100;
+
+export function pageSize(requested: number): number {
+  if (requested < 0) throw invalidArgument('page_size', 'must not be negative', 'RANGE');
+  if (requested === 0) return DEFAULT_PAGE_SIZE;
+  return Math.min(requested, MAX_PAGE_SIZE);
+}
+
+export function encodePageToken(cursor: PageCursor): string {
+  return Buffer.from(`o1:${cursor.seq}`).toString('base64url');
+}
+
+export function decodePageToken(token: string): PageCursor | undefined {
+  if (token === '') return undefined;
+  const m = /^o1:(\d{1,19})$/.exec(Buffer.from(token, 'base64url').toString('utf8'));
+  if (!m) throw invalidArgument('page_token', 'is not a token this service issued', 'MALFORMED');
+  return { seq: BigInt(m[1]!) };
+}

@@ -1,0 +1,462 @@
+/**
+ * The order saga's orchestrator: runs the steps of domain.ts against the
+ * inventory and payment services and stores every transition in
+ * `order.sagas`, so that any replica can pick a saga up where a crashed one
+ * left it.
+ *
+ * How work is found:
+ *   - kick: PlaceOrder inserts the saga row already leased to this process
+ *     and hands it here right after its transaction commits, so the happy
+ *     path never waits for a poll.
+ *   - poll: every `pollIntervalMs`, claim due rows (retries after a backoff,
+ *     rows whose lease ran out because their replica died, rows of a replica
+ *     that never kicked them) with FOR UPDATE SKIP LOCKED, so replicas share
+ *     the work without blocking on each other.
+ *
+ * A claim stamps a fresh lease token and moves next_run_at to the end of the
+ * lease. Every transition is an UPDATE ... WHERE lease_token = <mine>: when
+ * CancelOrder (or a replica, after the lease expired) took the saga over, the
+ * stale worker's result is dropped. Downstream calls are keyed by the order
+ * id, so a step that runs twice has one effect.
+ */
+import { randomUUID } from 'node:crypto';
+import { create } from '@bufbuild/protobuf';
+import { timestampNow } from '@bufbuild/protobuf/wkt';
+import { Code, ConnectError, type Client } from '@connectrpc/connect';
+import { and, eq, sql } from 'drizzle-orm';
+import type { Database, Transaction } from '../../mesh/db.js';
+import { resultRows } from '../../mesh/db.js';
+import { runWithCallContext } from '../../mesh/call-context.js';
+import { enqueueEvent } from '../../mesh/events/outbox.js';
+import { InventoryService } from '../../gen/shop/inventory/v1/inventory_pb.js';
+import { PaymentService, PaymentStatus } from '../../gen/shop/payment/v1/payment_pb.js';
+import { OrderCancelledSchema, OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
+import type { OrderChanges } from './changes.js';
+import {
+  DEFAULT_RETRY,
+  REASON_OUT_OF_STOCK,
+  REASON_PAYMENT_DECLINED,
+  REASON_TIMEOUT,
+  expiredBeforeRun,
+  isTransient,
+  nextTransition,
+  type CrashPoint,
+  type RetryPolicy,
+  type SagaStep,
+  type SagaTransition,
+  type StepOutcome,
+} from './domain.js';
+import { orders, outbox, sagas } from './schema.js';
+import { money } from './store.js';
+
+export interface SagaPorts {
+  inventory: Client<typeof InventoryService>;
+  payment: Client<typeof PaymentService>;
+}
+
+export interface SagaSettings {
+  /** How long a claim holds a saga; longer than the slowest step call. */
+  leaseMs: number;
+  /** Fallback poll for due sagas. */
+  pollIntervalMs: number;
+  /** Sagas the poller runs at once (kicked ones come on top). */
+  concurrency: number;
+  /** Backoff of transient failures. */
+  retry: RetryPolicy;
+  /** NATS subject prefix for the events written to the outbox. */
+  subjectPrefix: string;
+  /** Test hook: SIGKILL this process right after this step's transition is stored. */
+  crashAfter?: CrashPoint;
+}
+
+export const DEFAULT_SAGA_SETTINGS: SagaSettings = {
+  leaseMs: 15_000,
+  pollIntervalMs: 500,
+  concurrency: 64,
+  retry: DEFAULT_RETRY,
+  subjectPrefix: '',
+};
+
+/** What the saga needs to know about its order; loaded once per run. */
+export interface SagaSubject {
+  orderId: string;
+  userId: string;
+  currency: string;
+  totalMinor: bigint;
+  lines: { sku: string; quantity: bigint }[];
+  paymentToken: string;
+  step: SagaStep;
+  attempt: number;
+  deadlineAt: Date;
+  cancelReason: string | null;
+}
+
+interface Log {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+/** The saga's transition was not stored: someone else holds it now. */
+class LeaseLost extends Error {}
+
+export class SagaOrchestrator {
+  readonly #db: Database;
+  readonly #ports: SagaPorts;
+  readonly #changes: OrderChanges;
+  readonly #settings: SagaSettings;
+  readonly #log: Log;
+  /** Runs in progress in this process, by order id. */
+  readonly #running = new Map<string, Promise<void>>();
+  #polled = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = true;
+
+  constructor(db: Database, ports: SagaPorts, changes: OrderChanges, settings: Partial<SagaSettings> = {}, log?: Log) {
+    this.#db = db;
+    this.#ports = ports;
+    this.#changes = changes;
+    this.#settings = { ...DEFAULT_SAGA_SETTINGS, ...settings };
+    this.#log = log ?? { info() {}, warn() {}, error() {} };
+  }
+
+  get leaseMs(): number {
+    return this.#settings.leaseMs;
+  }
+
+  /** How many sagas this process is running now. */
+  get inFlight(): number {
+    return this.#running.size;
+  }
+
+  /** Starts the poller (at once, then every pollIntervalMs). */
+  start(): void {
+    if (!this.#stopped) return;
+    this.#stopped = false;
+    this.#schedule(0);
+  }
+
+  /** Stops polling and waits for the runs in progress (their leases stay valid until they end). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    await Promise.allSettled([...this.#running.values()]);
+  }
+
+  /**
+   * Runs a saga this process already holds (PlaceOrder inserted it with
+   * `leaseToken`, CancelOrder took it over). Resolves when the run stops:
+   * finished, waiting for a retry, or taken over. Never rejects.
+   */
+  kick(orderId: string, leaseToken: string, subject?: SagaSubject): Promise<void> {
+    return this.#track(orderId, () => this.#run(orderId, leaseToken, subject));
+  }
+
+  /** Waits for this process's current run of `orderId`, if there is one. */
+  async settled(orderId: string): Promise<void> {
+    await this.#running.get(orderId);
+  }
+
+  /** One poll round: claims due sagas and starts them. Exposed for tests. */
+  async pollOnce(): Promise<number> {
+    const room = this.#settings.concurrency - this.#polled;
+    if (room <= 0) return 0;
+    const claimed = await this.#claimDue(room);
+    for (const { orderId, leaseToken } of claimed) {
+      this.#polled++;
+      void this.#track(orderId, () => this.#run(orderId, leaseToken)).finally(() => this.#polled--);
+    }
+    return claimed.length;
+  }
+
+  #schedule(ms: number): void {
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => {
+      this.pollOnce()
+        .then((n) => this.#schedule(n > 0 && this.#polled < this.#settings.concurrency ? 0 : this.#settings.pollIntervalMs))
+        .catch((err) => {
+          this.#log.warn({ err }, 'saga poll failed');
+          this.#schedule(this.#settings.pollIntervalMs);
+        });
+    }, ms);
+    this.#timer.unref?.();
+  }
+
+  #track(orderId: string, fn: () => Promise<void>): Promise<void> {
+    // Detach from the inbound call (PlaceOrder, CancelOrder): its deadline and
+    // cancellation must not reach downstream calls made after it answered.
+    const run = runWithCallContext({ header: new Headers() }, fn)
+      .catch((err) => this.#log.error({ err, orderId }, 'saga run failed; it will be retried after its lease'))
+      .finally(() => {
+        if (this.#running.get(orderId) === run) this.#running.delete(orderId);
+      });
+    this.#running.set(orderId, run);
+    return run;
+  }
+
+  /** Claims up to `limit` due sagas: one statement, skipping rows other replicas hold. */
+  async #claimDue(limit: number): Promise<{ orderId: string; leaseToken: string }[]> {
+    const rows = resultRows<{ order_id: string; lease_token: string }>(
+      await this.#db.execute(sql`
+        update ${sagas} set
+          lease_token = gen_random_uuid(),
+          next_run_at = now() + ${this.#settings.leaseMs} * interval '1 millisecond'
+        where order_id in (
+          select order_id from ${sagas}
+          where step <> 'done' and next_run_at <= now()
+          order by next_run_at
+          limit ${limit}
+          for update skip locked)
+        returning order_id, lease_token`),
+    );
+    return rows.map((r) => ({ orderId: r.order_id, leaseToken: r.lease_token }));
+  }
+
+  async #load(orderId: string): Promise<SagaSubject | undefined> {
+    const [row] = await this.#db
+      .select({
+        orderId: orders.id,
+        userId: orders.userId,
+        currency: orders.currency,
+        totalMinor: orders.totalMinor,
+        paymentToken: sagas.paymentToken,
+        step: sagas.step,
+        attempt: sagas.attempt,
+        deadlineAt: sagas.deadlineAt,
+        cancelReason: sagas.cancelReason,
+      })
+      .from(sagas)
+      .innerJoin(orders, eq(orders.id, sagas.orderId))
+      .where(eq(sagas.orderId, orderId));
+    if (!row) return undefined;
+    const lines = resultRows<{ sku: string; quantity: string | number | bigint }>(
+      await this.#db.execute(sql`select sku, quantity from "order".order_lines where order_id = ${orderId} order by position`),
+    ).map((l) => ({ sku: l.sku, quantity: BigInt(l.quantity) }));
+    return { ...row, lines };
+  }
+
+  async #run(orderId: string, leaseToken: string, preloaded?: SagaSubject): Promise<void> {
+    const subject = preloaded ?? (await this.#load(orderId));
+    if (!subject) return;
+    try {
+      for (;;) {
+        if (subject.step === 'done') return;
+        const now = Date.now();
+        let t: SagaTransition;
+        if (expiredBeforeRun({ ...subject, deadlineAt: subject.deadlineAt.getTime() }, now)) {
+          t = { step: 'compensate', attempt: 0, delayMs: 0, lastError: 'saga deadline passed', cancelReason: REASON_TIMEOUT };
+        } else {
+          const outcome = await this.#runStep(subject);
+          t = nextTransition(
+            { step: subject.step, attempt: subject.attempt, deadlineAt: subject.deadlineAt.getTime() },
+            outcome,
+            Date.now(),
+            this.#settings.retry,
+          );
+          if (outcome.kind !== 'ok') {
+            this.#log.info({ orderId, step: subject.step, outcome, next: t.step, delayMs: t.delayMs }, 'saga step did not succeed');
+          }
+        }
+        const done = subject.step;
+        await this.#store(subject, leaseToken, t);
+        if (t.cancelReason !== undefined) subject.cancelReason = t.cancelReason;
+        if (t.step !== done || t.finalStatus) this.#crashHook(done, t);
+        subject.step = t.step;
+        subject.attempt = t.attempt;
+        if (t.delayMs > 0) return; // the poller picks it up when due
+      }
+    } catch (err) {
+      if (err instanceof LeaseLost) return;
+      throw err;
+    }
+  }
+
+  /** Test hook: die right after the effect of step `done` is stored, as a crash would. */
+  #crashHook(done: SagaStep, t: SagaTransition): void {
+    if (this.#settings.crashAfter && this.#settings.crashAfter === done) {
+      this.#log.warn({ step: done, next: t.step }, 'SAGA_CRASH_AFTER: killing this process');
+      process.kill(process.pid, 'SIGKILL');
+    }
+  }
+
+  async #runStep(s: SagaSubject): Promise<StepOutcome> {
+    try {
+      switch (s.step) {
+        case 'reserve':
+          return await this.#reserve(s);
+        case 'authorize':
+          return await this.#authorize(s);
+        case 'confirm':
+          return await this.#confirm(s);
+        case 'compensate':
+          return await this.#compensate(s);
+        case 'done':
+          return { kind: 'ok' };
+      }
+    } catch (err) {
+      const e = ConnectError.from(err);
+      const error = `${s.step}: ${Code[e.code]}: ${e.rawMessage}`;
+      if (isTransient(e.code)) return { kind: 'transient', error };
+      return { kind: 'refused', reason: refusalReason(s.step, e) };
+    }
+  }
+
+  async #reserve(s: SagaSubject): Promise<StepOutcome> {
+    await this.#ports.inventory.reserveStock({ reservationId: s.orderId, lines: s.lines });
+    return { kind: 'ok' };
+  }
+
+  async #authorize(s: SagaSubject): Promise<StepOutcome> {
+    const { payment } = await this.#ports.payment.authorizePayment({
+      orderId: s.orderId,
+      userId: s.userId,
+      amount: money(s.currency, s.totalMinor),
+      cardToken: s.paymentToken,
+    });
+    switch (payment?.status) {
+      case PaymentStatus.AUTHORIZED:
+      case PaymentStatus.CAPTURED:
+        return { kind: 'ok' };
+      case PaymentStatus.DECLINED:
+        return { kind: 'refused', reason: REASON_PAYMENT_DECLINED };
+      default:
+        // VOIDED/REFUNDED: the payment was undone (a cancellation won the race).
+        return { kind: 'refused', reason: `payment ${payment ? PaymentStatus[payment.status].toLowerCase() : 'missing'}` };
+    }
+  }
+
+  /**
+   * Capture first, then commit: a capture that fails for good is undone by
+   * the compensation's refund/void and release, while a committed reservation
+   * could not be taken back. A commit refused here means the reservation ran
+   * out (expired): the saga compensates, refunding the capture.
+   */
+  async #confirm(s: SagaSubject): Promise<StepOutcome> {
+    await this.#ports.payment.capturePayment({ orderId: s.orderId });
+    await this.#ports.inventory.commitReservation({ reservationId: s.orderId });
+    return { kind: 'ok' };
+  }
+
+  /** Undo both, always: each is idempotent and leaves a tombstone when there was nothing to undo. */
+  async #compensate(s: SagaSubject): Promise<StepOutcome> {
+    const reason = s.cancelReason ?? 'cancelled';
+    await this.#ports.payment.refundPayment({ orderId: s.orderId, reason });
+    await this.#ports.inventory.releaseReservation({ reservationId: s.orderId, reason });
+    return { kind: 'ok' };
+  }
+
+  /** Stores a transition under our lease; final ones also move the order and write its event. */
+  async #store(s: SagaSubject, leaseToken: string, t: SagaTransition): Promise<void> {
+    const keepLease = t.delayMs === 0 && t.step !== 'done';
+    const nextRunAt = keepLease
+      ? sql`now() + ${this.#settings.leaseMs} * interval '1 millisecond'`
+      : sql`now() + ${t.delayMs} * interval '1 millisecond'`;
+    const set = {
+      step: t.step,
+      attempt: t.attempt,
+      nextRunAt,
+      leaseToken: keepLease ? leaseToken : null,
+      lastError: t.lastError,
+      updateTime: sql`now()`,
+      ...(t.cancelReason !== undefined ? { cancelReason: t.cancelReason } : {}),
+    };
+    const mine = and(eq(sagas.orderId, s.orderId), eq(sagas.leaseToken, leaseToken));
+    if (!t.finalStatus) {
+      const updated = await this.#db.update(sagas).set(set).where(mine).returning({ id: sagas.orderId });
+      if (updated.length === 0) throw new LeaseLost();
+      return;
+    }
+    await this.#db.transaction(async (tx) => {
+      const updated = await tx.update(sagas).set(set).where(mine).returning({ id: sagas.orderId });
+      if (updated.length === 0) throw new LeaseLost();
+      await this.#finish(tx, s, t.finalStatus!);
+    });
+    this.#changes.changed(s.orderId);
+  }
+
+  async #finish(tx: Transaction, s: SagaSubject, status: 'CONFIRMED' | 'CANCELLED'): Promise<void> {
+    const reason = status === 'CANCELLED' ? (s.cancelReason ?? 'cancelled') : '';
+    const moved = await tx
+      .update(orders)
+      .set({ status, cancelReason: reason, updateTime: sql`now()` })
+      .where(and(eq(orders.id, s.orderId), eq(orders.status, 'PENDING')))
+      .returning({ id: orders.id });
+    if (moved.length === 0) return; // already final: nothing to announce twice
+    const opts = { aggregateId: s.orderId, prefix: this.#settings.subjectPrefix };
+    if (status === 'CONFIRMED') {
+      await enqueueEvent(
+        tx,
+        outbox,
+        OrderConfirmedSchema,
+        create(OrderConfirmedSchema, {
+          orderId: s.orderId,
+          userId: s.userId,
+          total: money(s.currency, s.totalMinor),
+          occurTime: timestampNow(),
+        }),
+        opts,
+      );
+    } else {
+      await enqueueEvent(
+        tx,
+        outbox,
+        OrderCancelledSchema,
+        create(OrderCancelledSchema, { orderId: s.orderId, userId: s.userId, reason, occurTime: timestampNow() }),
+        opts,
+      );
+    }
+  }
+
+  /**
+   * CancelOrder's half in the database: under the order's row lock, decide
+   * and, when the saga can still be stopped, take it over for compensation
+   * with a fresh lease (a worker running a step of it loses its lease, so its
+   * result is dropped). Returns the lease to kick, or why not.
+   */
+  async requestCancel(
+    orderId: string,
+    userId: string,
+    reason: string,
+  ): Promise<
+    | { kind: 'not_found' }
+    | { kind: 'final'; status: 'CONFIRMED' | 'CANCELLED' }
+    | { kind: 'confirming' }
+    | { kind: 'compensating' }
+    | { kind: 'compensate'; leaseToken: string }
+  > {
+    return this.#db.transaction(async (tx) => {
+      const [o] = await tx
+        .select({ status: orders.status })
+        .from(orders)
+        .where(and(eq(orders.id, orderId), eq(orders.userId, userId)))
+        .for('update');
+      if (!o) return { kind: 'not_found' as const };
+      if (o.status !== 'PENDING') return { kind: 'final' as const, status: o.status };
+      const [saga] = await tx.select({ step: sagas.step }).from(sagas).where(eq(sagas.orderId, orderId)).for('update');
+      if (!saga || saga.step === 'confirm' || saga.step === 'done') return { kind: 'confirming' as const };
+      if (saga.step === 'compensate') return { kind: 'compensating' as const };
+      const leaseToken = randomUUID();
+      await tx
+        .update(sagas)
+        .set({
+          step: 'compensate',
+          attempt: 0,
+          cancelReason: reason,
+          leaseToken,
+          lastError: null,
+          nextRunAt: sql`now() + ${this.#settings.leaseMs} * interval '1 millisecond'`,
+          updateTime: sql`now()`,
+        })
+        .where(eq(sagas.orderId, orderId));
+      return { kind: 'compensate' as const, leaseToken };
+    });
+  }
+}
+
+/** Why a step that was refused for good cancels the order, in the words OrderCancelled uses. */
+function refusalReason(step: SagaStep, e: ConnectError): string {
+  if (step === 'reserve' && e.code === Code.FailedPrecondition) return REASON_OUT_OF_STOCK;
+  if (step === 'authorize' && (e.code === Code.FailedPrecondition || e.code === Code.InvalidArgument)) return REASON_PAYMENT_DECLINED;
+  if (step === 'confirm' && e.code === Code.FailedPrecondition) return REASON_TIMEOUT;
+  return `${step} failed: ${e.rawMessage}`;
+}

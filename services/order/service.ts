@@ -1,0 +1,305 @@
+/**
+ * OrderService handlers: read the request, apply the rules of domain.ts,
+ * store, answer. The saga itself lives in saga.ts; PlaceOrder only writes its
+ * first row and hands it over, CancelOrder hands it to compensation.
+ */
+import { randomUUID } from 'node:crypto';
+import { create } from '@bufbuild/protobuf';
+import { timestampNow } from '@bufbuild/protobuf/wkt';
+import { Code, ConnectError, type Client, type ServiceImpl } from '@connectrpc/connect';
+import { and, eq, sql } from 'drizzle-orm';
+import type { Database } from '../../mesh/db.js';
+import { failedPrecondition, fieldViolations, invalidArgument, invalidArguments, notFound } from '../../mesh/errors.js';
+import { requireUser } from '../../mesh/identity.js';
+import { enqueueEvent } from '../../mesh/events/outbox.js';
+import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
+import { OrderPlacedSchema, OrderService, type Order } from '../../gen/shop/order/v1/order_pb.js';
+import type { OrderChanges } from './changes.js';
+import {
+  cancelReason,
+  decodePageToken,
+  encodePageToken,
+  isFinal,
+  pageSize,
+  priceOrder,
+  validatePlaceOrder,
+  type CatalogPrice,
+  type LineInput,
+  type PricedOrder,
+} from './domain.js';
+import type { SagaOrchestrator, SagaSubject } from './saga.js';
+import { orderLines, orders, outbox, sagas } from './schema.js';
+import { lineToProto, linesOf, listOrders, loadOrder, money, orderToProto, statusFromProto } from './store.js';
+
+const ORDER = 'shop.order.v1.Order';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export interface OrderServiceDeps {
+  db: Database;
+  catalog: Client<typeof CatalogService>;
+  saga: SagaOrchestrator;
+  changes: OrderChanges;
+  /** How long a saga may take to reach confirm before it gives up with "timeout". */
+  sagaDeadlineMs: number;
+  /** NATS subject prefix of the events written to the outbox. */
+  subjectPrefix: string;
+  /** WatchOrder's re-read period: how late a change made by another replica can be seen. */
+  watchPollMs?: number;
+}
+
+export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof OrderService> {
+  const { db, saga, changes } = deps;
+  const watchPollMs = deps.watchPollMs ?? 1000;
+
+  return {
+    /**
+     * Idempotent by (user, idempotency_key): a repeat finds the first order
+     * before pricing; two concurrent firsts meet at the unique index, the
+     * loser's transaction writes nothing and it answers the winner's order.
+     */
+    async placeOrder(req, ctx) {
+      const caller = requireUser(ctx);
+      const input = validatePlaceOrder({ idempotencyKey: req.idempotencyKey, lines: req.lines, paymentToken: req.paymentToken });
+      const existing = await findByKey(db, caller.userId, input.idempotencyKey);
+      if (existing) return { order: existing };
+
+      const priced = await price(deps.catalog, input.lines);
+      const id = randomUUID();
+      const leaseToken = randomUUID();
+      const inserted = await db.transaction(async (tx) => {
+        const [row] = await tx
+          .insert(orders)
+          .values({
+            id,
+            userId: caller.userId,
+            idempotencyKey: input.idempotencyKey,
+            status: 'PENDING',
+            currency: priced.currency,
+            totalMinor: priced.totalMinor,
+          })
+          .onConflictDoNothing({ target: [orders.userId, orders.idempotencyKey] })
+          .returning();
+        if (!row) return undefined;
+        await tx.insert(orderLines).values(
+          priced.lines.map((l, position) => ({
+            orderId: id,
+            position,
+            sku: l.sku,
+            name: l.name,
+            quantity: l.quantity,
+            unitPriceMinor: l.unitPriceMinor,
+          })),
+        );
+        // Leased to this process from the start: the kick below runs it without a claim round trip.
+        const [sagaRow] = await tx
+          .insert(sagas)
+          .values({
+            orderId: id,
+            step: 'reserve',
+            paymentToken: input.paymentToken,
+            leaseToken,
+            nextRunAt: sql`now() + ${saga.leaseMs} * interval '1 millisecond'`,
+            deadlineAt: sql`now() + ${deps.sagaDeadlineMs} * interval '1 millisecond'`,
+          })
+          .returning({ deadlineAt: sagas.deadlineAt });
+        await enqueueEvent(
+          tx,
+          outbox,
+          OrderPlacedSchema,
+          create(OrderPlacedSchema, {
+            orderId: id,
+            userId: caller.userId,
+            lines: priced.lines.map((l) => lineToProto(priced.currency, l)),
+            total: money(priced.currency, priced.totalMinor),
+            occurTime: timestampNow(),
+          }),
+          { aggregateId: id, prefix: deps.subjectPrefix },
+        );
+        return { row, deadlineAt: sagaRow!.deadlineAt };
+      });
+
+      if (!inserted) {
+        const first = await findByKey(db, caller.userId, input.idempotencyKey);
+        if (!first) throw new ConnectError('the first order with this idempotency_key vanished', Code.Aborted);
+        return { order: first };
+      }
+      const subject: SagaSubject = {
+        orderId: id,
+        userId: caller.userId,
+        currency: priced.currency,
+        totalMinor: priced.totalMinor,
+        lines: priced.lines.map((l) => ({ sku: l.sku, quantity: l.quantity })),
+        paymentToken: input.paymentToken,
+        step: 'reserve',
+        attempt: 0,
+        deadlineAt: inserted.deadlineAt,
+        cancelReason: null,
+      };
+      void saga.kick(id, leaseToken, subject);
+      return { order: orderToProto(inserted.row, priced.lines) };
+    },
+
+    async getOrder(req, ctx) {
+      const caller = requireUser(ctx);
+      return { order: await getOwnOrder(db, validateId(req.id), caller.userId) };
+    },
+
+    async listOrders(req, ctx) {
+      const caller = requireUser(ctx);
+      const limit = pageSize(req.pageSize);
+      const cursor = decodePageToken(req.pageToken);
+      const status = req.status === 0 ? undefined : statusFromProto(req.status);
+      if (req.status !== 0 && !status) throw invalidArgument('status', `unknown status ${req.status}`, 'UNKNOWN_ENUM');
+      const rows = await listOrders(db, { userId: caller.userId, status, beforeSeq: cursor?.seq, limit: limit + 1 });
+      const page = rows.slice(0, limit);
+      const last = page.at(-1);
+      return {
+        orders: page.map((o) => orderToProto(o.row, o.lines)),
+        nextPageToken: rows.length > limit && last ? encodePageToken({ seq: last.row.seq }) : '',
+      };
+    },
+
+    /**
+     * Allowed while the saga is reserving or authorizing. It takes the saga
+     * over for compensation and waits (within the call's deadline) for it to
+     * finish, so the answer is normally the CANCELLED order; if a downstream
+     * service is down, the compensation keeps retrying in the background and
+     * the answer is the order as it is (PENDING).
+     */
+    async cancelOrder(req, ctx) {
+      const caller = requireUser(ctx);
+      const id = validateId(req.id);
+      const reason = cancelReason(req.reason);
+      const decision = await saga.requestCancel(id, caller.userId, reason);
+      switch (decision.kind) {
+        case 'not_found':
+          throw notFound(ORDER, id, `order ${id} not found`);
+        case 'final':
+          if (decision.status === 'CONFIRMED') {
+            throw failedPrecondition('ORDER_STATUS', `orders/${id}`, 'the order is confirmed; it can no longer be cancelled');
+          }
+          break;
+        case 'confirming':
+          throw failedPrecondition('ORDER_STATUS', `orders/${id}`, 'the order is being confirmed; it can no longer be cancelled');
+        case 'compensating':
+          await withinDeadline(saga.settled(id), ctx.timeoutMs());
+          break;
+        case 'compensate':
+          await withinDeadline(saga.kick(id, decision.leaseToken), ctx.timeoutMs());
+          break;
+      }
+      return { order: await getOwnOrder(db, id, caller.userId) };
+    },
+
+    /**
+     * The current state first, then each change. A change made by this
+     * process's saga is heard at once (OrderChanges); one made by another
+     * replica is seen by the periodic re-read.
+     */
+    async *watchOrder(req, ctx) {
+      const caller = requireUser(ctx);
+      const id = validateId(req.id);
+      let dirty = false;
+      let wake: (() => void) | undefined;
+      const unsubscribe = changes.subscribe(id, () => {
+        dirty = true;
+        wake?.();
+      });
+      try {
+        let last = await getOwnOrder(db, id, caller.userId);
+        yield { order: last };
+        while (!isFinalProto(last) && !ctx.signal.aborted) {
+          if (!dirty) {
+            await new Promise<void>((resolve) => {
+              const timer = setTimeout(done, watchPollMs);
+              function done() {
+                clearTimeout(timer);
+                ctx.signal.removeEventListener('abort', done);
+                wake = undefined;
+                resolve();
+              }
+              wake = done;
+              ctx.signal.addEventListener('abort', done, { once: true });
+            });
+          }
+          dirty = false;
+          if (ctx.signal.aborted) return;
+          const now = await getOwnOrder(db, id, caller.userId);
+          if (now.status !== last.status || now.cancelReason !== last.cancelReason) {
+            last = now;
+            yield { order: now };
+          }
+        }
+      } finally {
+        unsubscribe();
+      }
+    },
+  };
+}
+
+function isFinalProto(order: Order): boolean {
+  const status = statusFromProto(order.status);
+  return status !== undefined && isFinal(status);
+}
+
+function validateId(id: string): string {
+  if (id === '') throw invalidArgument('id', 'is required', 'REQUIRED');
+  if (!UUID.test(id)) throw invalidArgument('id', 'must be an order id (UUID)', 'MALFORMED');
+  return id.toLowerCase();
+}
+
+async function getOwnOrder(db: Database, id: string, userId: string): Promise<Order> {
+  const found = await loadOrder(db, id, userId);
+  // Another user's order is indistinguishable from a missing one.
+  if (!found) throw notFound(ORDER, id, `order ${id} not found`);
+  return orderToProto(found.row, found.lines);
+}
+
+async function findByKey(db: Database, userId: string, key: string): Promise<Order | undefined> {
+  const [row] = await db
+    .select()
+    .from(orders)
+    .where(and(eq(orders.userId, userId), eq(orders.idempotencyKey, key)))
+    .limit(1);
+  if (!row) return undefined;
+  return orderToProto(row, (await linesOf(db, [row.id])).get(row.id) ?? []);
+}
+
+/**
+ * Prices the lines through the catalog. The catalog's own INVALID_ARGUMENT
+ * about `skus[i]` is about our `lines[i].sku` (we send the SKUs in line
+ * order), so the caller hears about the field it sent.
+ */
+async function price(catalog: Client<typeof CatalogService>, lines: LineInput[]): Promise<PricedOrder> {
+  let res;
+  try {
+    res = await catalog.batchGetProducts({ skus: lines.map((l) => l.sku) });
+  } catch (err) {
+    const e = ConnectError.from(err);
+    if (e.code === Code.InvalidArgument) {
+      const v = fieldViolations(e);
+      if (v.length > 0) {
+        throw invalidArguments(v.map((x) => ({ ...x, field: x.field.replace(/^skus\[(\d+)\]$/, 'lines[$1].sku') })));
+      }
+      throw invalidArgument('lines', e.rawMessage);
+    }
+    // Unavailable, deadline, cancelled: the caller may retry (PlaceOrder is idempotent).
+    if ([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.ResourceExhausted].includes(e.code)) throw e;
+    throw new ConnectError(`catalog could not price the order: ${e.rawMessage}`, Code.Internal);
+  }
+  const prices: CatalogPrice[] = res.products.map((p) => ({
+    sku: p.sku,
+    name: p.name,
+    currency: p.price?.currencyCode ?? '',
+    unitPriceMinor: p.price?.amountMinor ?? 0n,
+  }));
+  return priceOrder(lines, prices, res.missingSkus);
+}
+
+/** Waits for `p`, but no longer than the call's remaining time (less a margin to answer in). */
+async function withinDeadline(p: Promise<void>, timeoutMs: number | undefined): Promise<void> {
+  const budget = Math.max(0, (timeoutMs ?? 5000) - 250);
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, budget)))]);
+  clearTimeout(timer);
+}

@@ -1,0 +1,99 @@
+/**
+ * Reading orders back: rows to the contract's `Order`, and the few queries
+ * that service.ts (GetOrder, ListOrders, WatchOrder) and saga.ts share.
+ */
+import { create } from '@bufbuild/protobuf';
+import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { and, asc, desc, eq, inArray, lt, type SQL } from 'drizzle-orm';
+import type { Database } from '../../mesh/db.js';
+import type { Money } from '../../gen/shop/common/v1/money_pb.js';
+import { MoneySchema } from '../../gen/shop/common/v1/money_pb.js';
+import { OrderLineSchema, OrderSchema, OrderStatus, type Order, type OrderLine } from '../../gen/shop/order/v1/order_pb.js';
+import type { OrderStatusName } from './domain.js';
+import { orderLines, orders, type OrderLineRow, type OrderRow } from './schema.js';
+
+export const STATUS_TO_PROTO: Record<OrderStatusName, OrderStatus> = {
+  PENDING: OrderStatus.PENDING,
+  CONFIRMED: OrderStatus.CONFIRMED,
+  CANCELLED: OrderStatus.CANCELLED,
+};
+
+export function statusFromProto(status: OrderStatus): OrderStatusName | undefined {
+  switch (status) {
+    case OrderStatus.PENDING:
+      return 'PENDING';
+    case OrderStatus.CONFIRMED:
+      return 'CONFIRMED';
+    case OrderStatus.CANCELLED:
+      return 'CANCELLED';
+    default:
+      return undefined;
+  }
+}
+
+export function money(currency: string, amountMinor: bigint): Money {
+  return create(MoneySchema, { currencyCode: currency, amountMinor });
+}
+
+export function lineToProto(currency: string, line: Pick<OrderLineRow, 'sku' | 'name' | 'quantity' | 'unitPriceMinor'>): OrderLine {
+  return create(OrderLineSchema, {
+    sku: line.sku,
+    name: line.name,
+    quantity: line.quantity,
+    unitPrice: money(currency, line.unitPriceMinor),
+    lineTotal: money(currency, line.unitPriceMinor * line.quantity),
+  });
+}
+
+export function orderToProto(row: OrderRow, lines: Pick<OrderLineRow, 'sku' | 'name' | 'quantity' | 'unitPriceMinor'>[]): Order {
+  return create(OrderSchema, {
+    id: row.id,
+    userId: row.userId,
+    status: STATUS_TO_PROTO[row.status],
+    lines: lines.map((l) => lineToProto(row.currency, l)),
+    total: money(row.currency, row.totalMinor),
+    cancelReason: row.cancelReason,
+    createTime: timestampFromDate(row.createTime),
+    updateTime: timestampFromDate(row.updateTime),
+  });
+}
+
+/** The lines of each order, in the order they were placed. */
+export async function linesOf(db: Database, orderIds: string[]): Promise<Map<string, OrderLineRow[]>> {
+  const byOrder = new Map<string, OrderLineRow[]>(orderIds.map((id) => [id, []]));
+  if (orderIds.length === 0) return byOrder;
+  const rows = await db
+    .select()
+    .from(orderLines)
+    .where(orderIds.length === 1 ? eq(orderLines.orderId, orderIds[0]!) : inArray(orderLines.orderId, orderIds))
+    .orderBy(asc(orderLines.orderId), asc(orderLines.position));
+  for (const row of rows) byOrder.get(row.orderId)?.push(row);
+  return byOrder;
+}
+
+/** One order with its lines, or undefined; `userId` restricts it to that user's orders. */
+export async function loadOrder(db: Database, id: string, userId?: string): Promise<{ row: OrderRow; lines: OrderLineRow[] } | undefined> {
+  const where = userId === undefined ? eq(orders.id, id) : and(eq(orders.id, id), eq(orders.userId, userId));
+  const [row] = await db.select().from(orders).where(where).limit(1);
+  if (!row) return undefined;
+  const lines = (await linesOf(db, [id])).get(id) ?? [];
+  return { row, lines };
+}
+
+/** A user's orders newest first, `limit` of them, strictly older than `beforeSeq` when given. */
+export async function listOrders(
+  db: Database,
+  q: { userId: string; status?: OrderStatusName; beforeSeq?: bigint; limit: number },
+): Promise<{ row: OrderRow; lines: OrderLineRow[] }[]> {
+  const conds: SQL[] = [eq(orders.userId, q.userId)];
+  if (q.status) conds.push(eq(orders.status, q.status));
+  if (q.beforeSeq !== undefined) conds.push(lt(orders.seq, q.beforeSeq));
+  const rows = await db
+    .select()
+    .from(orders)
+    .where(and(...conds))
+    .orderBy(desc(orders.seq))
+    .limit(q.limit);
+  const lines = await linesOf(db, rows.map((r) => r.id));
+  return rows.map((row) => ({ row, lines: lines.get(row.id) ?? [] }));
+}
