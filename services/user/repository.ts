@@ -1,0 +1,107 @@
+/** The user context's SQL, through drizzle: one method per question the service asks. */
+import { randomUUID } from 'node:crypto';
+import { desc, eq, sql } from 'drizzle-orm';
+import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { create } from '@bufbuild/protobuf';
+import type { Database } from '../../mesh/db.js';
+import type { EventsTx } from '../../mesh/events/db.js';
+import { enqueueEvent } from '../../mesh/events/outbox.js';
+import { UserRegisteredSchema } from '../../gen/shop/user/v1/user_pb.js';
+import { LATEST_AWARDS_LIMIT, type RoleName } from './domain.js';
+import { outbox, pointsAwards, users, type PointsAwardRow, type UserRow } from './schema.js';
+
+export interface NewUser {
+  /** Already normalised (domain.normalizeEmail). */
+  email: string;
+  passwordHash: string;
+  displayName: string;
+  role: RoleName;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export class UserRepository {
+  /** `subjectPrefix`: NATS_SUBJECT_PREFIX, for the subjects of outbox rows. */
+  constructor(
+    private readonly db: Database,
+    private readonly subjectPrefix = '',
+  ) {}
+
+  /**
+   * Inserts the account and its UserRegistered outbox row in one transaction.
+   * The unique email index decides a race between two registrations of one
+   * address: the loser inserts nothing, writes no event, and gets undefined.
+   */
+  async register(u: NewUser): Promise<UserRow | undefined> {
+    return this.db.transaction(async (tx) => {
+      const [row] = await tx
+        .insert(users)
+        .values({ id: randomUUID(), ...u })
+        .onConflictDoNothing({ target: users.email })
+        .returning();
+      if (!row) return undefined;
+      await enqueueEvent(
+        tx,
+        outbox,
+        UserRegisteredSchema,
+        create(UserRegisteredSchema, {
+          userId: row.id,
+          email: row.email,
+          displayName: row.displayName,
+          occurTime: timestampFromDate(row.createTime),
+        }),
+        { aggregateId: row.id, prefix: this.subjectPrefix },
+      );
+      return row;
+    });
+  }
+
+  async findByEmail(email: string): Promise<UserRow | undefined> {
+    const [row] = await this.db.select().from(users).where(eq(users.email, email));
+    return row;
+  }
+
+  /** Undefined for an id that is not a UUID (ids come from request metadata). */
+  async findById(id: string): Promise<UserRow | undefined> {
+    if (!UUID.test(id)) return undefined;
+    const [row] = await this.db.select().from(users).where(eq(users.id, id));
+    return row;
+  }
+
+  async setRole(id: string, role: RoleName): Promise<void> {
+    await this.db.update(users).set({ role }).where(eq(users.id, id));
+  }
+
+  /** The balance (sum of all awards) and the latest awards, newest first. */
+  async points(userId: string): Promise<{ balance: bigint; awards: PointsAwardRow[] }> {
+    const [sum] = await this.db
+      .select({ balance: sql<string>`coalesce(sum(${pointsAwards.points}), 0)::text` })
+      .from(pointsAwards)
+      .where(eq(pointsAwards.userId, userId));
+    const awards = await this.db
+      .select()
+      .from(pointsAwards)
+      .where(eq(pointsAwards.userId, userId))
+      .orderBy(desc(pointsAwards.seq))
+      .limit(LATEST_AWARDS_LIMIT);
+    return { balance: BigInt(sum?.balance ?? '0'), awards };
+  }
+}
+
+/**
+ * Records the points an order earned, inside the consumer's transaction. The
+ * order id is the primary key, so even an event id the inbox has not seen
+ * (a republished copy with a new id) cannot award an order twice.
+ * Returns false when the order had already been awarded.
+ */
+export async function awardPoints(
+  tx: EventsTx,
+  award: { orderId: string; userId: string; points: bigint },
+): Promise<boolean> {
+  const inserted = await tx
+    .insert(pointsAwards)
+    .values(award)
+    .onConflictDoNothing({ target: pointsAwards.orderId })
+    .returning({ orderId: pointsAwards.orderId });
+  return inserted.length > 0;
+}
