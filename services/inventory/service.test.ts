@@ -1,0 +1,342 @@
+/**
+ * InventoryService over real gRPC (mesh server + mesh client on TCP) against a
+ * fresh Postgres database.
+ */
+import test from 'ava';
+import { fromBinary } from '@bufbuild/protobuf';
+import { Code, ConnectError, type Client } from '@connectrpc/connect';
+import { and, asc, eq, lte, sql } from 'drizzle-orm';
+import {
+  InventoryService,
+  ReservationStatus,
+  StockReleasedSchema,
+  StockReservedSchema,
+} from '../../gen/shop/inventory/v1/inventory_pb.js';
+import { createMeshTransport, type MeshTransport } from '../../mesh/client.js';
+import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
+import { fieldViolations } from '../../mesh/errors.js';
+import { identityHeaders } from '../../mesh/identity.js';
+import { startMeshServer, serve, type MeshServer } from '../../mesh/server.js';
+import { createTestDatabase, type TestDatabase } from '../../mesh/testing/index.js';
+import { createClient } from '@connectrpc/connect';
+import { outbox, reservations, stock } from './schema.js';
+import { inventoryService } from './service.js';
+import { InventoryStore } from './store.js';
+
+const ADMIN = { headers: identityHeaders({ userId: 'admin-1', role: 'admin' }) };
+const TTL_MS = 15 * 60_000;
+
+let testDb: TestDatabase;
+let database: MeshDatabase;
+let server: MeshServer;
+let transport: MeshTransport;
+let client: Client<typeof InventoryService>;
+let store: InventoryStore;
+/** The store's clock: tests move it forward to expire reservations. */
+let clock = Date.parse('2030-01-01T00:00:00Z');
+
+test.before(async () => {
+  testDb = await createTestDatabase();
+  database = await openDatabase({
+    context: 'inventory',
+    url: testDb.url,
+    maxConnections: 20,
+    migrationsFolder: new URL('./migrations', import.meta.url).pathname,
+  });
+  store = new InventoryStore({ db: database.db, reservationTtlMs: TTL_MS, subjectPrefix: 't.', now: () => clock });
+  server = await startMeshServer({
+    name: 'inventory',
+    host: '127.0.0.1',
+    port: 0,
+    services: [serve(InventoryService, inventoryService(store))],
+  });
+  // No retries: a test must see the first answer.
+  transport = createMeshTransport({ target: `127.0.0.1:${server.port}`, retry: { maxAttempts: 1 } });
+  client = createClient(InventoryService, transport);
+});
+
+test.after.always(async () => {
+  transport?.close();
+  await server?.close(1000);
+  await database?.close();
+  await testDb?.drop();
+});
+
+let skuCounter = 0;
+/** A fresh SKU with `onHand` units, so tests sharing the database never meet. */
+async function stocked(onHand: number): Promise<string> {
+  const sku = `T-${String(++skuCounter).padStart(4, '0')}`;
+  await client.setStock({ sku, onHand: BigInt(onHand) }, ADMIN);
+  return sku;
+}
+
+async function level(sku: string) {
+  const { stock: s } = await client.getStock({ sku });
+  return { onHand: Number(s!.onHand), reserved: Number(s!.reserved), available: Number(s!.available) };
+}
+
+async function eventsOf(aggregateId: string) {
+  return database.db
+    .select()
+    .from(outbox)
+    .where(eq(outbox.aggregateId, aggregateId))
+    .orderBy(asc(outbox.seq));
+}
+
+async function rejects(t: import('ava').ExecutionContext, p: Promise<unknown>, code: Code): Promise<ConnectError> {
+  const err = await t.throwsAsync(p);
+  t.true(err instanceof ConnectError, String(err));
+  t.is((err as ConnectError).code, code, (err as ConnectError).message);
+  return err as ConnectError;
+}
+
+test('SetStock sets on_hand and GetStock reads it; an unknown SKU reads zero', async (t) => {
+  const sku = await stocked(7);
+  t.deepEqual(await level(sku), { onHand: 7, reserved: 0, available: 7 });
+  const again = await client.setStock({ sku, onHand: 7n }, ADMIN);
+  t.is(again.stock!.onHand, 7n);
+  t.deepEqual(await level('NEVER-STOCKED'), { onHand: 0, reserved: 0, available: 0 });
+});
+
+test('SetStock needs the admin role', async (t) => {
+  await rejects(t, client.setStock({ sku: 'ABC-1', onHand: 1n }), Code.Unauthenticated);
+  await rejects(
+    t,
+    client.setStock({ sku: 'ABC-1', onHand: 1n }, { headers: identityHeaders({ userId: 'u', role: 'user' }) }),
+    Code.PermissionDenied,
+  );
+});
+
+test('SetStock refuses to go below what is reserved', async (t) => {
+  const sku = await stocked(10);
+  await client.reserveStock({ reservationId: 'below-1', lines: [{ sku, quantity: 6n }] });
+  const err = await rejects(t, client.setStock({ sku, onHand: 5n }, ADMIN), Code.FailedPrecondition);
+  t.regex(err.message, new RegExp(sku));
+  const ok = await client.setStock({ sku, onHand: 6n }, ADMIN);
+  t.is(ok.stock!.available, 0n);
+});
+
+test('bad input names the field, for every RPC', async (t) => {
+  const cases: Array<[string, () => Promise<unknown>, string]> = [
+    ['SetStock empty sku', () => client.setStock({ sku: '', onHand: 1n }, ADMIN), 'sku'],
+    ['SetStock lower-case sku', () => client.setStock({ sku: 'abc', onHand: 1n }, ADMIN), 'sku'],
+    ['SetStock negative', () => client.setStock({ sku: 'ABC-1', onHand: -1n }, ADMIN), 'on_hand'],
+    ['GetStock empty sku', () => client.getStock({ sku: '' }), 'sku'],
+    ['ReserveStock no id', () => client.reserveStock({ reservationId: '', lines: [{ sku: 'ABC-1', quantity: 1n }] }), 'reservation_id'],
+    ['ReserveStock no lines', () => client.reserveStock({ reservationId: 'r-bad', lines: [] }), 'lines'],
+    ['ReserveStock zero qty', () => client.reserveStock({ reservationId: 'r-bad', lines: [{ sku: 'ABC-1', quantity: 0n }] }), 'lines[0].quantity'],
+    ['ReserveStock huge qty', () => client.reserveStock({ reservationId: 'r-bad', lines: [{ sku: 'ABC-1', quantity: 1001n }] }), 'lines[0].quantity'],
+    ['ReserveStock bad sku', () => client.reserveStock({ reservationId: 'r-bad', lines: [{ sku: 'a', quantity: 1n }] }), 'lines[0].sku'],
+    [
+      'ReserveStock duplicate sku',
+      () => client.reserveStock({ reservationId: 'r-bad', lines: [{ sku: 'ABC-1', quantity: 1n }, { sku: 'ABC-1', quantity: 2n }] }),
+      'lines[1].sku',
+    ],
+    ['ReleaseReservation no id', () => client.releaseReservation({ reservationId: '' }), 'reservation_id'],
+    ['ReleaseReservation bad id', () => client.releaseReservation({ reservationId: 'has space' }), 'reservation_id'],
+    ['ReleaseReservation long reason', () => client.releaseReservation({ reservationId: 'x', reason: 'r'.repeat(501) }), 'reason'],
+    ['CommitReservation no id', () => client.commitReservation({ reservationId: '' }), 'reservation_id'],
+  ];
+  for (const [name, call, field] of cases) {
+    const err = await rejects(t, call(), Code.InvalidArgument);
+    t.is(fieldViolations(err)[0]?.field, field, name);
+    t.true(err.rawMessage.startsWith(`${field}:`), `${name}: ${err.rawMessage}`);
+  }
+  // Nothing was written by any of them.
+  const [{ n }] = await database.db.select({ n: sql<number>`count(*)::int` }).from(reservations).where(eq(reservations.id, 'r-bad'));
+  t.is(n, 0);
+});
+
+test('ReserveStock holds every line, writes StockReserved in the same transaction, and a retry returns the same reservation', async (t) => {
+  const a = await stocked(5);
+  const b = await stocked(5);
+  const first = await client.reserveStock({ reservationId: 'order-1', lines: [{ sku: b, quantity: 2n }, { sku: a, quantity: 3n }] });
+  const r = first.reservation!;
+  t.is(r.id, 'order-1');
+  t.is(r.status, ReservationStatus.RESERVED);
+  t.deepEqual(r.lines.map((l) => [l.sku, l.quantity]), [[a, 3n], [b, 2n]]);
+  t.is(Number(r.expireTime!.seconds) * 1000, clock + TTL_MS);
+  t.deepEqual(await level(a), { onHand: 5, reserved: 3, available: 2 });
+  t.deepEqual(await level(b), { onHand: 5, reserved: 2, available: 3 });
+
+  const again = await client.reserveStock({ reservationId: 'order-1', lines: [{ sku: a, quantity: 3n }, { sku: b, quantity: 2n }] });
+  t.deepEqual(again.reservation, r);
+  t.deepEqual(await level(a), { onHand: 5, reserved: 3, available: 2 }, 'a retry holds nothing more');
+
+  const events = await eventsOf('order-1');
+  t.is(events.length, 1, 'one StockReserved for one reservation');
+  t.is(events[0]!.eventType, 'shop.inventory.v1.StockReserved');
+  t.is(events[0]!.subject, 't.shop.inventory.v1.StockReserved');
+  const event = fromBinary(StockReservedSchema, events[0]!.payload);
+  t.is(event.reservationId, 'order-1');
+  t.deepEqual(event.lines.map((l) => [l.sku, l.quantity]), [[a, 3n], [b, 2n]]);
+
+  await rejects(
+    t,
+    client.reserveStock({ reservationId: 'order-1', lines: [{ sku: a, quantity: 1n }] }),
+    Code.AlreadyExists,
+  );
+});
+
+test('ReserveStock is all or none: one short line holds nothing and writes no event', async (t) => {
+  const plenty = await stocked(10);
+  const short = await stocked(1);
+  const err = await rejects(
+    t,
+    client.reserveStock({ reservationId: 'order-short', lines: [{ sku: plenty, quantity: 4n }, { sku: short, quantity: 2n }] }),
+    Code.FailedPrecondition,
+  );
+  t.true(err.rawMessage.startsWith(short), err.rawMessage);
+  t.deepEqual(await level(plenty), { onHand: 10, reserved: 0, available: 10 });
+  t.deepEqual(await level(short), { onHand: 1, reserved: 0, available: 1 });
+  t.is((await eventsOf('order-short')).length, 0);
+  t.is((await database.db.select().from(reservations).where(eq(reservations.id, 'order-short'))).length, 0);
+
+  const unknown = await rejects(
+    t,
+    client.reserveStock({ reservationId: 'order-unknown', lines: [{ sku: 'NO-SUCH-SKU', quantity: 1n }] }),
+    Code.FailedPrecondition,
+  );
+  t.regex(unknown.rawMessage, /^NO-SUCH-SKU/);
+
+  // Once stock arrives, the same id may try again: a failed reserve left nothing behind.
+  await client.setStock({ sku: short, onHand: 2n }, ADMIN);
+  const ok = await client.reserveStock({ reservationId: 'order-short', lines: [{ sku: plenty, quantity: 4n }, { sku: short, quantity: 2n }] });
+  t.is(ok.reservation!.status, ReservationStatus.RESERVED);
+});
+
+// Serial: the DDL below must not queue behind (or block) other tests' transactions.
+test.serial('a failed outbox write rolls the reservation back', async (t) => {
+  const sku = await stocked(3);
+  // Make the outbox refuse rows for this aggregate, as a full disk or a bug would.
+  await database.db.execute(
+    sql.raw(`alter table inventory.outbox add constraint no_doomed check (aggregate_id <> 'order-doomed') not valid`),
+  );
+  try {
+    await rejects(t, client.reserveStock({ reservationId: 'order-doomed', lines: [{ sku, quantity: 2n }] }), Code.Internal);
+  } finally {
+    await database.db.execute(sql.raw(`alter table inventory.outbox drop constraint no_doomed`));
+  }
+  t.deepEqual(await level(sku), { onHand: 3, reserved: 0, available: 3 });
+  t.is((await database.db.select().from(reservations).where(eq(reservations.id, 'order-doomed'))).length, 0);
+});
+
+test('ReleaseReservation gives stock back once, with StockReleased; repeated calls change nothing', async (t) => {
+  const sku = await stocked(4);
+  await client.reserveStock({ reservationId: 'order-rel', lines: [{ sku, quantity: 3n }] });
+  const released = await client.releaseReservation({ reservationId: 'order-rel', reason: 'payment declined' });
+  t.is(released.reservation!.status, ReservationStatus.RELEASED);
+  t.deepEqual(await level(sku), { onHand: 4, reserved: 0, available: 4 });
+  const again = await client.releaseReservation({ reservationId: 'order-rel', reason: 'payment declined' });
+  t.is(again.reservation!.status, ReservationStatus.RELEASED);
+  t.deepEqual(await level(sku), { onHand: 4, reserved: 0, available: 4 });
+
+  const events = await eventsOf('order-rel');
+  t.deepEqual(events.map((e) => e.eventType), ['shop.inventory.v1.StockReserved', 'shop.inventory.v1.StockReleased']);
+  const ev = fromBinary(StockReleasedSchema, events[1]!.payload);
+  t.is(ev.reason, 'payment declined');
+  t.deepEqual(ev.lines.map((l) => [l.sku, l.quantity]), [[sku, 3n]]);
+
+  // A released id is spent: reserving it again is refused, commit too.
+  await rejects(t, client.reserveStock({ reservationId: 'order-rel', lines: [{ sku, quantity: 3n }] }), Code.Aborted);
+  await rejects(t, client.commitReservation({ reservationId: 'order-rel' }), Code.FailedPrecondition);
+  t.deepEqual(await level(sku), { onHand: 4, reserved: 0, available: 4 });
+});
+
+test('releasing an unknown reservation records a tombstone: a late ReserveStock is ABORTED', async (t) => {
+  const sku = await stocked(2);
+  const r = await client.releaseReservation({ reservationId: 'order-late', reason: 'saga cancelled' });
+  t.is(r.reservation!.status, ReservationStatus.RELEASED);
+  t.deepEqual(r.reservation!.lines, []);
+  t.is((await eventsOf('order-late')).length, 0, 'nothing was held, nothing announced');
+  const err = await rejects(t, client.reserveStock({ reservationId: 'order-late', lines: [{ sku, quantity: 1n }] }), Code.Aborted);
+  t.regex(err.message, /released before it was reserved/);
+  t.deepEqual(await level(sku), { onHand: 2, reserved: 0, available: 2 });
+});
+
+test('CommitReservation sells the stock once; release after commit keeps it sold', async (t) => {
+  const sku = await stocked(5);
+  await client.reserveStock({ reservationId: 'order-sold', lines: [{ sku, quantity: 2n }] });
+  const c1 = await client.commitReservation({ reservationId: 'order-sold' });
+  t.is(c1.reservation!.status, ReservationStatus.COMMITTED);
+  t.deepEqual(await level(sku), { onHand: 3, reserved: 0, available: 3 });
+  const c2 = await client.commitReservation({ reservationId: 'order-sold' });
+  t.is(c2.reservation!.status, ReservationStatus.COMMITTED);
+  t.deepEqual(await level(sku), { onHand: 3, reserved: 0, available: 3 });
+  const rel = await client.releaseReservation({ reservationId: 'order-sold', reason: 'too late' });
+  t.is(rel.reservation!.status, ReservationStatus.COMMITTED);
+  t.deepEqual(await level(sku), { onHand: 3, reserved: 0, available: 3 });
+  const again = await client.reserveStock({ reservationId: 'order-sold', lines: [{ sku, quantity: 2n }] });
+  t.is(again.reservation!.status, ReservationStatus.COMMITTED, 'a late retry of the reserve answers the stored reservation');
+  await rejects(t, client.commitReservation({ reservationId: 'order-never' }), Code.NotFound);
+});
+
+// Serial: 200 calls at once would push other tests' calls past their deadlines.
+test.serial('200 concurrent ReserveStock calls for 50 units: exactly 50 succeed, none oversold', async (t) => {
+  const sku = await stocked(50);
+  const results = await Promise.allSettled(
+    Array.from({ length: 200 }, (_, i) =>
+      // A generous deadline: this proves correctness, not speed (bench/ measures that),
+      // and a loaded CI machine must not turn a slow answer into a failure.
+      client.reserveStock({ reservationId: `rush-${i}`, lines: [{ sku, quantity: 1n }] }, { timeoutMs: 60_000 }),
+    ),
+  );
+  const ok = results.filter((r) => r.status === 'fulfilled');
+  const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+  t.is(ok.length, 50);
+  t.is(refused.length, 150);
+  for (const r of refused) t.is((r.reason as ConnectError).code, Code.FailedPrecondition, String(r.reason));
+  t.deepEqual(await level(sku), { onHand: 50, reserved: 50, available: 0 });
+  const [{ n }] = await database.db
+    .select({ n: sql<number>`count(*)::int` })
+    .from(reservations)
+    .where(sql`${reservations.id} like 'rush-%' and ${reservations.status} = 'RESERVED'`);
+  t.is(n, 50);
+  const [{ e }] = await database.db
+    .select({ e: sql<number>`count(*)::int` })
+    .from(outbox)
+    .where(sql`${outbox.aggregateId} like 'rush-%'`);
+  t.is(e, 50, 'one StockReserved per successful reservation');
+});
+
+test('concurrent duplicates of one ReserveStock hold the stock once', async (t) => {
+  const sku = await stocked(10);
+  const results = await Promise.all(
+    Array.from({ length: 10 }, () => client.reserveStock({ reservationId: 'dup-1', lines: [{ sku, quantity: 3n }] })),
+  );
+  for (const r of results) t.is(r.reservation!.status, ReservationStatus.RESERVED);
+  t.deepEqual(await level(sku), { onHand: 10, reserved: 3, available: 7 });
+  t.is((await eventsOf('dup-1')).length, 1);
+});
+
+test.serial('the sweeper releases expired reservations with reason "expired", once, even with two sweepers', async (t) => {
+  const sku = await stocked(6);
+  await client.reserveStock({ reservationId: 'exp-1', lines: [{ sku, quantity: 2n }] });
+  await client.reserveStock({ reservationId: 'exp-2', lines: [{ sku, quantity: 1n }] });
+  clock += TTL_MS - 1;
+  await client.reserveStock({ reservationId: 'exp-fresh', lines: [{ sku, quantity: 1n }] });
+  t.is(await store.sweepExpired(), 0, 'nothing is due yet');
+  clock += 1;
+  const [{ due }] = await database.db
+    .select({ due: sql<number>`count(*)::int` })
+    .from(reservations)
+    .where(and(eq(reservations.status, 'RESERVED'), lte(reservations.expireTime, new Date(clock))));
+  t.true(due >= 2);
+  // Two replicas sweeping at the same moment: each due reservation is released by exactly one.
+  const other = new InventoryStore({ db: database.db, reservationTtlMs: TTL_MS, now: () => clock });
+  const [a, b] = await Promise.all([store.sweepExpired(), other.sweepExpired()]);
+  t.is(a + b, due, `swept ${a} + ${b}`);
+  t.deepEqual(await level(sku), { onHand: 6, reserved: 1, available: 5 }, 'only exp-fresh still holds');
+  const stored = await database.db.select().from(stock).where(eq(stock.sku, sku));
+  t.is(stored[0]!.reserved, 1);
+  for (const id of ['exp-1', 'exp-2']) {
+    const events = await eventsOf(id);
+    t.deepEqual(events.map((e) => e.eventType), ['shop.inventory.v1.StockReserved', 'shop.inventory.v1.StockReleased'], id);
+    t.is(fromBinary(StockReleasedSchema, events[1]!.payload).reason, 'expired');
+  }
+  await rejects(t, client.commitReservation({ reservationId: 'exp-1' }), Code.FailedPrecondition);
+  await rejects(t, client.reserveStock({ reservationId: 'exp-1', lines: [{ sku, quantity: 2n }] }), Code.Aborted);
+  clock += TTL_MS;
+  t.is(await store.sweepExpired(), 1, 'exp-fresh, now due');
+  t.deepEqual(await level(sku), { onHand: 6, reserved: 0, available: 6 });
+});

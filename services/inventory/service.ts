@@ -1,0 +1,105 @@
+/**
+ * InventoryService: stock per SKU and reservations against it.
+ *
+ * Errors, in one list:
+ *   INVALID_ARGUMENT     a malformed field, named (sku, on_hand, reservation_id, lines[i].sku, lines[i].quantity, reason)
+ *   FAILED_PRECONDITION  ReserveStock: a SKU cannot cover its line (the message starts with the SKU);
+ *                        SetStock: on_hand below what is reserved;
+ *                        CommitReservation: the reservation was released (or expired)
+ *   ABORTED              ReserveStock for an id that was released, expired or tombstoned
+ *                        (ReleaseReservation before ReserveStock): ids are single-use
+ *   ALREADY_EXISTS       ReserveStock repeating an id with different lines
+ *   NOT_FOUND            CommitReservation of an id never reserved
+ *   UNAUTHENTICATED / PERMISSION_DENIED   SetStock without the admin role (x-mesh-user-role)
+ */
+import { create } from '@bufbuild/protobuf';
+import { timestampFromMs } from '@bufbuild/protobuf/wkt';
+import type { ServiceImpl } from '@connectrpc/connect';
+import {
+  CommitReservationResponseSchema,
+  GetStockResponseSchema,
+  InventoryService,
+  ReleaseReservationResponseSchema,
+  ReservationSchema,
+  ReservationStatus,
+  ReserveStockResponseSchema,
+  SetStockResponseSchema,
+  StockLevelSchema,
+  type Reservation,
+  type StockLevel,
+} from '../../gen/shop/inventory/v1/inventory_pb.js';
+import { requireAdmin } from '../../mesh/identity.js';
+import {
+  validateLines,
+  validateOnHand,
+  validateReason,
+  validateReservationId,
+  validateSku,
+  type ReservationRecord,
+} from './domain.js';
+import type { InventoryStore, StockLevelRecord } from './store.js';
+
+export function inventoryService(store: InventoryStore): ServiceImpl<typeof InventoryService> {
+  return {
+    async setStock(req, ctx) {
+      // The gateway already demands an admin token; checked again here because
+      // services are reachable from inside the mesh too.
+      requireAdmin(ctx);
+      validateSku(req.sku);
+      const onHand = validateOnHand(req.onHand);
+      return create(SetStockResponseSchema, { stock: stockLevel(await store.setStock(req.sku, onHand)) });
+    },
+
+    async getStock(req) {
+      validateSku(req.sku);
+      return create(GetStockResponseSchema, { stock: stockLevel(await store.getStock(req.sku)) });
+    },
+
+    async reserveStock(req) {
+      validateReservationId(req.reservationId);
+      const lines = validateLines(req.lines);
+      return create(ReserveStockResponseSchema, {
+        reservation: reservation(await store.reserve(req.reservationId, lines)),
+      });
+    },
+
+    async releaseReservation(req) {
+      validateReservationId(req.reservationId);
+      validateReason(req.reason);
+      return create(ReleaseReservationResponseSchema, {
+        reservation: reservation(await store.release(req.reservationId, req.reason)),
+      });
+    },
+
+    async commitReservation(req) {
+      validateReservationId(req.reservationId);
+      return create(CommitReservationResponseSchema, {
+        reservation: reservation(await store.commit(req.reservationId)),
+      });
+    },
+  };
+}
+
+function stockLevel(s: StockLevelRecord): StockLevel {
+  return create(StockLevelSchema, {
+    sku: s.sku,
+    onHand: BigInt(s.onHand),
+    reserved: BigInt(s.reserved),
+    available: BigInt(s.onHand - s.reserved),
+  });
+}
+
+const STATUS: Record<ReservationRecord['status'], ReservationStatus> = {
+  RESERVED: ReservationStatus.RESERVED,
+  RELEASED: ReservationStatus.RELEASED,
+  COMMITTED: ReservationStatus.COMMITTED,
+};
+
+function reservation(r: ReservationRecord): Reservation {
+  return create(ReservationSchema, {
+    id: r.id,
+    lines: r.lines.map((l) => ({ sku: l.sku, quantity: BigInt(l.quantity) })),
+    status: STATUS[r.status],
+    expireTime: timestampFromMs(r.expireAt),
+  });
+}
