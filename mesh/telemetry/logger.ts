@@ -5,7 +5,7 @@
 // deep) and bearer tokens / JWTs inside message strings are masked.
 import { pino, type DestinationStream, type Level, type LevelWithSilent, type Logger, type LoggerOptions } from "pino";
 import { context, trace } from "@opentelemetry/api";
-import { serviceIdentity } from "./identity.js";
+import { serviceIdentity } from "./service-identity.js";
 import { currentRequestId } from "./request-context.js";
 
 export type { Logger };

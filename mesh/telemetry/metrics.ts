@@ -16,7 +16,7 @@ import type { AddressInfo } from "node:net";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { SpanKind } from "@opentelemetry/api";
 import type { ReadableSpan, SpanProcessor } from "@opentelemetry/sdk-trace-base";
-import { serviceIdentity } from "./identity.js";
+import { serviceIdentity } from "./service-identity.js";
 
 export const metricsRegistry = new Registry();
 

@@ -3,6 +3,7 @@
 // from the active OpenTelemetry span; this only holds what OpenTelemetry does not.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { randomUUID } from "node:crypto";
+import { currentCallContext } from "../call-context.js";
 
 export interface RequestContext {
   requestId: string;
@@ -19,6 +20,10 @@ export function currentRequestContext(): RequestContext | undefined {
   return storage.getStore();
 }
 
+/**
+ * The request id of the work in progress: set here by an event consumer (withExtractedContext)
+ * or, inside an RPC handler, the inbound x-request-id that mesh/server keeps in its call context.
+ */
 export function currentRequestId(): string | undefined {
-  return storage.getStore()?.requestId;
+  return storage.getStore()?.requestId ?? currentCallContext()?.header.get("x-request-id") ?? undefined;
 }

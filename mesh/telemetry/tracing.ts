@@ -37,7 +37,7 @@ import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic
 import { registerInstrumentations, type Instrumentation } from "@opentelemetry/instrumentation";
 import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
-import { serviceIdentity } from "./identity.js";
+import { serviceIdentity } from "./service-identity.js";
 import { currentRequestId, runWithRequestContext } from "./request-context.js";
 
 export type TraceExporterKind = "otlp" | "console" | "memory" | "none";
