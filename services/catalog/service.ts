@@ -4,8 +4,9 @@
  */
 import { create } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
+import type { ServiceImpl } from '@connectrpc/connect';
 import { alreadyExists, notFound } from '../../mesh/errors.js';
+import { requireAdmin } from '../../mesh/identity.js';
 import { CatalogService, ProductSchema, type Product } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import {
   encodePageToken,
@@ -71,13 +72,6 @@ export function createCatalogService(repo: ProductRepository): ServiceImpl<typeo
       };
     },
   };
-}
-
-// TODO(identity): switch to requireAdmin from mesh/identity once it lands.
-function requireAdmin(ctx: HandlerContext): void {
-  const role = ctx.requestHeader.get('x-mesh-user-role');
-  if (role === null || role === '') throw new ConnectError('authentication required', Code.Unauthenticated);
-  if (role !== 'admin') throw new ConnectError('CreateProduct requires the admin role', Code.PermissionDenied);
 }
 
 export function toProto(row: ProductRow): Product {
