@@ -89,6 +89,16 @@ export class InventoryStore {
     );
   }
 
+  /** Stocks a SKU that has no row yet (the seed); answers false when it already had one. */
+  async stockIfAbsent(sku: string, onHand: number): Promise<boolean> {
+    const inserted = await this.db
+      .insert(stock)
+      .values({ sku, onHand, reserved: 0, updateTime: new Date(this.now()) })
+      .onConflictDoNothing({ target: stock.sku })
+      .returning({ sku: stock.sku });
+    return inserted.length > 0;
+  }
+
   /** Reserves every line or none; a repeated id answers the stored reservation. `lines` sorted by SKU. */
   async reserve(id: string, lines: Line[]): Promise<ReservationRecord> {
     const sorted = sortLines(lines);
