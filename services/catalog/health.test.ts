@@ -1,0 +1,54 @@
+// Readiness follows the database: SERVING while Postgres answers, NOT_SERVING
+// once it goes away, SERVING again when it is back. Its own file and database,
+// because taking the database away would disturb other tests.
+import test from 'ava';
+import { Health, HealthCheckResponse_ServingStatus as Status } from '../../gen/grpc/health/v1/health_pb.js';
+import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
+import { closeMeshClients, createMeshClient } from '../../mesh/client.js';
+import { parseConfig } from '../../mesh/config.js';
+import { createTestDatabase, withAdmin } from '../../mesh/testing/index.js';
+import { catalogSettings, startCatalog } from './main.js';
+
+test('health reports NOT_SERVING while the database is unreachable, and SERVING when it returns', async (t) => {
+  const testDb = await createTestDatabase(t);
+  const catalog = await startCatalog(
+    parseConfig(catalogSettings, { DATABASE_URL: testDb.url, PORT: '0', READINESS_INTERVAL: '100ms' }),
+    '127.0.0.1',
+  );
+  t.teardown(async () => {
+    closeMeshClients();
+    await withAdmin((sql) => sql.unsafe(`alter database "${testDb.name}" allow_connections true`)).catch(() => {});
+    await catalog.close(1000);
+  });
+  const health = createMeshClient(Health, catalog.server.address);
+  const catalogClient = createMeshClient(CatalogService, catalog.server.address);
+  const service = CatalogService.typeName;
+
+  /** Polls Check until it reports `want` (the probe runs every 100 ms); fails the test by timeout otherwise. */
+  const until = async (want: Status) => {
+    for (;;) {
+      const [server, svc] = await Promise.all([health.check({ service: '' }), health.check({ service })]);
+      if (server.status === want && svc.status === want) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  await until(Status.SERVING);
+  t.pass('SERVING at start');
+
+  // The database goes away: no new connections, existing ones killed.
+  await withAdmin(async (sql) => {
+    await sql.unsafe(`alter database "${testDb.name}" allow_connections false`);
+    await sql`select pg_terminate_backend(pid) from pg_stat_activity where datname = ${testDb.name}`;
+  });
+  await until(Status.NOT_SERVING);
+  t.pass('NOT_SERVING without a database');
+  // Calls that need it fail as a server error, without leaking SQL.
+  const err = await t.throwsAsync(catalogClient.getProduct({ sku: 'ANY-001' }));
+  t.notRegex(err!.message, /select|catalog\.products/i);
+
+  await withAdmin((sql) => sql.unsafe(`alter database "${testDb.name}" allow_connections true`));
+  await until(Status.SERVING);
+  t.pass('SERVING again');
+  await t.throwsAsync(catalogClient.getProduct({ sku: 'ANY-001' }), { message: /not found/ });
+});
