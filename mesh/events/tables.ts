@@ -39,7 +39,7 @@ export function outboxTable(schema: PgSchema) {
     "outbox",
     {
       id: uuid("id").primaryKey(),
-      seq: bigserial("seq", { mode: "number" }).notNull().unique(),
+      seq: bigserial("seq", { mode: "number" }).notNull(),
       aggregateId: text("aggregate_id").notNull(),
       eventType: text("event_type").notNull(),
       subject: text("subject").notNull(),

@@ -1,0 +1,211 @@
+import test from "ava";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { isNull } from "drizzle-orm";
+import { connect, Events, type JetStreamManager } from "nats";
+import { OrderPlacedSchema } from "../../gen/shop/order/v1/order_pb.js";
+import { EVENT_ID, EVENT_TYPE, MSG_ID, msgHdrsToRecord, TRACEPARENT } from "./headers.js";
+import { streamForType } from "./naming.js";
+import { enqueueEvent } from "./outbox.js";
+import { publishRawEvent } from "./publisher.js";
+import { OutboxRelay, startRelay } from "./relay.js";
+import { ensureStreams } from "./streams.js";
+import { createEventsTables, createEventsTestEnv, eventsSchema, eventually, natsChild, type EventsTestEnv } from "./test-support.js";
+
+const placed = (orderId: string) => create(OrderPlacedSchema, { orderId, userId: "u1" });
+
+let env: EventsTestEnv;
+test.before(async () => {
+  env = await createEventsTestEnv();
+  await ensureStreams(env.jsm, [streamForType(OrderPlacedSchema.typeName, env.prefix)], { prefix: env.prefix, storage: "memory" });
+});
+test.after.always(() => env?.close());
+
+/** A schema of its own per test, so tests in this file do not see each other's rows. */
+async function freshSchema(name: string) {
+  const s = eventsSchema(name);
+  await createEventsTables(env.db, s);
+  return s;
+}
+
+/** Every message of the order stream on the given aggregate ids, in stream order. */
+async function streamMessages(jsm: JetStreamManager, prefix: string, orderIds: Set<string>) {
+  const stream = streamForType(OrderPlacedSchema.typeName, prefix).name;
+  const info = await jsm.streams.info(stream);
+  const out: { seq: number; orderId: string; headers: Record<string, string> }[] = [];
+  for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++) {
+    const m = await jsm.streams.getMessage(stream, { seq });
+    const ev = fromBinary(OrderPlacedSchema, m.data);
+    if (orderIds.has(ev.orderId)) out.push({ seq, orderId: ev.orderId, headers: msgHdrsToRecord(m.header) });
+  }
+  return out;
+}
+
+test.serial("relay publishes rows in seq order with event headers and marks them published", async (t) => {
+  const s = await freshSchema("relay_order");
+  const ids: string[] = [];
+  const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  await env.db.transaction(async (tx) => {
+    for (let i = 0; i < 3; i++) ids.push(await enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed(`o1-${i}`), { aggregateId: "o1", prefix: env.prefix, traceparent }));
+  });
+  await env.db.transaction(async (tx) => {
+    for (let i = 3; i < 5; i++) ids.push(await enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed(`o1-${i}`), { aggregateId: "o1", prefix: env.prefix }));
+  });
+
+  const relay = new OutboxRelay({ db: env.db, outbox: s.outbox, js: env.js, listen: false });
+  const r = await relay.drainOnce();
+  t.like(r, { locked: true, published: 5, duplicates: 0, backlog: 0 });
+
+  const rows = await env.db.select().from(s.outbox).orderBy(s.outbox.seq);
+  t.deepEqual(rows.map((row) => row.id), ids);
+  t.true(rows.every((row) => row.publishedAt instanceof Date));
+
+  const msgs = await streamMessages(env.jsm, env.prefix, new Set(ids.map((_, i) => `o1-${i}`)));
+  t.deepEqual(msgs.map((m) => m.orderId), ["o1-0", "o1-1", "o1-2", "o1-3", "o1-4"]);
+  t.deepEqual(msgs.map((m) => m.headers[MSG_ID]), ids);
+  t.deepEqual(msgs.map((m) => m.headers[EVENT_ID]), ids);
+  t.true(msgs.every((m) => m.headers[EVENT_TYPE] === "shop.order.v1.OrderPlaced"));
+  t.is(msgs[0].headers[TRACEPARENT], traceparent);
+  t.false(TRACEPARENT in msgs[4].headers);
+  t.is(relay.stats().published, 5);
+});
+
+test.serial("an event written in a rolled-back transaction is never published", async (t) => {
+  const s = await freshSchema("relay_rollback");
+  await t.throwsAsync(
+    env.db.transaction(async (tx) => {
+      await enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("rb-lost"), { aggregateId: "rb", prefix: env.prefix });
+      throw new Error("state change failed");
+    }),
+    { message: "state change failed" },
+  );
+  await env.db.transaction(async (tx) => {
+    await enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("rb-kept"), { aggregateId: "rb", prefix: env.prefix });
+  });
+  const relay = new OutboxRelay({ db: env.db, outbox: s.outbox, js: env.js, listen: false });
+  t.like(await relay.drainOnce(), { published: 1, backlog: 0 });
+  const msgs = await streamMessages(env.jsm, env.prefix, new Set(["rb-lost", "rb-kept"]));
+  t.deepEqual(msgs.map((m) => m.orderId), ["rb-kept"]);
+});
+
+test.serial("a second publish of the same event id is dropped by the stream (Nats-Msg-Id)", async (t) => {
+  const s = await freshSchema("relay_dupe");
+  const ev = { subject: `${env.prefix}shop.order.v1.OrderPlaced`, eventId: "7b0c1f7e-3f0a-4b8e-9d51-2f7e0f6b1a01", eventType: OrderPlacedSchema.typeName };
+  const first = await publishRawEvent(env.js, { ...ev, payload: new Uint8Array([10, 4, 100, 117, 112, 49]) });
+  const second = await publishRawEvent(env.js, { ...ev, payload: new Uint8Array([10, 4, 100, 117, 112, 49]) });
+  t.false(first.duplicate);
+  t.true(second.duplicate);
+  t.is(second.seq, first.seq);
+
+  // The relay crashing after the PubAck but before its commit republishes: same outcome.
+  await env.db.transaction((tx) => enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("dupe-1"), { aggregateId: "d", prefix: env.prefix }));
+  const relay = new OutboxRelay({ db: env.db, outbox: s.outbox, js: env.js, listen: false });
+  t.like(await relay.drainOnce(), { published: 1, duplicates: 0 });
+  await env.db.update(s.outbox).set({ publishedAt: null });
+  t.like(await relay.drainOnce(), { published: 1, duplicates: 1 });
+  t.is((await streamMessages(env.jsm, env.prefix, new Set(["dupe-1"]))).length, 1);
+});
+
+test.serial("the relay wakes on NOTIFY (postgres.js), not on its poll", async (t) => {
+  const s = await freshSchema("relay_notify");
+  const relay = await startRelay({ db: env.db, outbox: s.outbox, js: env.js, pollIntervalMs: 3_600_000 });
+  t.teardown(() => relay.stop());
+  await new Promise((r) => setTimeout(r, 100)); // let the initial (empty) drain finish
+  await env.db.transaction((tx) => enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("notify-1"), { aggregateId: "n", prefix: env.prefix }));
+  await eventually("the row to be published", async () => (await env.db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length === 0);
+  t.is((await streamMessages(env.jsm, env.prefix, new Set(["notify-1"]))).length, 1);
+});
+
+test.serial("two relays on one schema publish every row exactly once, in order", async (t) => {
+  const s = await freshSchema("relay_two");
+  const other = env.openDb();
+  const hooks = { onPublished: () => {} };
+  const a = await startRelay({ db: env.db, outbox: s.outbox, js: env.js, batchSize: 7, pollIntervalMs: 50, hooks });
+  const b = await startRelay({ db: other.db, outbox: s.outbox, js: env.js, batchSize: 7, pollIntervalMs: 50, hooks });
+  t.teardown(async () => {
+    await a.stop();
+    await b.stop();
+  });
+  const total = 120;
+  const orderIds = new Set<string>();
+  // 12 writers, 10 events each: rows arrive while both relays are draining.
+  await Promise.all(
+    Array.from({ length: 12 }, async (_, w) => {
+      for (let i = 0; i < 10; i++) {
+        const id = `two-${w}-${i}`;
+        orderIds.add(id);
+        await env.db.transaction((tx) => enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed(id), { aggregateId: `agg-${w}`, prefix: env.prefix }));
+      }
+    }),
+  );
+  await eventually("all rows published", async () => (await env.db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length === 0);
+  const sa = a.stats();
+  const sb = b.stats();
+  t.is(sa.published + sb.published, total);
+  t.is(sa.duplicates + sb.duplicates, 0);
+  const msgs = await streamMessages(env.jsm, env.prefix, orderIds);
+  t.is(msgs.length, total);
+  // Per aggregate, stream order == write order. (Across aggregates it need not be: two
+  // writers' seqs can commit in the other order, and the relay publishes what has committed.)
+  const byAggregate = new Map<string, number[]>();
+  for (const m of msgs) {
+    const [, w, i] = m.orderId.split("-");
+    byAggregate.set(w, [...(byAggregate.get(w) ?? []), Number(i)]);
+  }
+  t.is(byAggregate.size, 12);
+  for (const [w, order] of byAggregate) t.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], `aggregate ${w}`);
+  t.log(`relay A published ${sa.published}, relay B ${sb.published}`);
+});
+
+test.serial("rows written while NATS is down wait, then drain in order once it is back", async (t) => {
+  const s = await freshSchema("relay_outage");
+  const server = await natsChild();
+  t.teardown(() => server.dispose());
+  await server.start();
+  const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, pingInterval: 1000 });
+  t.teardown(() => nc.close());
+  const jsm = await nc.jetstreamManager();
+  await ensureStreams(jsm, [streamForType(OrderPlacedSchema.typeName, env.prefix)], { prefix: env.prefix });
+
+  const ids: string[] = [];
+  const write = async (n: number) => {
+    for (let i = 0; i < n; i++) {
+      const id = `out-${ids.length}`;
+      ids.push(id);
+      await env.db.transaction((tx) => enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed(id), { aggregateId: `agg-${ids.length % 3}`, prefix: env.prefix }));
+    }
+  };
+  await write(3); // before the outage: nobody publishes them yet
+
+  const disconnected = (async () => {
+    for await (const st of nc.status()) if (st.type === Events.Disconnect) return;
+  })();
+  await server.stop();
+  await disconnected;
+
+  // The relay starts while NATS is unreachable.
+  const errors: unknown[] = [];
+  const relay = await startRelay({
+    db: env.db,
+    outbox: s.outbox,
+    js: nc.jetstream(),
+    nc,
+    pollIntervalMs: 100,
+    publishTimeoutMs: 500,
+    retryMaxMs: 300,
+    hooks: { onError: (e) => errors.push(e) },
+  });
+  t.teardown(() => relay.stop());
+  await write(4);
+  await new Promise((r) => setTimeout(r, 500));
+  t.is((await env.db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length, 7, "nothing is marked while NATS is down");
+
+  await server.start();
+  await eventually("the backlog to drain", async () => (await env.db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length === 0, 20_000);
+  await write(2);
+  await eventually("new rows after the outage", async () => (await env.db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length === 0);
+
+  const msgs = await streamMessages(jsm, env.prefix, new Set(ids));
+  t.deepEqual(msgs.map((m) => m.orderId), ids, "each event once, in outbox order");
+  t.log(`publish errors seen during the outage: ${errors.length}`);
+});
+
