@@ -1,0 +1,93 @@
+/** The notification context's SQL, through drizzle: one method per question the service asks. */
+import { randomUUID } from 'node:crypto';
+import { create } from '@bufbuild/protobuf';
+import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { and, desc, eq, lt, sql } from 'drizzle-orm';
+import type { Database } from '../../mesh/db.js';
+import type { EventsTx } from '../../mesh/events/db.js';
+import { enqueueEvent } from '../../mesh/events/outbox.js';
+import { NotificationSentSchema } from '../../gen/shop/notification/v1/notification_pb.js';
+import { kindToProto, type KindName, type MessageText } from './domain.js';
+import { notifications, outbox, type NotificationRow } from './schema.js';
+
+/**
+ * The LISTEN/NOTIFY channel that announces a recorded notification (payload:
+ * {"id","userId"}). NOTIFY inside the recording transaction is delivered only
+ * after it commits, to every listening connection: every replica's feed.
+ */
+export const RECORDED_CHANNEL = 'pm_notification_recorded';
+
+export interface RecordedAnnouncement {
+  id: string;
+  userId: string;
+}
+
+export interface NewNotification extends MessageText {
+  userId: string;
+  kind: KindName;
+  orderId: string;
+  /** The event that caused it. */
+  sourceEventId: string;
+}
+
+/**
+ * Records a notification, its NotificationSent outbox row and the announcement
+ * for live watchers, all inside the consumer's transaction. Returns undefined
+ * when this event already produced a notification (nothing else is written).
+ */
+export async function recordNotification(
+  tx: EventsTx,
+  n: NewNotification,
+  subjectPrefix: string,
+): Promise<NotificationRow | undefined> {
+  const [row] = await tx
+    .insert(notifications)
+    .values({ id: randomUUID(), ...n })
+    .onConflictDoNothing({ target: notifications.sourceEventId })
+    .returning();
+  if (!row) return undefined;
+  await enqueueEvent(
+    tx,
+    outbox,
+    NotificationSentSchema,
+    create(NotificationSentSchema, {
+      notificationId: row.id,
+      userId: row.userId,
+      kind: kindToProto(row.kind),
+      orderId: row.orderId,
+      occurTime: timestampFromDate(row.createTime),
+    }),
+    { aggregateId: row.userId, prefix: subjectPrefix },
+  );
+  const announcement: RecordedAnnouncement = { id: row.id, userId: row.userId };
+  await tx.execute(sql`select pg_notify(${RECORDED_CHANNEL}, ${JSON.stringify(announcement)})`);
+  return row;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export class NotificationRepository {
+  constructor(private readonly db: Database) {}
+
+  /**
+   * One page of a user's notifications, newest first, strictly older than
+   * `beforeSeq` when given (keyset: stable while new ones arrive). Reads one
+   * row more than asked to know whether another page follows.
+   */
+  async list(userId: string, pageSize: number, beforeSeq?: bigint): Promise<{ rows: NotificationRow[]; more: boolean }> {
+    const rows = await this.db
+      .select()
+      .from(notifications)
+      .where(and(eq(notifications.userId, userId), beforeSeq === undefined ? undefined : lt(notifications.seq, beforeSeq)))
+      .orderBy(desc(notifications.seq))
+      .limit(pageSize + 1);
+    const more = rows.length > pageSize;
+    return { rows: more ? rows.slice(0, pageSize) : rows, more };
+  }
+
+  async findById(id: string): Promise<NotificationRow | undefined> {
+    if (!UUID.test(id)) return undefined;
+    const [row] = await this.db.select().from(notifications).where(eq(notifications.id, id));
+    return row;
+  }
+}
