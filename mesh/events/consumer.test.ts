@@ -1,0 +1,191 @@
+import test from "ava";
+import { create } from "@bufbuild/protobuf";
+import { sql } from "drizzle-orm";
+import { OrderConfirmedSchema, OrderPlacedSchema } from "../../gen/shop/order/v1/order_pb.js";
+import { PermanentEventError, startConsumer, type ConsumerOptions } from "./consumer.js";
+import { listDeadLetters, replayDeadLetter } from "./dead-letter.js";
+import { rowsOf, type EventsTx } from "./db.js";
+import { EVENT_ID, EVENT_TYPE, toMsgHdrs } from "./headers.js";
+import { eventSubject, packageStream } from "./naming.js";
+import { publishEvent, publishRawEvent } from "./publisher.js";
+import { ensureStreams } from "./streams.js";
+import { createEventsTables, createEventsTestEnv, eventsSchema, eventually, type EventsSchema, type EventsTestEnv } from "./test-support.js";
+
+let env: EventsTestEnv;
+let s: EventsSchema;
+test.before(async () => {
+  env = await createEventsTestEnv();
+  await ensureStreams(env.jsm, [packageStream("shop.order.v1", env.prefix)], { prefix: env.prefix, storage: "memory" });
+  s = eventsSchema("consumer_test");
+  await createEventsTables(env.db, s);
+  // The handlers' own table: no unique key, so a handler that ran twice shows as two rows.
+  await env.db.execute(sql.raw(`create table consumer_test.effects (id serial primary key, consumer text not null, order_id text not null)`));
+});
+test.after.always(() => env?.close());
+
+async function recordEffect(tx: EventsTx, consumer: string, orderId: string) {
+  await tx.execute(sql`insert into consumer_test.effects (consumer, order_id) values (${consumer}, ${orderId})`);
+}
+
+async function effects(consumer: string): Promise<string[]> {
+  const rows = rowsOf<{ order_id: string }>(
+    await env.db.execute(sql`select order_id from consumer_test.effects where consumer = ${consumer} order by id`),
+  );
+  return rows.map((r) => r.order_id);
+}
+
+function consumerOf(name: string, handler: ConsumerOptions<typeof OrderConfirmedSchema>["handler"], extra: Partial<ConsumerOptions<typeof OrderConfirmedSchema>> = {}) {
+  return startConsumer({
+    name,
+    event: OrderConfirmedSchema,
+    handler,
+    db: env.db,
+    inbox: s.inbox,
+    js: env.js,
+    prefix: env.prefix,
+    backoff: { initialMs: 20, maxMs: 100 },
+    // Every test shares the subject; each consumer sees only what is published after it starts.
+    deliverPolicy: "new",
+    ...extra,
+  });
+}
+
+const confirmed = (orderId: string) => create(OrderConfirmedSchema, { orderId, userId: "u1" });
+
+test.serial("the same event delivered twice has one effect", async (t) => {
+  const c = await consumerOf("dedupe", async (tx, ev, meta) => {
+    t.is(meta.eventType, OrderConfirmedSchema.typeName);
+    await recordEffect(tx, "dedupe", ev.orderId);
+  });
+  t.teardown(() => c.stop());
+  const eventId = "0d1e6c2a-8f3b-4d7e-9a10-5b6c7d8e9f01";
+  // Two copies of one event with different Nats-Msg-Ids (as after a replay, or a republish
+  // outside the duplicate window): the stream keeps both, the inbox keeps one effect.
+  await publishEvent(env.js, OrderConfirmedSchema, confirmed("dd-1"), { eventId, prefix: env.prefix });
+  await publishRawEvent(env.js, {
+    subject: eventSubject(OrderConfirmedSchema.typeName, env.prefix),
+    payload: (await import("@bufbuild/protobuf")).toBinary(OrderConfirmedSchema, confirmed("dd-1")),
+    eventId,
+    eventType: OrderConfirmedSchema.typeName,
+    msgId: `${eventId}:again`,
+  });
+  await publishEvent(env.js, OrderConfirmedSchema, confirmed("dd-2"), { prefix: env.prefix });
+  await eventually("both copies and the next event seen", () => c.stats().handled + c.stats().duplicates === 3);
+  t.deepEqual(await effects("dedupe"), ["dd-1", "dd-2"]);
+  t.like(c.stats(), { handled: 2, duplicates: 1, deadLettered: 0 });
+});
+
+test.serial("a failing handler is retried with backoff, dead-lettered after maxDeliver, and replayed once fixed", async (t) => {
+  let broken = true;
+  const attempts: number[] = [];
+  const c = await consumerOf(
+    "flaky",
+    async (tx, ev, meta) => {
+      attempts.push(meta.deliveryCount);
+      await recordEffect(tx, "flaky", ev.orderId); // rolled back with the failure
+      if (broken) throw new Error(`points service says no to ${ev.orderId}`);
+    },
+    { maxDeliver: 3 },
+  );
+  t.teardown(() => c.stop());
+  // A second consumer of the same subject that always succeeds: replay must not make it act twice.
+  const bystander = await consumerOf("bystander", async (tx, ev) => recordEffect(tx, "bystander", ev.orderId));
+  t.teardown(() => bystander.stop());
+
+  const { eventId } = await publishEvent(env.js, OrderConfirmedSchema, confirmed("poison-1"), { prefix: env.prefix, aggregateId: "poison-1" });
+  await eventually("a dead letter", () => c.stats().deadLettered === 1);
+  t.deepEqual(attempts, [1, 2, 3]);
+  t.deepEqual(await effects("flaky"), [], "failed attempts left nothing behind");
+  t.like(c.stats(), { retries: 2, handled: 0 });
+
+  const [dl, ...more] = await listDeadLetters(env.js, { prefix: env.prefix, consumer: "flaky" });
+  t.is(more.length, 0);
+  t.like(dl, {
+    consumer: "flaky",
+    subject: eventSubject(OrderConfirmedSchema.typeName, env.prefix),
+    eventId,
+    eventType: OrderConfirmedSchema.typeName,
+    deliveries: 3,
+  });
+  t.regex(dl.error, /3 deliveries: points service says no to poison-1/);
+  t.is(dl.headers[EVENT_ID], eventId);
+  t.is(dl.headers["pm-aggregate-id"], "poison-1");
+  t.deepEqual(await listDeadLetters(env.js, { prefix: env.prefix, consumer: "bystander" }), []);
+
+  broken = false;
+  await replayDeadLetter(env.js, dl.seq, { prefix: env.prefix });
+  await eventually("the replay handled", () => c.stats().handled === 1);
+  await eventually("the bystander saw the replay", () => bystander.stats().duplicates === 1);
+  t.deepEqual(await effects("flaky"), ["poison-1"]);
+  t.deepEqual(await effects("bystander"), ["poison-1"], "the bystander's inbox absorbed the replay");
+  t.deepEqual(await listDeadLetters(env.js, { prefix: env.prefix, consumer: "flaky" }), [], "replayed dead letter removed");
+  await t.throwsAsync(replayDeadLetter(env.js, dl.seq, { prefix: env.prefix }), { message: /not found/ });
+});
+
+test.serial("a payload that does not decode goes to the dead letters on its first delivery", async (t) => {
+  let calls = 0;
+  const c = await consumerOf("garbage", async () => void calls++, { maxDeliver: 5 });
+  t.teardown(() => c.stop());
+  await env.js.publish(eventSubject(OrderConfirmedSchema.typeName, env.prefix), new Uint8Array([0xff, 0xff, 0xff]), {
+    msgID: "garbage-1",
+    headers: toMsgHdrs({ [EVENT_ID]: "garbage-1", [EVENT_TYPE]: OrderConfirmedSchema.typeName }),
+  });
+  await eventually("a dead letter", () => c.stats().deadLettered === 1);
+  const [dl] = await listDeadLetters(env.js, { prefix: env.prefix, consumer: "garbage" });
+  t.is(calls, 0);
+  t.is(dl.deliveries, 1);
+  t.regex(dl.error, /cannot decode shop\.order\.v1\.OrderConfirmed/);
+});
+
+test.serial("a PermanentEventError skips the retries", async (t) => {
+  const c = await consumerOf("permanent", async () => {
+    throw new PermanentEventError("user u1 does not exist");
+  });
+  t.teardown(() => c.stop());
+  await publishEvent(env.js, OrderConfirmedSchema, confirmed("perm-1"), { prefix: env.prefix });
+  await eventually("a dead letter", () => c.stats().deadLettered === 1);
+  const [dl] = await listDeadLetters(env.js, { prefix: env.prefix, consumer: "permanent" });
+  t.is(dl.deliveries, 1);
+  t.regex(dl.error, /^permanent: user u1 does not exist/);
+});
+
+test.serial("stop() finishes the handler in flight; a restarted consumer picks up where it left off", async (t) => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let entered!: () => void;
+  const inHandler = new Promise<void>((r) => (entered = r));
+  const first = await consumerOf("restart", async (tx, ev) => {
+    entered();
+    await gate;
+    await recordEffect(tx, "restart", ev.orderId);
+  });
+  await publishEvent(env.js, OrderConfirmedSchema, confirmed("rs-1"), { prefix: env.prefix });
+  await inHandler;
+  const stopped = first.stop();
+  release();
+  await stopped;
+  t.deepEqual(await effects("restart"), ["rs-1"]);
+  t.is(first.stats().handled, 1);
+
+  await publishEvent(env.js, OrderConfirmedSchema, confirmed("rs-2"), { prefix: env.prefix });
+  await publishEvent(env.js, OrderConfirmedSchema, confirmed("rs-3"), { prefix: env.prefix });
+  const second = await consumerOf("restart", async (tx, ev) => recordEffect(tx, "restart", ev.orderId));
+  t.teardown(() => second.stop());
+  await eventually("the rest handled", async () => (await effects("restart")).length === 3);
+  t.deepEqual(await effects("restart"), ["rs-1", "rs-2", "rs-3"]);
+});
+
+test.serial("an event of another type on the subject is dead-lettered, not misread", async (t) => {
+  const c = await consumerOf("wrongtype", async () => {});
+  t.teardown(() => c.stop());
+  // An OrderPlaced payload published on the OrderConfirmed subject (a publisher bug).
+  await publishRawEvent(env.js, {
+    subject: eventSubject(OrderConfirmedSchema.typeName, env.prefix),
+    payload: (await import("@bufbuild/protobuf")).toBinary(OrderPlacedSchema, create(OrderPlacedSchema, { orderId: "x" })),
+    eventId: "wrongtype-1",
+    eventType: OrderPlacedSchema.typeName,
+  });
+  await eventually("a dead letter", () => c.stats().deadLettered >= 1);
+  const dls = await listDeadLetters(env.js, { prefix: env.prefix, consumer: "wrongtype" });
+  t.true(dls.some((d) => d.eventId === "wrongtype-1" && /expects shop\.order\.v1\.OrderConfirmed/.test(d.error)));
+});
