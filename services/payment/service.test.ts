@@ -1,0 +1,315 @@
+/**
+ * PaymentService over real gRPC, started as main.ts wires it, on a fresh
+ * Postgres database and real NATS JetStream under a unique prefix.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { randomUUID } from 'node:crypto';
+import { fromBinary } from '@bufbuild/protobuf';
+import { Code, ConnectError, type Client } from '@connectrpc/connect';
+import { asc, eq, sql } from 'drizzle-orm';
+import { connect, type NatsConnection } from 'nats';
+import {
+  PaymentAuthorizedSchema,
+  PaymentFailedSchema,
+  PaymentRefundedSchema,
+  PaymentService,
+  PaymentStatus,
+} from '../../gen/shop/payment/v1/payment_pb.js';
+import { createMeshClient } from '../../mesh/client.js';
+import { parseConfig } from '../../mesh/config.js';
+import { fieldViolations } from '../../mesh/errors.js';
+import { streamForType } from '../../mesh/events/naming.js';
+import { identityHeaders } from '../../mesh/identity.js';
+import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../../mesh/testing/index.js';
+import { paymentSettings, startPayment, type PaymentApp } from './main.js';
+import { outbox, payments } from './schema.js';
+
+let testDb: TestDatabase;
+let app: PaymentApp;
+let client: Client<typeof PaymentService>;
+let nc: NatsConnection;
+const nats = testNatsPrefix();
+
+test.before(async () => {
+  testDb = await createTestDatabase();
+  const config = parseConfig(paymentSettings, {
+    PORT: '0',
+    DATABASE_URL: testDb.url,
+    NATS_URL: testNatsUrl(),
+    NATS_SUBJECT_PREFIX: nats.subjectPrefix,
+    PAYMENT_SLOW_MS: '300',
+    LOG_LEVEL: 'warn',
+  });
+  app = await startPayment(config, '127.0.0.1');
+  // No retries: a test must see the first answer.
+  client = createMeshClient(PaymentService, app.server.address, { retry: { maxAttempts: 1 } });
+  nc = await connect({ servers: testNatsUrl() });
+});
+
+test.after.always(async () => {
+  await app?.close(1000);
+  if (nc) {
+    const jsm = await nc.jetstreamManager();
+    for await (const name of jsm.streams.names()) {
+      if (name.startsWith(nats.streamPrefix)) await jsm.streams.delete(name).catch(() => {});
+    }
+    await nc.close();
+  }
+  await testDb?.drop();
+});
+
+const EUR = (amountMinor: bigint) => ({ currencyCode: 'EUR', amountMinor });
+
+function authorize(orderId: string, cardToken = 'tok_visa', amountMinor = 4_200n, userId = 'user-1') {
+  return client.authorizePayment({ orderId, userId, amount: EUR(amountMinor), cardToken });
+}
+
+const as = (userId: string, role: 'user' | 'admin' = 'user') => ({ headers: identityHeaders({ userId, role }) });
+
+async function rejects(t: ExecutionContext, p: Promise<unknown>, code: Code): Promise<ConnectError> {
+  const err = await t.throwsAsync(p);
+  t.true(err instanceof ConnectError, String(err));
+  t.is((err as ConnectError).code, code, (err as ConnectError).message);
+  return err as ConnectError;
+}
+
+async function eventsOf(orderId: string) {
+  return app.database.db.select().from(outbox).where(eq(outbox.aggregateId, orderId)).orderBy(asc(outbox.seq));
+}
+
+async function rowsOf(orderId: string) {
+  return app.database.db.select().from(payments).where(eq(payments.orderId, orderId));
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined | false>, limitMs = 15_000): Promise<T> {
+  const end = Date.now() + limitMs;
+  for (;;) {
+    const v = await probe().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test('tok_visa authorizes once: a retry answers the same payment and writes no second event', async (t) => {
+  const orderId = randomUUID();
+  const { payment } = await authorize(orderId);
+  t.is(payment!.status, PaymentStatus.AUTHORIZED);
+  t.is(payment!.orderId, orderId);
+  t.is(payment!.userId, 'user-1');
+  t.deepEqual([payment!.amount!.currencyCode, payment!.amount!.amountMinor], ['EUR', 4_200n]);
+  t.is(payment!.cardLast4, 'visa');
+  t.is(payment!.declineReason, '');
+  const again = await authorize(orderId);
+  t.deepEqual(again.payment, payment);
+  const events = await eventsOf(orderId);
+  t.deepEqual(events.map((e) => e.eventType), ['shop.payment.v1.PaymentAuthorized']);
+  const ev = fromBinary(PaymentAuthorizedSchema, events[0]!.payload);
+  t.is(ev.paymentId, payment!.id);
+  t.is(ev.amount!.amountMinor, 4_200n);
+});
+
+test('PaymentAuthorized reaches NATS through the outbox relay', async (t) => {
+  const orderId = randomUUID();
+  const { payment } = await authorize(orderId, 'tok_visa', 777n);
+  const jsm = await nc.jetstreamManager();
+  const stream = streamForType(PaymentAuthorizedSchema.typeName, nats.subjectPrefix).name;
+  const msg = await until('PaymentAuthorized on NATS', async () => {
+    const m = await jsm.streams.getMessage(stream, { last_by_subj: `${nats.subjectPrefix}${PaymentAuthorizedSchema.typeName}` });
+    return fromBinary(PaymentAuthorizedSchema, m.data).orderId === orderId && m;
+  });
+  t.is(fromBinary(PaymentAuthorizedSchema, msg.data).paymentId, payment!.id);
+});
+
+test('declines are answers, not errors: tok_declined, unknown tokens and amounts over the limit', async (t) => {
+  const cases: Array<[string, bigint, string]> = [
+    ['tok_declined', 100n, 'card declined'],
+    ['tok_mastercard', 100n, 'unknown card token'],
+    ['tok_visa', 1_000_001n, 'amount over limit'],
+    ['tok_slow', 5_000_000n, 'amount over limit'],
+  ];
+  for (const [token, amount, reason] of cases) {
+    const orderId = randomUUID();
+    const { payment } = await authorize(orderId, token, amount);
+    t.is(payment!.status, PaymentStatus.DECLINED, token);
+    t.is(payment!.declineReason, reason, token);
+    const again = await authorize(orderId, token, amount);
+    t.deepEqual(again.payment, payment, 'a retry of a decline answers the same decline');
+    const events = await eventsOf(orderId);
+    t.deepEqual(events.map((e) => e.eventType), ['shop.payment.v1.PaymentFailed'], token);
+    const ev = fromBinary(PaymentFailedSchema, events[0]!.payload);
+    t.is(ev.reason, reason);
+    t.is(ev.orderId, orderId);
+  }
+  const limit = await authorize(randomUUID(), 'tok_visa', 1_000_000n);
+  t.is(limit.payment!.status, PaymentStatus.AUTHORIZED, 'exactly the limit is fine');
+});
+
+test('tok_error is UNAVAILABLE and records nothing; a retry once the processor is back succeeds', async (t) => {
+  const orderId = randomUUID();
+  await rejects(t, authorize(orderId, 'tok_error'), Code.Unavailable);
+  t.is((await rowsOf(orderId)).length, 0);
+  t.is((await eventsOf(orderId)).length, 0);
+  const { payment } = await authorize(orderId, 'tok_visa');
+  t.is(payment!.status, PaymentStatus.AUTHORIZED);
+});
+
+test('two concurrent AuthorizePayment calls for one order (tok_slow) charge once and answer the first result', async (t) => {
+  const orderId = randomUUID();
+  const [a, b] = await Promise.all([authorize(orderId, 'tok_slow'), authorize(orderId, 'tok_slow')]);
+  t.is(a.payment!.status, PaymentStatus.AUTHORIZED);
+  t.deepEqual(a.payment, b.payment);
+  t.is((await rowsOf(orderId)).length, 1);
+  t.is((await eventsOf(orderId)).length, 1);
+});
+
+test('ten concurrent retries of one authorization charge once', async (t) => {
+  const orderId = randomUUID();
+  const answers = await Promise.all(Array.from({ length: 10 }, () => authorize(orderId)));
+  const ids = new Set(answers.map((a) => a.payment!.id));
+  t.is(ids.size, 1);
+  t.is((await eventsOf(orderId)).length, 1);
+});
+
+test('the same order with another amount or user is ALREADY_EXISTS', async (t) => {
+  const orderId = randomUUID();
+  await authorize(orderId, 'tok_visa', 100n);
+  await rejects(t, authorize(orderId, 'tok_visa', 101n), Code.AlreadyExists);
+  await rejects(t, authorize(orderId, 'tok_visa', 100n, 'user-2'), Code.AlreadyExists);
+});
+
+test('capture charges an authorization once; refund of a capture refunds it once', async (t) => {
+  const orderId = randomUUID();
+  const { payment: authorized } = await authorize(orderId);
+  const c1 = await client.capturePayment({ orderId });
+  t.is(c1.payment!.status, PaymentStatus.CAPTURED);
+  t.is(c1.payment!.id, authorized!.id);
+  const c2 = await client.capturePayment({ orderId });
+  t.is(c2.payment!.status, PaymentStatus.CAPTURED);
+  const r1 = await client.refundPayment({ orderId, reason: 'customer returned it' });
+  t.is(r1.payment!.status, PaymentStatus.REFUNDED);
+  const r2 = await client.refundPayment({ orderId, reason: 'customer returned it' });
+  t.is(r2.payment!.status, PaymentStatus.REFUNDED);
+  const events = await eventsOf(orderId);
+  t.deepEqual(events.map((e) => e.eventType), ['shop.payment.v1.PaymentAuthorized', 'shop.payment.v1.PaymentRefunded']);
+  const ev = fromBinary(PaymentRefundedSchema, events[1]!.payload);
+  t.is(ev.reason, 'customer returned it');
+  t.is(ev.amount!.amountMinor, 4_200n);
+  await rejects(t, client.capturePayment({ orderId }), Code.FailedPrecondition);
+});
+
+test('refund of an authorization voids it, once; it can no longer be captured', async (t) => {
+  const orderId = randomUUID();
+  await authorize(orderId);
+  const v1 = await client.refundPayment({ orderId, reason: 'out of stock' });
+  t.is(v1.payment!.status, PaymentStatus.VOIDED);
+  const v2 = await client.refundPayment({ orderId, reason: 'out of stock' });
+  t.is(v2.payment!.status, PaymentStatus.VOIDED);
+  t.deepEqual((await eventsOf(orderId)).map((e) => e.eventType), [
+    'shop.payment.v1.PaymentAuthorized',
+    'shop.payment.v1.PaymentRefunded',
+  ]);
+  await rejects(t, client.capturePayment({ orderId }), Code.FailedPrecondition);
+  t.deepEqual((await authorize(orderId)).payment, v2.payment, 'a late retry of the authorization answers the stored payment');
+});
+
+test('capture of an unknown order is NOT_FOUND, of a declined one FAILED_PRECONDITION; refund of a decline answers no payment', async (t) => {
+  await rejects(t, client.capturePayment({ orderId: randomUUID() }), Code.NotFound);
+  const orderId = randomUUID();
+  await authorize(orderId, 'tok_declined');
+  await rejects(t, client.capturePayment({ orderId }), Code.FailedPrecondition);
+  const refund = await client.refundPayment({ orderId, reason: 'cancelled' });
+  t.is(refund.payment, undefined);
+  t.deepEqual((await eventsOf(orderId)).map((e) => e.eventType), ['shop.payment.v1.PaymentFailed']);
+});
+
+test('refund of an order never charged leaves a tombstone: a late AuthorizePayment is ABORTED and charges nothing', async (t) => {
+  const orderId = randomUUID();
+  const r1 = await client.refundPayment({ orderId, reason: 'saga timed out' });
+  t.is(r1.payment, undefined);
+  const r2 = await client.refundPayment({ orderId, reason: 'saga timed out' });
+  t.is(r2.payment, undefined);
+  const err = await rejects(t, authorize(orderId), Code.Aborted);
+  t.regex(err.rawMessage, /refunded before it was authorized/);
+  await rejects(t, client.capturePayment({ orderId }), Code.FailedPrecondition);
+  await rejects(t, client.getPayment({ orderId }, as('user-1')), Code.NotFound);
+  t.is((await eventsOf(orderId)).length, 0);
+  const rows = await rowsOf(orderId);
+  t.deepEqual(rows.map((r) => r.status), ['TOMBSTONE']);
+});
+
+test('a refund racing a slow authorization never leaves money held', async (t) => {
+  const orderId = randomUUID();
+  const auth = authorize(orderId, 'tok_slow').then(
+    (r) => r.payment!.status,
+    (e: unknown) => ConnectError.from(e).code,
+  );
+  const refund = client.refundPayment({ orderId, reason: 'cancelled by customer' });
+  const [authResult, refundResult] = await Promise.all([auth, refund]);
+  const [row] = await rowsOf(orderId);
+  if (authResult === PaymentStatus.AUTHORIZED) {
+    // The authorization went first: the refund waited for it, then voided it.
+    t.is(refundResult.payment?.status, PaymentStatus.VOIDED);
+    t.is(row!.status, 'VOIDED');
+  } else {
+    // The refund went first: the authorization found the tombstone.
+    t.is(authResult, Code.Aborted);
+    t.is(refundResult.payment, undefined);
+    t.is(row!.status, 'TOMBSTONE');
+  }
+});
+
+test("GetPayment answers the payer's own payment (and admins), anyone else NOT_FOUND", async (t) => {
+  const orderId = randomUUID();
+  const { payment } = await authorize(orderId, 'tok_visa', 999n, 'user-7');
+  const own = await client.getPayment({ orderId }, as('user-7'));
+  t.deepEqual(own.payment, payment);
+  const admin = await client.getPayment({ orderId }, as('boss', 'admin'));
+  t.is(admin.payment!.id, payment!.id);
+  await rejects(t, client.getPayment({ orderId }, as('user-8')), Code.NotFound);
+  await rejects(t, client.getPayment({ orderId: randomUUID() }, as('user-7')), Code.NotFound);
+  await rejects(t, client.getPayment({ orderId }), Code.Unauthenticated);
+});
+
+test('bad input names the field, for every RPC', async (t) => {
+  const ok = { orderId: 'o-1', userId: 'u-1', amount: EUR(100n), cardToken: 'tok_visa' };
+  const cases: Array<[string, () => Promise<unknown>, string]> = [
+    ['Authorize no order', () => client.authorizePayment({ ...ok, orderId: '' }), 'order_id'],
+    ['Authorize bad order', () => client.authorizePayment({ ...ok, orderId: 'a b' }), 'order_id'],
+    ['Authorize no user', () => client.authorizePayment({ ...ok, userId: '' }), 'user_id'],
+    ['Authorize no amount', () => client.authorizePayment({ ...ok, amount: undefined }), 'amount'],
+    ['Authorize bad currency', () => client.authorizePayment({ ...ok, amount: { currencyCode: 'eur', amountMinor: 1n } }), 'amount.currency_code'],
+    ['Authorize zero amount', () => client.authorizePayment({ ...ok, amount: EUR(0n) }), 'amount.amount_minor'],
+    ['Authorize negative amount', () => client.authorizePayment({ ...ok, amount: EUR(-5n) }), 'amount.amount_minor'],
+    ['Authorize no token', () => client.authorizePayment({ ...ok, cardToken: '' }), 'card_token'],
+    ['Authorize bad token', () => client.authorizePayment({ ...ok, cardToken: 'tok visa!' }), 'card_token'],
+    ['Capture no order', () => client.capturePayment({ orderId: '' }), 'order_id'],
+    ['Refund no order', () => client.refundPayment({ orderId: '' }), 'order_id'],
+    ['Refund long reason', () => client.refundPayment({ orderId: 'o-1', reason: 'x'.repeat(501) }), 'reason'],
+    ['Get no order', () => client.getPayment({ orderId: '' }, as('u-1')), 'order_id'],
+  ];
+  for (const [name, call, field] of cases) {
+    const err = await rejects(t, call(), Code.InvalidArgument);
+    t.is(fieldViolations(err)[0]?.field, field, name);
+    t.true(err.rawMessage.startsWith(`${field}:`), `${name}: ${err.rawMessage}`);
+  }
+  t.is((await rowsOf('o-1')).length, 0, 'nothing was written');
+});
+
+// Serial: the DDL must not queue behind (or block) other tests' transactions.
+test.serial('a failed outbox write leaves no payment: the decision and its event commit together', async (t) => {
+  const orderId = randomUUID();
+  await app.database.db.execute(
+    sql.raw(`alter table payment.outbox add constraint no_doomed check (aggregate_id <> '${orderId}') not valid`),
+  );
+  try {
+    await rejects(t, authorize(orderId), Code.Internal);
+    await rejects(t, authorize(orderId, 'tok_declined'), Code.Internal);
+  } finally {
+    await app.database.db.execute(sql.raw(`alter table payment.outbox drop constraint no_doomed`));
+  }
+  t.is((await rowsOf(orderId)).length, 0);
+  const { payment } = await authorize(orderId);
+  t.is(payment!.status, PaymentStatus.AUTHORIZED, 'the retry after the fault charges, once');
+  t.is((await eventsOf(orderId)).length, 1);
+});
