@@ -1,43 +1,10 @@
 import test from 'ava';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { sql } from 'drizzle-orm';
-import { openDatabase, resultRows, type MeshDatabase } from './db.js';
+import { isDatabaseUnavailable, openDatabase, resultRows, type MeshDatabase } from './db.js';
 import { MigrationError } from './migrate.js';
 import { createTestDatabase, withAdmin } from './testing/index.js';
-
-/** Writes a drizzle-kit shaped migrations folder (meta/_journal.json + <tag>.sql). */
-function migrationsFolder(migrations: { tag: string; when: number; sql: string[] }[]): string {
-  const dir = mkdtempSync(join(tmpdir(), 'pm-migrations-'));
-  mkdirSync(join(dir, 'meta'));
-  writeFileSync(
-    join(dir, 'meta', '_journal.json'),
-    JSON.stringify({
-      version: '7',
-      dialect: 'postgresql',
-      entries: migrations.map((m, idx) => ({ idx, version: '7', when: m.when, tag: m.tag, breakpoints: true })),
-    }),
-  );
-  for (const m of migrations) writeFileSync(join(dir, `${m.tag}.sql`), m.sql.join('\n--> statement-breakpoint\n'));
-  return dir;
-}
-
-const first = {
-  tag: '0000_init',
-  when: 1_700_000_000_000,
-  sql: [
-    'CREATE SCHEMA "demo";',
-    // Slow on purpose, so two migrators starting together surely overlap.
-    'SELECT pg_sleep(0.3);',
-    'CREATE TABLE "demo"."things" ("id" serial PRIMARY KEY, "name" text NOT NULL);',
-  ],
-};
-const second = {
-  tag: '0001_more',
-  when: 1_700_000_100_000,
-  sql: ['ALTER TABLE "demo"."things" ADD COLUMN "size" integer;'],
-};
+import { first, migrationsFolder, second } from './testing/migrations-fixture.js';
 
 test('two replicas migrating one fresh database together: one applies, the other waits and applies nothing', async (t) => {
   const testDb = await createTestDatabase(t);
@@ -114,30 +81,13 @@ test('ping answers while the database is up and throws once it goes away', async
   await t.notThrowsAsync(database.ping());
 });
 
-test('without a URL the same migrations run on embedded PGlite, one directory per context', async (t) => {
-  const root = mkdtempSync(join(tmpdir(), 'pm-pglite-'));
-  const folder = migrationsFolder([first, second]);
-  t.teardown(() => {
-    rmSync(root, { recursive: true, force: true });
-    rmSync(folder, { recursive: true, force: true });
-  });
-
-  const database = await openDatabase({ context: 'demo', dataDir: root, migrationsFolder: folder });
-  t.is(database.driver, 'pglite');
-  t.deepEqual(database.migrations!.applied, [first.when, second.when]);
-  await database.db.execute(sql`insert into demo.things (name, size) values ('kept', 2)`);
-  await database.db.transaction(async (tx) => {
-    await tx.execute(sql`insert into demo.things (name) values ('rolled back')`);
-    tx.rollback();
-  }).catch(() => {});
-  await database.ping();
-  await database.close();
-  await t.throwsAsync(database.ping());
-
-  // Reopening the directory keeps the data and applies nothing.
-  const again = await openDatabase({ context: 'demo', dataDir: root, migrationsFolder: folder });
-  t.deepEqual(again.migrations!.applied, []);
-  const rows = resultRows<{ name: string }>(await again.db.execute(sql`select name from demo.things`));
-  t.deepEqual(rows.map((r) => r.name), ['kept']);
-  await again.close();
+test('isDatabaseUnavailable tells an unreachable database from a bad query', (t) => {
+  const wrapped = (code: string) => new Error('Failed query: select 1', { cause: Object.assign(new Error('x'), { code }) });
+  t.true(isDatabaseUnavailable(wrapped('ECONNREFUSED')));
+  t.true(isDatabaseUnavailable(wrapped('08006')));
+  t.true(isDatabaseUnavailable(wrapped('57P01')));
+  t.true(isDatabaseUnavailable(wrapped('CONNECTION_ENDED')));
+  t.false(isDatabaseUnavailable(wrapped('23505'))); // unique_violation
+  t.false(isDatabaseUnavailable(wrapped('42P01'))); // undefined_table
+  t.false(isDatabaseUnavailable(new Error('plain')));
 });

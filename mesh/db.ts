@@ -21,6 +21,7 @@
  * newcomer's laptop and demos; anything with replicas sets DATABASE_URL.
  */
 import { mkdirSync } from 'node:fs';
+import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
 import { join, resolve } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { sql } from 'drizzle-orm';
@@ -124,6 +125,9 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDa
       });
       try {
         await Promise.race([db.execute(sql`select 1`), timeout]);
+      } catch (err) {
+        // drizzle wraps driver errors as "Failed query: select 1"; the cause says why.
+        throw new Error(`${context} database unreachable: ${rootCause(err)}`, { cause: err });
       } finally {
         clearTimeout(timer);
       }
@@ -133,5 +137,63 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDa
       closed = true;
       await closeDriver(timeoutSeconds);
     },
+  };
+}
+
+/** The innermost message of an error chain (drizzle wraps the driver's error in `cause`). */
+function rootCause(err: unknown): string {
+  let e: unknown = err;
+  while (e instanceof Error && e.cause instanceof Error) e = e.cause;
+  return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * Postgres SQLSTATEs and client error codes that mean "the database is not
+ * reachable right now" rather than "this query is wrong": connection
+ * exceptions (class 08), shutdowns and restarts (57P01-57P03), too many
+ * connections (53300), the database gone (3D000), connections refused
+ * (55000 "not currently accepting connections"), and postgres.js / socket
+ * failures.
+ */
+const UNAVAILABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '3D000', '55000']);
+const UNAVAILABLE_CLIENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'CONNECTION_CLOSED',
+  'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED',
+  'CONNECT_TIMEOUT',
+]);
+
+/** True when an error (or one of its causes) says the database is unreachable. */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && (code.startsWith('08') || UNAVAILABLE_SQLSTATES.has(code) || UNAVAILABLE_CLIENT_CODES.has(code))) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/**
+ * A server interceptor that answers UNAVAILABLE (retryable, "try another
+ * replica or later") instead of INTERNAL when a unary handler failed because
+ * the database is unreachable. Pass it to startMeshServer({ interceptors }).
+ */
+export function databaseUnavailableInterceptor(): Interceptor {
+  return (next) => async (req) => {
+    try {
+      return await next(req);
+    } catch (err) {
+      if (!(err instanceof ConnectError) && isDatabaseUnavailable(err)) {
+        throw new ConnectError('database unavailable, try again later', Code.Unavailable, undefined, undefined, err);
+      }
+      throw err;
+    }
   };
 }

@@ -2,6 +2,7 @@
 // once it goes away, SERVING again when it is back. Its own file and database,
 // because taking the database away would disturb other tests.
 import test from 'ava';
+import { Code, ConnectError } from '@connectrpc/connect';
 import { Health, HealthCheckResponse_ServingStatus as Status } from '../../gen/grpc/health/v1/health_pb.js';
 import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import { closeMeshClients, createMeshClient } from '../../mesh/client.js';
@@ -43,8 +44,9 @@ test('health reports NOT_SERVING while the database is unreachable, and SERVING 
   });
   await until(Status.NOT_SERVING);
   t.pass('NOT_SERVING without a database');
-  // Calls that need it fail as a server error, without leaking SQL.
-  const err = await t.throwsAsync(catalogClient.getProduct({ sku: 'ANY-001' }));
+  // Calls that need it fail UNAVAILABLE (retryable), without leaking SQL.
+  const err = await t.throwsAsync(catalogClient.getProduct({ sku: 'ANY-001' }), { instanceOf: ConnectError });
+  t.is(err!.code, Code.Unavailable);
   t.notRegex(err!.message, /select|catalog\.products/i);
 
   await withAdmin((sql) => sql.unsafe(`alter database "${testDb.name}" allow_connections true`));

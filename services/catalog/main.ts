@@ -7,7 +7,7 @@
 import { pathToFileURL } from 'node:url';
 import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import { boolean, duration, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
-import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
+import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
 import { createShutdown } from '../../mesh/shutdown.js';
 import { ProductRepository } from './repository.js';
@@ -47,6 +47,7 @@ export async function startCatalog(config: CatalogConfig, host?: string): Promis
       services: [serve(CatalogService, createCatalogService(repo))],
       readiness: () => database.ping(),
       readinessIntervalMs: config.READINESS_INTERVAL,
+      interceptors: [databaseUnavailableInterceptor()],
     });
     return {
       server,

@@ -21,6 +21,12 @@ export class ProductRepository {
     return row;
   }
 
+  /** Many at once, same rule as insertIfAbsent; returns the rows actually inserted. */
+  async insertManyIfAbsent(ps: NewProduct[]): Promise<ProductRow[]> {
+    if (ps.length === 0) return [];
+    return this.db.insert(products).values(ps).onConflictDoNothing({ target: products.sku }).returning();
+  }
+
   async findById(id: string): Promise<ProductRow | undefined> {
     const [row] = await this.db.select().from(products).where(eq(products.id, id));
     return row;

@@ -34,22 +34,19 @@ export interface SeedResult {
 }
 
 export async function seedCatalog(repo: ProductRepository, products = loadSeedProducts()): Promise<SeedResult> {
-  const result: SeedResult = { inserted: 0, unchanged: 0, differing: [] };
-  for (const p of products) {
-    const product = validateNewProduct(
+  const wanted = products.map((p) =>
+    validateNewProduct(
       create(CreateProductRequestSchema, {
         product: { ...p, price: { currencyCode: p.price.currencyCode, amountMinor: BigInt(p.price.amountMinor) } },
       }),
-    );
-    if (await repo.insertIfAbsent(product)) {
-      result.inserted++;
-      continue;
-    }
-    const existing = await repo.findBySku(product.sku);
-    if (existing && sameContent(existing, product)) result.unchanged++;
-    else result.differing.push(product.sku);
-  }
-  return result;
+    ),
+  );
+  // One statement inserts what is missing; the unique SKU index makes it safe to race.
+  const inserted = new Set((await repo.insertManyIfAbsent(wanted)).map((row) => row.sku));
+  const rest = wanted.filter((p) => !inserted.has(p.sku));
+  const existing = new Map((await repo.findBySkus(rest.map((p) => p.sku))).map((row) => [row.sku, row]));
+  const differing = rest.filter((p) => !sameContent(existing.get(p.sku) ?? { ...p, name: '' }, p)).map((p) => p.sku);
+  return { inserted: inserted.size, unchanged: rest.length - differing.length, differing };
 }
 
 async function main(): Promise<void> {
