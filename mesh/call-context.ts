@@ -46,17 +46,28 @@ export function currentCallContext(): CallContext | undefined {
   return storage.getStore();
 }
 
-/** The part of a handler context that downstream calls inherit. */
+/**
+ * The part of a handler context that downstream calls inherit. The headers
+ * are picked on first use: most handlers make no downstream call.
+ */
 export function callContextFromHandler(ctx: HandlerContext): CallContext {
-  const header = new Headers();
-  for (const key of PROPAGATED_HEADERS) {
-    const value = ctx.requestHeader.get(key);
-    if (value !== null) header.set(key, value);
-  }
   const remaining = ctx.timeoutMs();
+  let header: Headers | undefined;
   return {
     deadline: remaining === undefined ? undefined : Date.now() + remaining,
-    signal: ctx.signal,
-    header,
+    // Read lazily too: the signal is made only when someone needs it.
+    get signal() {
+      return ctx.signal;
+    },
+    get header() {
+      if (!header) {
+        header = new Headers();
+        for (const key of PROPAGATED_HEADERS) {
+          const value = ctx.requestHeader.get(key);
+          if (value !== null) header.set(key, value);
+        }
+      }
+      return header;
+    },
   };
 }

@@ -52,13 +52,20 @@ export function methodDefinition(method: DescMethod): grpc.MethodDefinition<unkn
 
 /** grpc metadata as fetch Headers; binary values are base64 as on the wire. */
 export function metadataToHeaders(md: grpc.Metadata): Headers {
-  const headers = new Headers();
-  for (const [key, values] of Object.entries(md.toJSON())) {
+  return new Headers(metadataEntries(md));
+}
+
+/** grpc metadata as [name, value] pairs, for a `new Headers(...)` made elsewhere. */
+export function metadataEntries(md: grpc.Metadata): [string, string][] {
+  const entries: [string, string][] = [];
+  const map = md.getMap();
+  for (const key in map) {
+    const values = md.get(key);
     for (const value of values) {
-      headers.append(key, typeof value === "string" ? value : Buffer.from(value).toString("base64"));
+      entries.push([key, typeof value === "string" ? value : Buffer.from(value).toString("base64")]);
     }
   }
-  return headers;
+  return entries;
 }
 
 // Headers HTTP/2 or grpc-js own; copying them into metadata is an error or a lie.

@@ -24,7 +24,7 @@
  *   createServiceDefinition(service, impl, options?): { definition, handlers }
  *     the grpc-js pieces, for mounting on a grpc.Server of your own.
  *
- * Handlers get a real Connect HandlerContext: requestHeader (grpc metadata),
+ * Handlers get a Connect HandlerContext (mesh/handler-context): requestHeader (grpc metadata),
  * timeoutMs() (grpc-timeout), a signal that fires on client cancel, deadline,
  * server close and completion, responseHeader / responseTrailer. The inbound
  * call context (deadline, x-request-id, traceparent, x-mesh-user-*) is kept in
@@ -36,13 +36,14 @@
  * Client- and bidi-streaming methods answer UNIMPLEMENTED.
  */
 import * as grpc from "@grpc/grpc-js";
-import { Code, ConnectError, createHandlerContext, createServiceImplSpec } from "@connectrpc/connect";
+import { Code, ConnectError, createServiceImplSpec } from "@connectrpc/connect";
 import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
 import {
   createAsyncIterable,
   invokeUnaryImplementation,
   transformInvokeImplementation,
 } from "@connectrpc/connect/protocol";
+import { create, isMessage } from "@bufbuild/protobuf";
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import type { MethodImplSpec } from "@connectrpc/connect";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
@@ -50,7 +51,8 @@ import * as reflectionV1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as reflectionV1alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { callContextFromHandler, runWithCallContext } from "./call-context.js";
 import { encodeStatusDetails, grpcStatusFromCode, toConnectError } from "./errors.js";
-import { headersToMetadata, metadataToHeaders, methodDefinition } from "./grpc-codec.js";
+import { headersToMetadata, methodDefinition } from "./grpc-codec.js";
+import { MeshHandlerContext } from "./handler-context.js";
 import { createHealthImpl, HealthState, ServingStatus } from "./health.js";
 import type { ReadinessProbe } from "./health.js";
 import { addReflection } from "./reflection.js";
@@ -121,7 +123,7 @@ function defaultInternalError(error: unknown, method: DescMethod): void {
 /** The status object grpc-js sends for an error thrown by a handler. */
 function errorStatus(
   thrown: unknown,
-  trailer: Headers,
+  trailer: Headers | undefined,
   method: DescMethod,
   onInternalError: HandlerOptions["onInternalError"],
 ): Partial<grpc.StatusObject> {
@@ -138,30 +140,44 @@ function errorStatus(
 
 type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
 
+// Abort reasons, shared: creating an error per call is measurable.
+const callCompleted = new ConnectError("the call is complete", Code.Canceled);
+const clientCancelled = new ConnectError("the call was cancelled by the client", Code.Canceled);
+
 function handlerContext(call: AnyCall, method: DescMethod, shutdownSignal: AbortSignal | undefined) {
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
-  const requestAbort = new AbortController();
-  call.once("cancelled", () => {
-    requestAbort.abort(new ConnectError("the call was cancelled by the client", Code.Canceled));
-  });
-  return createHandlerContext({
-    service: method.parent,
+  const ctx = new MeshHandlerContext(
     method,
-    protocolName: "grpc",
-    requestMethod: "POST",
-    url: `${call.getPath()}`,
-    timeoutMs: Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined,
-    requestSignal: requestAbort.signal,
+    call.metadata,
+    Number.isFinite(deadlineMs) ? deadlineMs : undefined,
     shutdownSignal,
-    requestHeader: metadataToHeaders(call.metadata),
-  });
+  );
+  // grpc-js also emits "cancelled" when a finished call's stream closes; by
+  // then the context is aborted with callCompleted and this does nothing.
+  call.once("cancelled", () => ctx.abort(clientCancelled));
+  return ctx;
 }
 
-function sendHeader(call: AnyCall, header: Headers): void {
+function sendHeader(call: AnyCall, header: Headers | undefined): void {
+  if (!header) return;
   let any = false;
   header.forEach(() => (any = true));
   if (any) call.sendMetadata(headersToMetadata(header));
+}
+
+/** Runs a unary implementation; Connect's helper only when there are interceptors to apply. */
+async function invokeUnary(
+  spec: MethodImplSpec & { kind: "unary" },
+  ctx: MeshHandlerContext,
+  request: unknown,
+  interceptors: Interceptor[],
+): Promise<unknown> {
+  if (interceptors.length > 0) {
+    return invokeUnaryImplementation(spec, ctx.toPlainObject(), request as never, interceptors);
+  }
+  const output = await spec.impl(request as never, ctx);
+  return isMessage(output, spec.method.output) ? output : create(spec.method.output, output);
 }
 
 function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOptions): grpc.handleUnaryCall<unknown, unknown> {
@@ -169,23 +185,22 @@ function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOpt
   return (call, callback) => {
     opts.inflight?.add();
     const ctx = handlerContext(call, spec.method, opts.forceSignal);
-    runWithCallContext(callContextFromHandler(ctx), () =>
-      invokeUnaryImplementation(spec, ctx, call.request as never, interceptors),
-    )
+    runWithCallContext(callContextFromHandler(ctx), () => invokeUnary(spec, ctx, call.request, interceptors))
       .then(
         (res) => {
-          sendHeader(call, ctx.responseHeader);
-          callback(null, res, headersToMetadata(ctx.responseTrailer));
+          sendHeader(call, ctx.touchedResponseHeader);
+          const trailer = ctx.touchedResponseTrailer;
+          callback(null, res, trailer ? headersToMetadata(trailer) : undefined);
         },
         (e: unknown) => {
-          sendHeader(call, ctx.responseHeader);
-          callback(errorStatus(e, ctx.responseTrailer, spec.method, opts.onInternalError));
+          sendHeader(call, ctx.touchedResponseHeader);
+          callback(errorStatus(e, ctx.touchedResponseTrailer, spec.method, opts.onInternalError));
         },
       )
       .finally(() => {
         // As in Connect's own handlers, the signal also fires on completion,
         // so work tied to it (downstream calls) stops with the call.
-        ctx.abort();
+        ctx.abort(callCompleted);
         opts.inflight?.done();
       });
   };
@@ -199,29 +214,31 @@ function serverStreamingHandler(
   return (call) => {
     opts.inflight?.add();
     const ctx = handlerContext(call, spec.method, opts.drainSignal);
+    // Streams live long: the cost of making every piece up front does not matter.
+    const plain = ctx.toPlainObject();
     const run = async () => {
-      const output = transformInvokeImplementation(spec, ctx, interceptors)(createAsyncIterable([call.request as never]));
+      const output = transformInvokeImplementation(spec, plain, interceptors)(createAsyncIterable([call.request as never]));
       let headerSent = false;
       for await (const message of output) {
         if (!headerSent) {
-          sendHeader(call, ctx.responseHeader);
+          sendHeader(call, plain.responseHeader);
           headerSent = true;
         }
         if (call.cancelled) break;
-        if (!call.write(message)) await drained(call, ctx.signal);
+        if (!call.write(message)) await drained(call, plain.signal);
       }
       // An aborted stream ends with the reason it was aborted for.
-      if (ctx.signal.aborted && !call.cancelled) throw ctx.signal.reason;
-      if (!headerSent) sendHeader(call, ctx.responseHeader);
-      call.end(headersToMetadata(ctx.responseTrailer));
+      if (plain.signal.aborted && !call.cancelled) throw plain.signal.reason;
+      if (!headerSent) sendHeader(call, plain.responseHeader);
+      call.end(headersToMetadata(plain.responseTrailer));
     };
-    runWithCallContext(callContextFromHandler(ctx), run)
+    runWithCallContext(callContextFromHandler(plain), run)
       .catch((e: unknown) => {
         if (call.cancelled) return;
-        call.emit("error", errorStatus(e, ctx.responseTrailer, spec.method, opts.onInternalError));
+        call.emit("error", errorStatus(e, plain.responseTrailer, spec.method, opts.onInternalError));
       })
       .finally(() => {
-        ctx.abort();
+        ctx.abort(callCompleted);
         opts.inflight?.done();
       });
   };
