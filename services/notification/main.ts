@@ -16,7 +16,7 @@ import { connect, type NatsConnection } from 'nats';
 import { NotificationSentSchema, NotificationService } from '../../gen/shop/notification/v1/notification_pb.js';
 import { duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
 import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
-import type { RunningConsumer } from '../../mesh/events/consumer.js';
+import type { ConsumerHooks, RunningConsumer } from '../../mesh/events/consumer.js';
 import { listenFromDb } from '../../mesh/events/listen.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
 import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
@@ -30,6 +30,22 @@ import { outbox } from './schema.js';
 import { createNotificationService } from './service.js';
 
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
+
+function log(line: Record<string, unknown>): void {
+  process.stderr.write(`${JSON.stringify({ service: 'notification', ...line })}\n`);
+}
+
+/** What the event backbone reports: failures worth a line in the log. */
+const relayHooks = {
+  onError: (err: unknown) => log({ level: 'warn', msg: 'outbox relay batch failed', err: String(err) }),
+};
+const consumerHooks: ConsumerHooks = {
+  onRetry: (meta, err, delayMs) =>
+    log({ level: 'warn', msg: 'event handling failed, will retry', event_id: meta.eventId, event_type: meta.eventType, delivery: meta.deliveryCount, delay_ms: delayMs, err: String(err) }),
+  onDeadLetter: (meta, reason) =>
+    log({ level: 'error', msg: 'event dead-lettered', event_id: meta.eventId, event_type: meta.eventType, reason }),
+  onError: (err) => log({ level: 'error', msg: 'event consumer trouble', err: String(err) }),
+};
 export const notificationMigrations = new URL('./migrations', import.meta.url).pathname;
 
 export const notificationSettings = {
@@ -71,8 +87,7 @@ export async function startNotification(config: NotificationConfig, host?: strin
     const feed = new NotificationFeed({
       listen,
       load: (id) => repo.findById(id),
-      onError: (err) =>
-        process.stderr.write(`${JSON.stringify({ level: 'error', msg: 'notification feed failed', err: String(err) })}\n`),
+      onError: (err) => log({ level: 'error', msg: 'notification feed failed', err: String(err) }),
     });
     // LISTEN before the consumers start, so nothing recorded from here on is missed by a watcher.
     await feed.start();
@@ -87,9 +102,9 @@ export async function startNotification(config: NotificationConfig, host?: strin
       [NotificationSentSchema, ...CONSUMED_EVENTS].map((e) => streamForType(e.typeName, prefix)),
       { prefix },
     );
-    const relay = await startRelay({ db: database.db, outbox, js, nc: nats });
+    const relay = await startRelay({ db: database.db, outbox, js, nc: nats, hooks: relayHooks });
     closers.push(() => relay.stop());
-    const consumers = await startNotificationConsumers({ db: database.db, js, prefix, maxDeliver: config.EVENT_MAX_DELIVER });
+    const consumers = await startNotificationConsumers({ db: database.db, js, prefix, maxDeliver: config.EVENT_MAX_DELIVER, hooks: consumerHooks });
     closers.push(() => Promise.all(consumers.map((c) => c.stop())));
 
     const server = await startMeshServer({
@@ -127,22 +142,18 @@ async function main(): Promise<void> {
   shutdown.add('events+db', () => app.close(0));
   shutdown.add('grpc', () => app.server.close(config.SHUTDOWN_GRACE));
   shutdown.listen();
-  process.stderr.write(
-    `${JSON.stringify({
-      level: 'info',
-      msg: 'notification listening',
-      address: app.server.address,
-      driver: app.database.driver,
-      migrations_applied: app.database.migrations?.applied.length ?? 0,
-    })}\n`,
-  );
+  log({
+    level: 'info',
+    msg: 'notification listening',
+    address: app.server.address,
+    driver: app.database.driver,
+    migrations_applied: app.database.migrations?.applied.length ?? 0,
+  });
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main().catch((err: unknown) => {
-    process.stderr.write(
-      `${JSON.stringify({ level: 'fatal', msg: 'notification failed to start', err: err instanceof Error ? err.message : String(err) })}\n`,
-    );
+    log({ level: 'fatal', msg: 'notification failed to start', err: err instanceof Error ? err.message : String(err) });
     process.exit(1);
   });
 }

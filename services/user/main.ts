@@ -15,13 +15,14 @@ import { connect, type NatsConnection } from 'nats';
 import { UserRegisteredSchema, UserService } from '../../gen/shop/user/v1/user_pb.js';
 import { duration, integer, loadConfig, meshSettings, port, servicePorts, string, type Config } from '../../mesh/config.js';
 import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
-import type { RunningConsumer } from '../../mesh/events/consumer.js';
+import type { ConsumerHooks, RunningConsumer } from '../../mesh/events/consumer.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
 import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
 import { createShutdown } from '../../mesh/shutdown.js';
 import { CONSUMED_EVENTS, startUserConsumers } from './consumers.js';
+import { prepareDecoy } from './password.js';
 import { UserRepository } from './repository.js';
 import { outbox } from './schema.js';
 import { userMigrations } from './seed.js';
@@ -29,6 +30,22 @@ import { createUserService } from './service.js';
 import { DEV_JWT_SECRET } from './tokens.js';
 
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
+
+function log(line: Record<string, unknown>): void {
+  process.stderr.write(`${JSON.stringify({ service: 'user', ...line })}\n`);
+}
+
+/** What the event backbone reports: failures worth a line in the log. */
+const relayHooks = {
+  onError: (err: unknown) => log({ level: 'warn', msg: 'outbox relay batch failed', err: String(err) }),
+};
+const consumerHooks: ConsumerHooks = {
+  onRetry: (meta, err, delayMs) =>
+    log({ level: 'warn', msg: 'event handling failed, will retry', event_id: meta.eventId, event_type: meta.eventType, delivery: meta.deliveryCount, delay_ms: delayMs, err: String(err) }),
+  onDeadLetter: (meta, reason) =>
+    log({ level: 'error', msg: 'event dead-lettered', event_id: meta.eventId, event_type: meta.eventType, reason }),
+  onError: (err) => log({ level: 'error', msg: 'event consumer trouble', err: String(err) }),
+};
 
 /** The JWT settings; the gateway reads the same variables with the same defaults. */
 export const jwtSettings = {
@@ -80,12 +97,13 @@ export async function startUser(config: UserConfig, host?: string): Promise<User
       [UserRegisteredSchema, ...CONSUMED_EVENTS].map((e) => streamForType(e.typeName, prefix)),
       { prefix },
     );
-    const relay = await startRelay({ db: database.db, outbox, js, nc: nats });
+    const relay = await startRelay({ db: database.db, outbox, js, nc: nats, hooks: relayHooks });
     closers.push(() => relay.stop());
-    const consumers = await startUserConsumers({ db: database.db, js, prefix, maxDeliver: config.EVENT_MAX_DELIVER });
+    const consumers = await startUserConsumers({ db: database.db, js, prefix, maxDeliver: config.EVENT_MAX_DELIVER, hooks: consumerHooks });
     closers.push(() => Promise.all(consumers.map((c) => c.stop())));
 
     const repo = new UserRepository(database.db, prefix);
+    await prepareDecoy();
     const server = await startMeshServer({
       name: 'user',
       host,
@@ -132,23 +150,19 @@ async function main(): Promise<void> {
   shutdown.add('events+db', () => app.close(0));
   shutdown.add('grpc', () => app.server.close(config.SHUTDOWN_GRACE));
   shutdown.listen();
-  process.stderr.write(
-    `${JSON.stringify({
-      level: 'info',
-      msg: 'user listening',
-      address: app.server.address,
-      driver: app.database.driver,
-      migrations_applied: app.database.migrations?.applied.length ?? 0,
-      jwt_secret: config.JWT_SECRET === DEV_JWT_SECRET ? 'development default' : 'set',
-    })}\n`,
-  );
+  log({
+    level: 'info',
+    msg: 'user listening',
+    address: app.server.address,
+    driver: app.database.driver,
+    migrations_applied: app.database.migrations?.applied.length ?? 0,
+    jwt_secret: config.JWT_SECRET === DEV_JWT_SECRET ? 'development default' : 'set',
+  });
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main().catch((err: unknown) => {
-    process.stderr.write(
-      `${JSON.stringify({ level: 'fatal', msg: 'user failed to start', err: err instanceof Error ? err.message : String(err) })}\n`,
-    );
+    log({ level: 'fatal', msg: 'user failed to start', err: err instanceof Error ? err.message : String(err) });
     process.exit(1);
   });
 }

@@ -63,6 +63,12 @@ export async function verifyPassword(password: string, stored: string): Promise<
 // password against it costs exactly what a real check costs.
 let decoy: Promise<string> | undefined;
 
+/** Makes the decoy hash now (at start), so the first unknown-email login is not slower than the rest. */
+export async function prepareDecoy(): Promise<void> {
+  decoy ??= hashPassword(randomBytes(32).toString('base64url'));
+  await decoy;
+}
+
 /** Does the work of one verification and returns false: keeps unknown-email logins as slow as wrong-password ones. */
 export async function burnPasswordCheck(password: string): Promise<false> {
   decoy ??= hashPassword(randomBytes(32).toString('base64url'));

@@ -29,8 +29,7 @@ CREATE TABLE "notification"."outbox" (
 	"payload" "bytea" NOT NULL,
 	"headers" jsonb DEFAULT '{}'::jsonb NOT NULL,
 	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
-	"published_at" timestamp with time zone,
-	CONSTRAINT "outbox_seq_unique" UNIQUE("seq")
+	"published_at" timestamp with time zone
 );
 --> statement-breakpoint
 CREATE UNIQUE INDEX "notifications_seq_key" ON "notification"."notifications" USING btree ("seq");--> statement-breakpoint
