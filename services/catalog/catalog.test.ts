@@ -1,8 +1,10 @@
 // CatalogService end to end: the real process wiring (startCatalog), a real
 // TCP grpc-js connection through mesh/client, and a fresh Postgres database.
 import test, { type ExecutionContext } from 'ava';
+import { fromBinary } from '@bufbuild/protobuf';
 import { Code, ConnectError } from '@connectrpc/connect';
-import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
+import * as grpc from '@grpc/grpc-js';
+import { CatalogService, GetProductResponseSchema } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import { closeMeshClients, createMeshClient } from '../../mesh/client.js';
 import { parseConfig } from '../../mesh/config.js';
 import { fieldViolations } from '../../mesh/errors.js';
@@ -237,4 +239,25 @@ test('BatchGetProducts answers in request order, once per SKU, and lists the mis
   t.deepEqual(res.products.map((p) => p.sku), ['BG-003', 'BG-001']);
   t.deepEqual(res.missingSkus, ['BG-404', 'BG-405']);
   t.is(res.products[0]!.price?.amountMinor, 1000n);
+});
+
+test('a plain grpc-js client with no generated code gets an answer over TCP', async (t) => {
+  await client.createProduct({ product: product('RAW-001', { name: 'Raw bytes' }) }, admin);
+  const raw = new grpc.Client(catalog.server.address, grpc.credentials.createInsecure());
+  t.teardown(() => raw.close());
+  // GetProductRequest{sku: "RAW-001"}: field 2, wire type 2 (length-delimited).
+  const sku = Buffer.from('RAW-001');
+  const request = Buffer.concat([Buffer.from([0x12, sku.length]), sku]);
+  const bytes = await new Promise<Buffer>((resolve, reject) =>
+    raw.makeUnaryRequest(
+      '/shop.catalog.v1.CatalogService/GetProduct',
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      request,
+      (err, res) => (err ? reject(err) : resolve(res!)),
+    ),
+  );
+  const answer = fromBinary(GetProductResponseSchema, bytes);
+  t.is(answer.product?.sku, 'RAW-001');
+  t.is(answer.product?.name, 'Raw bytes');
 });
