@@ -1,0 +1,311 @@
+// The fast path for plain gRPC over HTTP/2: frames go upstream and back
+// without decoding or re-encoding messages, yet every policy applies. The
+// pipeline admits the call from its headers (auth, rate limit, deadline,
+// breaker); the call runs inside the breaker, reports its grpc-status to it,
+// and an idempotent unary call answered UNAVAILABLE before any response byte
+// is retried with the buffered request.
+import http2, { type ClientHttp2Session, type ClientHttp2Stream, type ServerHttp2Stream } from "node:http2";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { GatewayMethod } from "../descriptors.js";
+import { EdgeError } from "../errors.js";
+import type { Admission, Pipeline } from "../pipeline.js";
+import { throughBreaker } from "../policy/circuit-breaker.js";
+import { isRetryable } from "../policy/retry.js";
+import { formatGrpcTimeout, parseGrpcTimeout } from "../policy/timeout.js";
+import { encodeGrpcMessage } from "./grpc-status.js";
+
+const {
+  HTTP2_HEADER_CONTENT_TYPE,
+  HTTP2_HEADER_METHOD,
+  HTTP2_HEADER_PATH,
+  HTTP2_HEADER_STATUS,
+  NGHTTP2_CANCEL,
+} = http2.constants;
+
+/** Request headers forwarded as they are (besides the pipeline's). */
+const forwardRequest = ["grpc-encoding", "grpc-accept-encoding", "user-agent", "grpc-message-type"];
+const failureCodes = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Internal, Code.Unknown]);
+
+/** One HTTP/2 session per upstream target, reopened when it closes. */
+export class UpstreamSessions {
+  private readonly sessions = new Map<string, ClientHttp2Session>();
+  get(target: string): ClientHttp2Session {
+    let s = this.sessions.get(target);
+    if (s && !s.closed && !s.destroyed) return s;
+    s = http2.connect(`http://${target}`);
+    const session = s;
+    session.on("error", () => {});
+    session.on("close", () => {
+      if (this.sessions.get(target) === session) this.sessions.delete(target);
+    });
+    session.on("goaway", () => {
+      if (this.sessions.get(target) === session) this.sessions.delete(target);
+    });
+    this.sessions.set(target, session);
+    return session;
+  }
+  close(): void {
+    for (const s of this.sessions.values()) s.close();
+    this.sessions.clear();
+  }
+}
+
+export interface GrpcProxyOptions {
+  readonly pipeline: Pipeline;
+  readonly sessions: UpstreamSessions;
+  readonly targetFor: (upstream: string) => string;
+  readonly maxBodyBytes: number;
+}
+
+type Outcome = { code: number; sentAnything: boolean };
+
+/** Answers a gRPC error as a trailers-only response. */
+function respondError(stream: ServerHttp2Stream, e: unknown, extra: Record<string, string> = {}): void {
+  if (stream.destroyed || stream.closed) return;
+  const err = e instanceof ConnectError ? e : new ConnectError("upstream failed", Code.Unavailable);
+  const h: Record<string, string | number> = {
+    ...extra,
+    [HTTP2_HEADER_STATUS]: 200,
+    [HTTP2_HEADER_CONTENT_TYPE]: "application/grpc",
+    "grpc-status": err.code,
+    "grpc-message": encodeGrpcMessage(err.rawMessage),
+  };
+  if (err instanceof EdgeError) Object.assign(h, err.httpHeaders);
+  if (stream.headersSent) {
+    // Mid-response: end the stream with the error in the trailers.
+    if (stream.writableEnded) return;
+    stream.once("wantTrailers", () =>
+      stream.sendTrailers({ "grpc-status": err.code, "grpc-message": encodeGrpcMessage(err.rawMessage) }),
+    );
+    stream.end();
+    return;
+  }
+  stream.respond(h, { endStream: true });
+}
+
+export function createGrpcProxy(o: GrpcProxyOptions) {
+  return async function proxy(
+    stream: ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    m: GatewayMethod,
+    ip: string,
+  ): Promise<void> {
+    const h = new Headers();
+    for (const [k, v] of Object.entries(headers)) {
+      if (!k.startsWith(":") && v !== undefined) h.set(k, Array.isArray(v) ? v.join(", ") : v);
+    }
+    let a: Admission;
+    try {
+      a = await o.pipeline.admit(
+        m,
+        { headers: h, ip, clientTimeoutMs: parseGrpcTimeout(h.get("grpc-timeout")) },
+        m.method.methodKind !== "unary",
+      );
+    } catch (e) {
+      respondError(stream, e);
+      stream.resume();
+      return;
+    }
+    const out: http2.OutgoingHttpHeaders = {
+      [HTTP2_HEADER_METHOD]: "POST",
+      [HTTP2_HEADER_PATH]: m.grpcPath,
+      [HTTP2_HEADER_CONTENT_TYPE]: headers["content-type"],
+      te: "trailers",
+    };
+    for (const k of forwardRequest) if (headers[k] !== undefined) out[k] = headers[k];
+    a.upstreamHeaders.forEach((v, k) => (out[k] = v));
+    const target = o.targetFor(m.upstream);
+    const canRetry = a.policy.idempotent && m.method.methodKind === "unary";
+
+    // An idempotent unary request is buffered so it can be sent again.
+    let buffered: Buffer | undefined;
+    if (canRetry) {
+      try {
+        buffered = await readAll(stream, o.maxBodyBytes);
+      } catch (e) {
+        respondError(stream, e);
+        return;
+      }
+    }
+
+    let timer: NodeJS.Timeout | undefined;
+    let current: ClientHttp2Stream | undefined;
+    const onClientClose = () => {
+      if (current && !current.closed) current.close(NGHTTP2_CANCEL);
+    };
+    stream.once("close", onClientClose);
+    const timedOut = new Promise<Outcome>((resolve) => {
+      if (a.deadline === undefined) return;
+      timer = setTimeout(() => {
+        if (current && !current.closed) current.close(NGHTTP2_CANCEL);
+        respondError(stream, new ConnectError("deadline exceeded", Code.DeadlineExceeded));
+        resolve({ code: Code.DeadlineExceeded, sentAnything: true });
+      }, Math.max(1, a.deadline - Date.now()));
+    });
+
+    const attempt = (last: boolean): Promise<Outcome> =>
+      new Promise<Outcome>((settle) => {
+        let settled = false;
+        const resolve = (r: Outcome) => {
+          if (settled) return;
+          settled = true;
+          settle(r);
+        };
+        if (a.deadline !== undefined) out["grpc-timeout"] = formatGrpcTimeout(a.deadline - Date.now());
+        let up: ClientHttp2Stream;
+        try {
+          up = o.sessions.get(target).request(out);
+        } catch {
+          resolve({ code: Code.Unavailable, sentAnything: false });
+          return;
+        }
+        current = up;
+        let responded = false;
+        let heldHeaders: http2.OutgoingHttpHeaders | undefined;
+        const respondHeld = () => {
+          if (responded || stream.destroyed) return;
+          responded = true;
+          stream.respond({ ...heldHeaders, ...a.responseHeaders }, { waitForTrailers: true });
+        };
+        up.on("response", (rh) => {
+          const status = Number(rh["grpc-status"] ?? NaN);
+          if (!Number.isNaN(status)) {
+            // Trailers-only answer.
+            if (status === Code.Unavailable && !last) {
+              resolve({ code: status, sentAnything: false });
+              return;
+            }
+            if (!stream.destroyed) {
+              responded = true;
+              stream.respond({ ...stripHop(rh), ...a.responseHeaders }, { endStream: true });
+            }
+            resolve({ code: status, sentAnything: true });
+            return;
+          }
+          heldHeaders = stripHop(rh);
+          // Retryable calls hold their headers until a message shows the call succeeded.
+          if (!canRetry) respondHeld();
+        });
+        up.on("data", (chunk: Buffer) => {
+          respondHeld();
+          if (stream.destroyed) return;
+          if (!stream.write(chunk)) {
+            up.pause();
+            stream.once("drain", () => up.resume());
+          }
+        });
+        let trailers: http2.IncomingHttpHeaders | undefined;
+        up.on("trailers", (t) => (trailers = t));
+        up.on("end", () => {
+          const status = Number(trailers?.["grpc-status"] ?? Code.Unknown);
+          if (!responded && status === Code.Unavailable && !last) {
+            resolve({ code: status, sentAnything: false });
+            return;
+          }
+          respondHeld();
+          if (!stream.destroyed && !stream.closed) {
+            stream.once("wantTrailers", () => {
+              const t = trailers ? stripHop(trailers) : { "grpc-status": Code.Unknown, "grpc-message": "no trailers" };
+              stream.sendTrailers(t);
+            });
+            stream.end();
+          }
+          resolve({ code: status, sentAnything: true });
+        });
+        up.on("error", () => {
+          if (settled) return;
+          if (!responded && !last) {
+            resolve({ code: Code.Unavailable, sentAnything: false });
+            return;
+          }
+          respondError(stream, new ConnectError("upstream connection failed", Code.Unavailable));
+          resolve({ code: Code.Unavailable, sentAnything: true });
+        });
+        up.on("close", () => {
+          // Closed without end (reset): treat as a connection failure.
+          if (!up.readableEnded) up.emit("error", new Error("upstream stream reset"));
+        });
+        if (buffered) up.end(buffered);
+        else pipeLimited(stream, up, o.maxBodyBytes, () => {
+          up.close(NGHTTP2_CANCEL);
+          respondError(stream, new ConnectError(`request exceeds ${o.maxBodyBytes} bytes`, Code.ResourceExhausted));
+        });
+      });
+
+    const run = async (): Promise<Outcome> => {
+      a.budget.deposit();
+      for (let n = 1; ; n++) {
+        const last = !canRetry || n >= 3;
+        const r = await Promise.race([attempt(last), timedOut]);
+        if (r.sentAnything || last) return r;
+        if (!isRetryable(new ConnectError("", r.code as Code)) || !a.budget.tryWithdraw()) {
+          // Out of budget: answer with the failure we have.
+          respondError(stream, new ConnectError("upstream unavailable", Code.Unavailable));
+          return { code: r.code, sentAnything: true };
+        }
+        const delay = Math.random() * Math.min(250, 25 * 2 ** (n - 1));
+        if (a.deadline !== undefined && Date.now() + delay >= a.deadline) {
+          respondError(stream, new ConnectError("upstream unavailable", Code.Unavailable));
+          return { code: r.code, sentAnything: true };
+        }
+        await new Promise((r2) => setTimeout(r2, delay));
+      }
+    };
+
+    try {
+      await throughBreaker(a.breaker, a.breakerName, a.breakerRetryAfterSec, run, (r) => !failureCodes.has(r.code));
+    } catch (e) {
+      respondError(stream, e, a.responseHeaders);
+      stream.resume();
+    } finally {
+      clearTimeout(timer);
+      stream.off("close", onClientClose);
+    }
+  };
+}
+
+function stripHop(h: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
+  const out: http2.OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (k === ":status" || !k.startsWith(":")) {
+      if (k === "content-length" || k === "connection" || k === "keep-alive") continue;
+      out[k] = v;
+    }
+  }
+  return out;
+}
+
+function readAll(stream: ServerHttp2Stream, max: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > max) {
+        reject(new ConnectError(`request exceeds ${max} bytes`, Code.ResourceExhausted));
+        stream.close(NGHTTP2_CANCEL);
+        return;
+      }
+      chunks.push(c);
+    });
+    stream.on("end", () => resolve(Buffer.concat(chunks, size)));
+    stream.on("error", reject);
+  });
+}
+
+function pipeLimited(from: ServerHttp2Stream, to: ClientHttp2Stream, max: number, onTooLarge: () => void): void {
+  let size = 0;
+  from.on("data", (c: Buffer) => {
+    size += c.length;
+    if (size > max) {
+      from.off("data", () => {});
+      onTooLarge();
+      return;
+    }
+    if (!to.write(c)) {
+      from.pause();
+      to.once("drain", () => from.resume());
+    }
+  });
+  from.on("end", () => to.end());
+}
