@@ -13,7 +13,7 @@
 import { pathToFileURL } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { UserRegisteredSchema, UserService } from '../../gen/shop/user/v1/user_pb.js';
-import { duration, integer, loadConfig, meshSettings, port, servicePorts, string, type Config } from '../../mesh/config.js';
+import { duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
 import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import type { ConsumerHooks, RunningConsumer } from '../../mesh/events/consumer.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
@@ -27,7 +27,9 @@ import { UserRepository } from './repository.js';
 import { outbox } from './schema.js';
 import { userMigrations } from './seed.js';
 import { createUserService } from './service.js';
-import { DEV_JWT_SECRET } from './tokens.js';
+import { DEV_JWT_SECRET, jwtSettings } from './tokens.js';
+
+export { jwtSettings };
 
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 
@@ -47,13 +49,6 @@ const consumerHooks: ConsumerHooks = {
   onError: (err) => log({ level: 'error', msg: 'event consumer trouble', err: String(err) }),
 };
 
-/** The JWT settings; the gateway reads the same variables with the same defaults. */
-export const jwtSettings = {
-  JWT_SECRET: string(DEV_JWT_SECRET, 'HS256 key of the access tokens (development default: set your own anywhere real)'),
-  JWT_ISSUER: string('protomesh', 'iss claim of the access tokens'),
-  JWT_AUDIENCE: string('protomesh-shop', 'aud claim of the access tokens'),
-  JWT_TTL: duration('1h', 'Lifetime of an access token'),
-};
 
 export const userSettings = {
   ...meshSettings,
