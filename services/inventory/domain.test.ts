@@ -77,8 +77,8 @@ test('a repeated reserve answers the stored reservation, refuses a spent id or d
   t.is(answerRepeatedReserve(r, [{ sku: 'AAA-1', quantity: 2 }]), r);
   t.is(answerRepeatedReserve(reservation({ status: 'COMMITTED' }), [{ sku: 'AAA-1', quantity: 2 }]).status, 'COMMITTED');
   t.is(codeOf(() => answerRepeatedReserve(r, [{ sku: 'AAA-1', quantity: 3 }])), Code.AlreadyExists);
-  t.is(codeOf(() => answerRepeatedReserve(reservation({ status: 'RELEASED' }), r.lines)), Code.Aborted);
-  t.is(codeOf(() => answerRepeatedReserve(reservation({ status: 'RELEASED', tombstone: true, lines: [] }), r.lines)), Code.Aborted);
+  t.is(codeOf(() => answerRepeatedReserve(reservation({ status: 'RELEASED' }), r.lines)), Code.FailedPrecondition);
+  t.is(codeOf(() => answerRepeatedReserve(reservation({ status: 'RELEASED', tombstone: true, lines: [] }), r.lines)), Code.FailedPrecondition);
 });
 
 test('commit and release decisions per state', (t) => {

@@ -12,7 +12,9 @@
  * - Reserve of an id that is RESERVED or COMMITTED answers that reservation
  *   (a retried call) when the lines are the same, ALREADY_EXISTS when they differ.
  * - Reserve of a RELEASED id (released, expired or tombstoned) is refused with
- *   ABORTED: the caller already gave up on it, so holding stock now would leak it.
+ *   FAILED_PRECONDITION (type RESERVATION_RELEASED): the caller already gave up
+ *   on it, so holding stock now would leak it. Not ABORTED: gRPC clients
+ *   (the order saga among them) retry ABORTED, and this answer never changes.
  * - Release of RELEASED or COMMITTED answers it unchanged (COMMITTED stays sold).
  * - Commit of COMMITTED answers it; of RELEASED is FAILED_PRECONDITION; of an
  *   unknown id NOT_FOUND.
@@ -113,7 +115,11 @@ export function sameLines(a: Line[], b: Line[]): boolean {
 export function answerRepeatedReserve(existing: ReservationRecord, requested: Line[]): ReservationRecord {
   if (existing.status === 'RELEASED') {
     const why = existing.tombstone ? 'was released before it was reserved' : `was released (${existing.releaseReason || 'released'})`;
-    throw new ConnectError(`reservation ${existing.id} ${why}; a released reservation id cannot be reserved again`, Code.Aborted);
+    throw failedPrecondition(
+      'RESERVATION_RELEASED',
+      `reservation ${existing.id}`,
+      `${why}; a released reservation id cannot be reserved again`,
+    );
   }
   if (!sameLines(existing.lines, requested)) {
     throw new ConnectError(

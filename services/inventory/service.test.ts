@@ -12,6 +12,7 @@ import {
   StockReleasedSchema,
   StockReservedSchema,
 } from '../../gen/shop/inventory/v1/inventory_pb.js';
+import { PreconditionFailureSchema } from '../../gen/google/rpc/error_details_pb.js';
 import { createMeshTransport, type MeshTransport } from '../../mesh/client.js';
 import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import { fieldViolations } from '../../mesh/errors.js';
@@ -238,19 +239,20 @@ test('ReleaseReservation gives stock back once, with StockReleased; repeated cal
   t.deepEqual(ev.lines.map((l) => [l.sku, l.quantity]), [[sku, 3n]]);
 
   // A released id is spent: reserving it again is refused, commit too.
-  await rejects(t, client.reserveStock({ reservationId: 'order-rel', lines: [{ sku, quantity: 3n }] }), Code.Aborted);
+  await rejects(t, client.reserveStock({ reservationId: 'order-rel', lines: [{ sku, quantity: 3n }] }), Code.FailedPrecondition);
   await rejects(t, client.commitReservation({ reservationId: 'order-rel' }), Code.FailedPrecondition);
   t.deepEqual(await level(sku), { onHand: 4, reserved: 0, available: 4 });
 });
 
-test('releasing an unknown reservation records a tombstone: a late ReserveStock is ABORTED', async (t) => {
+test('releasing an unknown reservation records a tombstone: a late ReserveStock is refused (FAILED_PRECONDITION)', async (t) => {
   const sku = await stocked(2);
   const r = await client.releaseReservation({ reservationId: 'order-late', reason: 'saga cancelled' });
   t.is(r.reservation!.status, ReservationStatus.RELEASED);
   t.deepEqual(r.reservation!.lines, []);
   t.is((await eventsOf('order-late')).length, 0, 'nothing was held, nothing announced');
-  const err = await rejects(t, client.reserveStock({ reservationId: 'order-late', lines: [{ sku, quantity: 1n }] }), Code.Aborted);
-  t.regex(err.message, /released before it was reserved/);
+  const err = await rejects(t, client.reserveStock({ reservationId: 'order-late', lines: [{ sku, quantity: 1n }] }), Code.FailedPrecondition);
+  t.regex(err.rawMessage, /^reservation order-late: was released before it was reserved/);
+  t.deepEqual(err.findDetails(PreconditionFailureSchema)[0]?.violations.map((v) => v.type), ['RESERVATION_RELEASED']);
   t.deepEqual(await level(sku), { onHand: 2, reserved: 0, available: 2 });
 });
 
@@ -335,7 +337,7 @@ test.serial('the sweeper releases expired reservations with reason "expired", on
     t.is(fromBinary(StockReleasedSchema, events[1]!.payload).reason, 'expired');
   }
   await rejects(t, client.commitReservation({ reservationId: 'exp-1' }), Code.FailedPrecondition);
-  await rejects(t, client.reserveStock({ reservationId: 'exp-1', lines: [{ sku, quantity: 2n }] }), Code.Aborted);
+  await rejects(t, client.reserveStock({ reservationId: 'exp-1', lines: [{ sku, quantity: 2n }] }), Code.FailedPrecondition);
   clock += TTL_MS;
   t.is(await store.sweepExpired(), 1, 'exp-fresh, now due');
   t.deepEqual(await level(sku), { onHand: 6, reserved: 0, available: 6 });

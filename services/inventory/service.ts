@@ -3,11 +3,12 @@
  *
  * Errors, in one list:
  *   INVALID_ARGUMENT     a malformed field, named (sku, on_hand, reservation_id, lines[i].sku, lines[i].quantity, reason)
- *   FAILED_PRECONDITION  ReserveStock: a SKU cannot cover its line (the message starts with the SKU);
- *                        SetStock: on_hand below what is reserved;
+ *   FAILED_PRECONDITION  ReserveStock: a SKU cannot cover its line (the message starts with the SKU,
+ *                        detail type INSUFFICIENT_STOCK), or the id was released, expired or
+ *                        tombstoned by a ReleaseReservation before it (the message starts with
+ *                        "reservation <id>", detail type RESERVATION_RELEASED): ids are single-use;
+ *                        SetStock: on_hand below what is reserved (BELOW_RESERVED);
  *                        CommitReservation: the reservation was released (or expired)
- *   ABORTED              ReserveStock for an id that was released, expired or tombstoned
- *                        (ReleaseReservation before ReserveStock): ids are single-use
  *   ALREADY_EXISTS       ReserveStock repeating an id with different lines
  *   NOT_FOUND            CommitReservation of an id never reserved
  *   UNAUTHENTICATED / PERMISSION_DENIED   SetStock without the admin role (x-mesh-user-role)

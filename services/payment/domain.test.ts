@@ -59,7 +59,7 @@ test('validateAuthorize accepts a good request and names the bad field', (t) => 
 test('a repeated authorization answers the first result, refuses a tombstone or a different payment', (t) => {
   const first = payment('DECLINED', { declineReason: 'card declined' });
   t.is(answerRepeatedAuthorize(first, input), first);
-  t.is(codeOf(() => answerRepeatedAuthorize(payment('TOMBSTONE'), input)), Code.Aborted);
+  t.is(codeOf(() => answerRepeatedAuthorize(payment('TOMBSTONE'), input)), Code.FailedPrecondition);
   t.is(codeOf(() => answerRepeatedAuthorize(payment('AUTHORIZED'), { ...input, amountMinor: 501n })), Code.AlreadyExists);
   t.is(codeOf(() => answerRepeatedAuthorize(payment('AUTHORIZED'), { ...input, userId: 'u-2' })), Code.AlreadyExists);
 });

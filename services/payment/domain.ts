@@ -11,8 +11,11 @@
  * - Authorize of an order that has a payment answers that payment (the first
  *   result, AUTHORIZED or DECLINED), so a retry never charges twice; with a
  *   different user or amount it is ALREADY_EXISTS. Of a TOMBSTONE it is
- *   ABORTED: the order was refunded (cancelled) before it was authorized, so a
- *   late authorization must not hold money for it.
+ *   FAILED_PRECONDITION (type ORDER_REFUNDED): the order was refunded
+ *   (cancelled) before it was authorized, so a late authorization must not
+ *   hold money for it. Not ABORTED, which gRPC clients (the order saga among
+ *   them) retry: this answer never changes. Not a DECLINED payment either: that
+ *   would announce PaymentFailed (and notify the user) for an order already cancelled.
  * - Capture of CAPTURED answers it; of anything but AUTHORIZED is FAILED_PRECONDITION.
  * - Refund of AUTHORIZED voids, of CAPTURED refunds, of VOIDED or REFUNDED
  *   answers it; of DECLINED or an unknown order answers no payment (nothing
@@ -100,9 +103,10 @@ export function cardLast4(token: string): string {
 /** The answer to an AuthorizePayment for an order that already has a payment row. */
 export function answerRepeatedAuthorize(existing: PaymentRecord, req: AuthorizeInput): PaymentRecord {
   if (existing.status === 'TOMBSTONE') {
-    throw new ConnectError(
-      `order ${existing.orderId} was refunded before it was authorized; it cannot be charged`,
-      Code.Aborted,
+    throw failedPrecondition(
+      'ORDER_REFUNDED',
+      `order ${existing.orderId}`,
+      'was refunded before it was authorized; it cannot be charged',
     );
   }
   if (

@@ -15,6 +15,7 @@ import {
   PaymentService,
   PaymentStatus,
 } from '../../gen/shop/payment/v1/payment_pb.js';
+import { PreconditionFailureSchema } from '../../gen/google/rpc/error_details_pb.js';
 import { createMeshClient } from '../../mesh/client.js';
 import { parseConfig } from '../../mesh/config.js';
 import { fieldViolations } from '../../mesh/errors.js';
@@ -114,9 +115,15 @@ test('PaymentAuthorized reaches NATS through the outbox relay', async (t) => {
   const { payment } = await authorize(orderId, 'tok_visa', 777n);
   const jsm = await nc.jetstreamManager();
   const stream = streamForType(PaymentAuthorizedSchema.typeName, nats.subjectPrefix).name;
+  const subject = `${nats.subjectPrefix}${PaymentAuthorizedSchema.typeName}`;
+  // Other tests publish too: look through the stream for this order's event.
   const msg = await until('PaymentAuthorized on NATS', async () => {
-    const m = await jsm.streams.getMessage(stream, { last_by_subj: `${nats.subjectPrefix}${PaymentAuthorizedSchema.typeName}` });
-    return fromBinary(PaymentAuthorizedSchema, m.data).orderId === orderId && m;
+    const { state } = await jsm.streams.info(stream);
+    for (let seq = state.first_seq; seq <= state.last_seq; seq++) {
+      const m = await jsm.streams.getMessage(stream, { seq }).catch(() => undefined);
+      if (m?.subject === subject && fromBinary(PaymentAuthorizedSchema, m.data).orderId === orderId) return m;
+    }
+    return undefined;
   });
   t.is(fromBinary(PaymentAuthorizedSchema, msg.data).paymentId, payment!.id);
 });
@@ -223,14 +230,15 @@ test('capture of an unknown order is NOT_FOUND, of a declined one FAILED_PRECOND
   t.deepEqual((await eventsOf(orderId)).map((e) => e.eventType), ['shop.payment.v1.PaymentFailed']);
 });
 
-test('refund of an order never charged leaves a tombstone: a late AuthorizePayment is ABORTED and charges nothing', async (t) => {
+test('refund of an order never charged leaves a tombstone: a late AuthorizePayment is refused (FAILED_PRECONDITION) and charges nothing', async (t) => {
   const orderId = randomUUID();
   const r1 = await client.refundPayment({ orderId, reason: 'saga timed out' });
   t.is(r1.payment, undefined);
   const r2 = await client.refundPayment({ orderId, reason: 'saga timed out' });
   t.is(r2.payment, undefined);
-  const err = await rejects(t, authorize(orderId), Code.Aborted);
+  const err = await rejects(t, authorize(orderId), Code.FailedPrecondition);
   t.regex(err.rawMessage, /refunded before it was authorized/);
+  t.deepEqual(err.findDetails(PreconditionFailureSchema)[0]?.violations.map((v) => v.type), ['ORDER_REFUNDED']);
   await rejects(t, client.capturePayment({ orderId }), Code.FailedPrecondition);
   await rejects(t, client.getPayment({ orderId }, as('user-1')), Code.NotFound);
   t.is((await eventsOf(orderId)).length, 0);
@@ -253,7 +261,7 @@ test('a refund racing a slow authorization never leaves money held', async (t) =
     t.is(row!.status, 'VOIDED');
   } else {
     // The refund went first: the authorization found the tombstone.
-    t.is(authResult, Code.Aborted);
+    t.is(authResult, Code.FailedPrecondition);
     t.is(refundResult.payment, undefined);
     t.is(row!.status, 'TOMBSTONE');
   }

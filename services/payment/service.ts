@@ -6,7 +6,8 @@
  *   AuthorizePayment   AUTHORIZED, or DECLINED (a normal answer, with PaymentFailed);
  *                      a repeat answers the first result.
  *                      UNAVAILABLE when the processor is down (tok_error): nothing recorded, retry.
- *                      ABORTED when the order was refunded before it was authorized (tombstone).
+ *                      FAILED_PRECONDITION (detail type ORDER_REFUNDED) when the order was refunded
+ *                      before it was authorized (tombstone): refused for good, nothing held.
  *                      ALREADY_EXISTS when the order has a payment for another user or amount.
  *   CapturePayment     CAPTURED; NOT_FOUND for an order without payment;
  *                      FAILED_PRECONDITION unless AUTHORIZED (or already CAPTURED).
