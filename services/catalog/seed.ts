@@ -8,7 +8,7 @@
  *                            or start the service with SEED_CATALOG=true instead)
  */
 import { readFileSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { create } from '@bufbuild/protobuf';
 import { CreateProductRequestSchema, type Product } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import { loadConfig, meshSettings } from '../../mesh/config.js';
@@ -16,7 +16,8 @@ import { openDatabase } from '../../mesh/db.js';
 import { sameContent, validateNewProduct } from './domain.js';
 import { ProductRepository } from './repository.js';
 
-export const catalogMigrations = new URL('./migrations', import.meta.url).pathname;
+/** The drizzle-kit migrations of the catalog schema (main.ts and the seed both open the database). */
+export const catalogMigrations = fileURLToPath(new URL('./migrations', import.meta.url));
 
 type SeedProduct = Omit<Product, '$typeName' | 'id' | 'createTime' | 'price'> & {
   price: { currencyCode: string; amountMinor: number };
