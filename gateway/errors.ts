@@ -1,29 +1,11 @@
 // Errors at the edge: gRPC code <-> HTTP status, and the JSON error body.
 import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { httpStatusFromCode } from "../mesh/errors.js";
 
-/** gRPC code -> HTTP status, per the Connect protocol and grpc-gateway tables. */
-const httpStatusByCode: Record<Code, number> = {
-  [Code.Canceled]: 499,
-  [Code.Unknown]: 500,
-  [Code.InvalidArgument]: 400,
-  [Code.DeadlineExceeded]: 504,
-  [Code.NotFound]: 404,
-  [Code.AlreadyExists]: 409,
-  [Code.PermissionDenied]: 403,
-  [Code.ResourceExhausted]: 429,
-  [Code.FailedPrecondition]: 400,
-  [Code.Aborted]: 409,
-  [Code.OutOfRange]: 400,
-  [Code.Unimplemented]: 501,
-  [Code.Internal]: 500,
-  [Code.Unavailable]: 503,
-  [Code.DataLoss]: 500,
-  [Code.Unauthenticated]: 401,
-};
-
+/** gRPC code -> HTTP status, from the one table in mesh/errors (Connect and grpc-gateway). */
 export function httpStatusOf(code: Code): number {
-  return httpStatusByCode[code] ?? 500;
+  return httpStatusFromCode(code);
 }
 
 /** Lower snake case code name as used by Connect ("not_found"). */
