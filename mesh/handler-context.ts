@@ -16,6 +16,7 @@
  *     constructor(method, metadata: grpc.Metadata, deadline: number | undefined, shutdownSignal?)
  *     abort(reason): void                 first reason wins; fires the signal if it exists
  *     get isAborted(): boolean
+ *     get abortReason(): unknown          cancel, deadline or shutdown reason, if any
  *     get touchedResponseHeader(): Headers | undefined   only if a handler created it
  *     get touchedResponseTrailer(): Headers | undefined
  *     toPlainObject(): HandlerContext     every piece materialized (for Connect's interceptor helpers)
@@ -76,6 +77,16 @@ export class MeshHandlerContext implements HandlerContext {
 
   get touchedResponseTrailer(): Headers | undefined {
     return this._responseTrailer;
+  }
+
+  /** Why the call was aborted (cancel, deadline, shutdown, completion), if it was. */
+  get abortReason(): unknown {
+    if (this.reason !== undefined) return this.reason;
+    if (this.shutdownSignal?.aborted) return this.shutdownSignal.reason;
+    if (this.deadline !== undefined && Date.now() >= this.deadline) {
+      return new ConnectError("the operation timed out", Code.DeadlineExceeded);
+    }
+    return undefined;
   }
 
   get isAborted(): boolean {

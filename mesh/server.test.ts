@@ -48,6 +48,7 @@ const catalogImpl: Partial<ServiceImpl<typeof CatalogService>> = {
       case "missing":
         throw notFound("shop.catalog.v1.Product", "missing");
       case "hang": {
+        seen.set(`${req.id}:started`, true);
         const reason = await aborted(ctx.signal);
         seen.set(`${req.id}:aborted`, reason);
         throw reason;
@@ -229,12 +230,12 @@ test("client- and bidi-streaming methods answer UNIMPLEMENTED and the server liv
 });
 
 test("a deadline reaches the handler, aborts its signal and fails the call with DEADLINE_EXCEEDED", async (t) => {
-  const ce = ConnectError.from(await t.throwsAsync(client().getProduct({ id: "hang" }, { timeoutMs: 300 })));
+  const ce = ConnectError.from(await t.throwsAsync(client().getProduct({ id: "hang" }, { timeoutMs: 1000 })));
   t.is(ce.code, Code.DeadlineExceeded);
   const timeout = seen.get("get:hang:timeout") as number;
-  t.true(timeout > 0 && timeout <= 300, `handler saw timeoutMs ${timeout}`);
+  t.true(timeout > 0 && timeout <= 1000, `handler saw timeoutMs ${timeout}`);
   // The handler's signal fired (deadline on the server, or the client's cancel).
-  for (let i = 0; i < 50 && !seen.has("hang:aborted"); i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 250 && !seen.has("hang:aborted"); i++) await new Promise((r) => setTimeout(r, 20));
   const reason = ConnectError.from(seen.get("hang:aborted"));
   t.true([Code.DeadlineExceeded, Code.Canceled].includes(reason.code), `handler signal reason ${reason.code}`);
 });
@@ -279,11 +280,11 @@ test("a client gets a request id when it sends none", async (t) => {
 test("client cancel reaches the handler as an aborted signal", async (t) => {
   const controller = new AbortController();
   const call = client().getProduct({ id: "hang-cancel" }, { signal: controller.signal, timeoutMs: 10_000 });
-  await new Promise((r) => setTimeout(r, 150));
+  for (let i = 0; i < 250 && !seen.has("hang-cancel:started"); i++) await new Promise((r) => setTimeout(r, 20));
   controller.abort();
   const ce = ConnectError.from(await t.throwsAsync(call));
   t.is(ce.code, Code.Canceled);
-  for (let i = 0; i < 50 && !seen.has("hang-cancel:aborted"); i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 250 && !seen.has("hang-cancel:aborted"); i++) await new Promise((r) => setTimeout(r, 20));
   t.is(ConnectError.from(seen.get("hang-cancel:aborted")).code, Code.Canceled);
 });
 
@@ -297,7 +298,7 @@ test("cancelling a server stream stops the handler", async (t) => {
       if (ids.length === 2) controller.abort();
     }
   });
-  for (let i = 0; i < 50 && !seen.has("watch:aborted"); i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 250 && !seen.has("watch:aborted"); i++) await new Promise((r) => setTimeout(r, 20));
   t.true(seen.has("watch:aborted"));
 });
 

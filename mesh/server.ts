@@ -120,19 +120,28 @@ function defaultInternalError(error: unknown, method: DescMethod): void {
   );
 }
 
-/** The status object grpc-js sends for an error thrown by a handler. */
+/**
+ * The status object grpc-js sends for an error thrown by a handler. A
+ * non-Connect error thrown once the call was aborted (a driver's AbortError
+ * after a cancel or deadline) is the abort, not a bug: it answers with the
+ * abort's reason.
+ */
 function errorStatus(
   thrown: unknown,
   trailer: Headers | undefined,
   method: DescMethod,
   onInternalError: HandlerOptions["onInternalError"],
+  abortReason?: unknown,
 ): Partial<grpc.StatusObject> {
-  const err = toConnectError(thrown);
-  if (err !== thrown || err.code === Code.Internal || err.code === Code.Unknown) {
-    (onInternalError ?? defaultInternalError)(err.cause ?? thrown, method);
+  const source = !(thrown instanceof ConnectError) && abortReason instanceof ConnectError ? abortReason : thrown;
+  const err = toConnectError(source);
+  if (err !== source || err.code === Code.Internal || err.code === Code.Unknown) {
+    (onInternalError ?? defaultInternalError)(err.cause ?? source, method);
   }
   const metadata = headersToMetadata(trailer);
-  headersToMetadata(err.metadata, metadata);
+  // A downstream error passed through keeps its status and details, not the
+  // downstream's trailers (as Connect does).
+  if (!err.isWireError) headersToMetadata(err.metadata, metadata);
   const details = encodeStatusDetails(err);
   if (details) metadata.set("grpc-status-details-bin", details);
   return { code: grpcStatusFromCode(err.code), details: err.rawMessage, metadata };
@@ -156,6 +165,7 @@ function handlerContext(call: AnyCall, method: DescMethod, shutdownSignal: Abort
   // grpc-js also emits "cancelled" when a finished call's stream closes; by
   // then the context is aborted with callCompleted and this does nothing.
   call.once("cancelled", () => ctx.abort(clientCancelled));
+  if (call.cancelled) ctx.abort(clientCancelled);
   return ctx;
 }
 
@@ -194,7 +204,7 @@ function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOpt
         },
         (e: unknown) => {
           sendHeader(call, ctx.touchedResponseHeader);
-          callback(errorStatus(e, ctx.touchedResponseTrailer, spec.method, opts.onInternalError));
+          callback(errorStatus(e, ctx.touchedResponseTrailer, spec.method, opts.onInternalError, ctx.abortReason));
         },
       )
       .finally(() => {
@@ -235,7 +245,7 @@ function serverStreamingHandler(
     runWithCallContext(callContextFromHandler(plain), run)
       .catch((e: unknown) => {
         if (call.cancelled) return;
-        call.emit("error", errorStatus(e, plain.responseTrailer, spec.method, opts.onInternalError));
+        call.emit("error", errorStatus(e, plain.responseTrailer, spec.method, opts.onInternalError, ctx.abortReason));
       })
       .finally(() => {
         ctx.abort(callCompleted);
