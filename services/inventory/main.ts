@@ -10,7 +10,7 @@ import { pathToFileURL } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { InventoryService, StockReservedSchema } from '../../gen/shop/inventory/v1/inventory_pb.js';
 import { boolean, duration, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
-import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
+import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
 import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
@@ -92,6 +92,8 @@ export async function startInventory(config: InventoryConfig, host?: string): Pr
       services: [serve(InventoryService, inventoryService(store))],
       readiness: () => database.ping(),
       readinessIntervalMs: config.READINESS_INTERVAL,
+      // A database outage answers UNAVAILABLE (callers retry), not INTERNAL.
+      interceptors: [databaseUnavailableInterceptor()],
     });
     return {
       server,

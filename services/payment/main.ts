@@ -13,7 +13,7 @@ import { pathToFileURL } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { PaymentAuthorizedSchema, PaymentService } from '../../gen/shop/payment/v1/payment_pb.js';
 import { duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
-import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
+import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
 import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
@@ -88,6 +88,8 @@ export async function startPayment(
       services: [serve(PaymentService, paymentService(store))],
       readiness: () => database.ping(),
       readinessIntervalMs: config.READINESS_INTERVAL,
+      // A database outage answers UNAVAILABLE (callers retry), not INTERNAL.
+      interceptors: [databaseUnavailableInterceptor()],
     });
     return {
       server,

@@ -17,8 +17,7 @@ CREATE TABLE "inventory"."outbox" (
 	"payload" "bytea" NOT NULL,
 	"headers" jsonb DEFAULT '{}'::jsonb NOT NULL,
 	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
-	"published_at" timestamp with time zone,
-	CONSTRAINT "outbox_seq_unique" UNIQUE("seq")
+	"published_at" timestamp with time zone
 );
 --> statement-breakpoint
 CREATE TABLE "inventory"."reservations" (
