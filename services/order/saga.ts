@@ -246,7 +246,7 @@ export class SagaOrchestrator {
         if (expiredBeforeRun({ ...subject, deadlineAt: subject.deadlineAt.getTime() }, now)) {
           t = { step: 'compensate', attempt: 0, delayMs: 0, lastError: 'saga deadline passed', cancelReason: REASON_TIMEOUT };
         } else {
-          const outcome = await this.#runStep(subject);
+          const outcome = await this.#withHeartbeat(orderId, leaseToken, () => this.#runStep(subject));
           t = nextTransition(
             { step: subject.step, attempt: subject.attempt, deadlineAt: subject.deadlineAt.getTime() },
             outcome,
@@ -268,6 +268,29 @@ export class SagaOrchestrator {
     } catch (err) {
       if (err instanceof LeaseLost) return;
       throw err;
+    }
+  }
+
+  /**
+   * Keeps the lease alive while a step's calls take long (a slow card, a
+   * downstream retrying): every third of the lease, push next_run_at on, as
+   * long as the lease is still ours. So the lease can be short (a crashed
+   * replica's sagas resume soon) without a slow step being taken over
+   * mid-call by another worker.
+   */
+  async #withHeartbeat<T>(orderId: string, leaseToken: string, fn: () => Promise<T>): Promise<T> {
+    const every = Math.max(50, Math.floor(this.#settings.leaseMs / 3));
+    const timer = setInterval(() => {
+      this.#db
+        .update(sagas)
+        .set({ nextRunAt: sql`now() + ${this.#settings.leaseMs} * interval '1 millisecond'` })
+        .where(and(eq(sagas.orderId, orderId), eq(sagas.leaseToken, leaseToken)))
+        .catch((err) => this.#log.warn({ err, orderId }, 'saga lease renewal failed'));
+    }, every);
+    try {
+      return await fn();
+    } finally {
+      clearInterval(timer);
     }
   }
 
