@@ -5,11 +5,11 @@
  *
  * API
  *   createMeshClient(service, target, options?): Client<typeof service>
- *       one pooled channel per target (closed by closeMeshClients()), unless
- *       options carry their own channel settings
+ *       one shared channel per target, unless options carry interceptors or
+ *       channel settings; closeMeshClients() closes them all
  *   createMeshTransport(options: MeshTransportOptions): MeshTransport
  *       MeshTransport = Transport & { close(): void; grpcClient: grpc.Client }
- *   closeMeshClients(): void           closes the pooled channels (register it with mesh/shutdown)
+ *   closeMeshClients(): void           closes every channel createMeshClient opened (register it with mesh/shutdown)
  *   methodPolicyOf(method): { timeoutMs?: number; idempotent: boolean }
  *
  * MeshTransportOptions
@@ -403,29 +403,37 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
 }
 
 const pool = new Map<string, MeshTransport>();
+const unpooled = new Set<MeshTransport>();
 
 /**
  * A typed client for `service` at `target`. Clients of one target share a
- * channel (one HTTP/2 connection per backend), unless options ask for
- * different channel settings.
+ * channel (one HTTP/2 connection per backend); options with interceptors or
+ * channel settings get a channel of their own. closeMeshClients() closes all.
  */
 export function createMeshClient<S extends DescService>(
   service: S,
   target: string,
   options: Omit<MeshTransportOptions, "target"> = {},
 ): Client<S> {
-  const own = options.credentials !== undefined || options.channelOptions !== undefined;
-  const key = `${target}|${options.defaultTimeoutMs ?? ""}|${JSON.stringify(options.retry ?? {})}|${options.interceptors?.length ?? 0}`;
-  let transport = own || options.interceptors?.length ? undefined : pool.get(key);
+  const shareable =
+    options.credentials === undefined && options.channelOptions === undefined && !options.interceptors?.length;
+  if (!shareable) {
+    const transport = createMeshTransport({ ...options, target });
+    unpooled.add(transport);
+    return createClient(service, transport);
+  }
+  const key = `${target}|${options.defaultTimeoutMs ?? ""}|${JSON.stringify(options.retry ?? {})}`;
+  let transport = pool.get(key);
   if (!transport) {
     transport = createMeshTransport({ ...options, target });
-    if (!own && !options.interceptors?.length) pool.set(key, transport);
+    pool.set(key, transport);
   }
   return createClient(service, transport);
 }
 
-/** Closes every pooled channel; later createMeshClient calls open new ones. */
+/** Closes every channel createMeshClient opened; later calls open new ones. */
 export function closeMeshClients(): void {
-  for (const t of pool.values()) t.close();
+  for (const t of [...pool.values(), ...unpooled]) t.close();
   pool.clear();
+  unpooled.clear();
 }
