@@ -9,6 +9,12 @@ import { serve, startMeshServer } from "./server.js";
 import type { MeshServer } from "./server.js";
 
 let databaseUp = true;
+const logged: string[] = [];
+const logger = {
+  info: (_: object, msg?: string) => void logged.push(`info ${msg}`),
+  warn: (_: object, msg?: string) => void logged.push(`warn ${msg}`),
+  error: (_: object, msg?: string) => void logged.push(`error ${msg}`),
+};
 let server: MeshServer;
 
 test.before(async () => {
@@ -20,6 +26,7 @@ test.before(async () => {
       if (!databaseUp) throw new Error("connect ECONNREFUSED 127.0.0.1:5432");
     },
     readinessIntervalMs: 30,
+    logger,
   });
 });
 
@@ -67,6 +74,7 @@ test.serial("Check and Watch follow the readiness probe: SERVING, NOT_SERVING wh
   controller.abort();
   await watching;
   t.deepEqual(seen, [ServingStatus.SERVING, ServingStatus.NOT_SERVING, ServingStatus.SERVING]);
+  t.deepEqual(logged, ["info ready", "warn not ready", "info ready"]);
 });
 
 test("an unknown service is NOT_FOUND for Check and SERVICE_UNKNOWN for Watch", async (t) => {

@@ -15,6 +15,7 @@
  *     options.reflection?     default true (grpc.reflection v1 and v1alpha)
  *     options.maxMessageBytes?        default 8 MiB, both directions
  *     options.onInternalError?        sees every non-ConnectError a handler throws
+ *     options.logger?         pino-like { info, warn, error }; JSON lines on stderr by default
  *   MeshServer
  *     port, address ("127.0.0.1:5001"), health: HealthState, grpcServer: grpc.Server
  *     close(graceMs = 10_000): Promise<void>
@@ -81,9 +82,28 @@ export interface MeshServerOptions {
   reflection?: boolean;
   maxMessageBytes?: number;
   onInternalError?: (error: unknown, method: DescMethod) => void;
+  /**
+   * Where the server's own lines go (readiness changes, handler bugs): a pino
+   * logger fits. One JSON line on stderr each by default.
+   */
+  logger?: MeshLogger;
   /** Extra grpc-js server options; they win over the defaults. */
   grpcOptions?: grpc.ServerOptions;
 }
+
+/** The part of a pino logger mesh/server uses. */
+export interface MeshLogger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+// Errors have no enumerable fields: spell out what a reader needs.
+const errorReplacer = (_key: string, value: unknown) =>
+  value instanceof Error ? { type: value.name, message: value.message, stack: value.stack } : value;
+const line = (level: string) => (obj: object, msg?: string) =>
+  process.stderr.write(JSON.stringify({ level, time: Date.now(), msg, ...obj }, errorReplacer) + "\n");
+const stderrLogger: MeshLogger = { info: line("info"), warn: line("warn"), error: line("error") };
 
 export interface MeshServer {
   readonly name: string;
@@ -108,16 +128,9 @@ export interface HandlerOptions {
 
 const defaultMaxMessageBytes = 8 * 1024 * 1024;
 
-function defaultInternalError(error: unknown, method: DescMethod): void {
-  const e = error instanceof Error ? error : new Error(String(error));
-  process.stderr.write(
-    JSON.stringify({
-      level: "error",
-      msg: "handler failed",
-      method: `${method.parent.typeName}/${method.name}`,
-      err: { message: e.message, stack: e.stack },
-    }) + "\n",
-  );
+function internalErrorLogger(logger: MeshLogger): (error: unknown, method: DescMethod) => void {
+  return (error, method) =>
+    logger.error({ err: error, method: `${method.parent.typeName}/${method.name}` }, "handler failed");
 }
 
 /**
@@ -136,7 +149,7 @@ function errorStatus(
   const source = !(thrown instanceof ConnectError) && abortReason instanceof ConnectError ? abortReason : thrown;
   const err = toConnectError(source);
   if (err !== source || err.code === Code.Internal || err.code === Code.Unknown) {
-    (onInternalError ?? defaultInternalError)(err.cause ?? source, method);
+    (onInternalError ?? internalErrorLogger(stderrLogger))(err.cause ?? source, method);
   }
   const metadata = headersToMetadata(trailer);
   // A downstream error passed through keeps its status and details, not the
@@ -349,9 +362,10 @@ export async function startMeshServer(options: MeshServerOptions): Promise<MeshS
   const force = new AbortController();
   const drain = new AbortController();
   const inflight = inflightCounter();
+  const logger = options.logger ?? stderrLogger;
   const handlerOpts: HandlerOptions = {
     interceptors: options.interceptors,
-    onInternalError: options.onInternalError,
+    onInternalError: options.onInternalError ?? internalErrorLogger(logger),
     forceSignal: force.signal,
     drainSignal: drain.signal,
     inflight,
@@ -372,14 +386,9 @@ export async function startMeshServer(options: MeshServerOptions): Promise<MeshS
     await health.startProbe(options.readiness, {
       intervalMs: options.readinessIntervalMs,
       onChange: (ready, error) =>
-        process.stderr.write(
-          JSON.stringify({
-            level: ready ? "info" : "warn",
-            msg: ready ? "ready" : "not ready",
-            service: options.name,
-            err: error instanceof Error ? error.message : error === undefined ? undefined : String(error),
-          }) + "\n",
-        ),
+        ready
+          ? logger.info({ service: options.name }, "ready")
+          : logger.warn({ service: options.name, err: error }, "not ready"),
     });
   }
 
