@@ -9,13 +9,15 @@
 import { pathToFileURL } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { InventoryService, StockReservedSchema } from '../../gen/shop/inventory/v1/inventory_pb.js';
-import { boolean, duration, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
+import { boolean, duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
 import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
-import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
+import { startRelay, type OutboxRelay, type RelayHooks } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
 import { createShutdown } from '../../mesh/shutdown.js';
+import { createLogger } from '../../mesh/telemetry/logger.js';
+import { observeOutboxPublishLag, setOutboxBacklog } from '../../mesh/telemetry/metrics.js';
 import { outbox } from './schema.js';
 import { inventoryMigrations, seedInventory } from './seed.js';
 import { inventoryService } from './service.js';
@@ -31,6 +33,7 @@ export const inventorySettings = {
   RESERVATION_SWEEP_INTERVAL: duration('5s', 'How often expired reservations are looked for and released'),
   SEED_INVENTORY: boolean(false, 'Stock the catalog seed SKUs at start (idempotent)'),
   READINESS_INTERVAL: duration('5s', 'How often the health check pings the database'),
+  DB_POOL: integer({ min: 1, max: 200, default: 10, doc: 'Postgres connections in the pool (DATABASE_URL only)' }),
 };
 export type InventoryConfig = Config<typeof inventorySettings>;
 
@@ -45,9 +48,14 @@ export interface InventoryApp {
   close(graceMs?: number): Promise<void>;
 }
 
-function log(line: Record<string, unknown>): void {
-  process.stderr.write(`${JSON.stringify({ service: 'inventory', ...line })}\n`);
-}
+const log = createLogger({ component: 'inventory' });
+
+/** The relay's reports, as log lines and the mesh_outbox_* metrics. */
+const relayHooks: RelayHooks = {
+  onPublished: ({ lagMs }) => observeOutboxPublishLag('inventory', lagMs / 1000),
+  onBacklog: (rows) => setOutboxBacklog('inventory', rows),
+  onError: (err) => log.warn({ err }, 'outbox relay batch failed'),
+};
 
 /** Starts the service in this process; tests call it with their own config. */
 export async function startInventory(config: InventoryConfig, host?: string): Promise<InventoryApp> {
@@ -57,6 +65,7 @@ export async function startInventory(config: InventoryConfig, host?: string): Pr
     url: config.DATABASE_URL,
     dataDir: config.DATA_DIR,
     migrationsFolder: inventoryMigrations,
+    maxConnections: config.DB_POOL,
   });
   const closers: Array<() => Promise<unknown>> = [() => database.close()];
   const closeAll = async () => {
@@ -64,7 +73,7 @@ export async function startInventory(config: InventoryConfig, host?: string): Pr
   };
   try {
     const store = new InventoryStore({ db: database.db, reservationTtlMs: config.RESERVATION_TTL, subjectPrefix: prefix });
-    if (config.SEED_INVENTORY) log({ level: 'info', msg: 'seeded', ...(await seedInventory(store)) });
+    if (config.SEED_INVENTORY) log.info(await seedInventory(store), 'seeded the catalog seed SKUs');
 
     const nats = await connect({ servers: config.NATS_URL ?? DEFAULT_NATS_URL, name: 'inventory' });
     closers.push(() => nats.drain());
@@ -74,14 +83,14 @@ export async function startInventory(config: InventoryConfig, host?: string): Pr
       outbox,
       js: nats.jetstream(),
       nc: nats,
-      hooks: { onError: (err) => log({ level: 'warn', msg: 'outbox relay batch failed', err: String(err) }) },
+      hooks: relayHooks,
     });
     closers.push(() => relay.stop());
 
     const sweeper = startSweeper(store, {
       intervalMs: config.RESERVATION_SWEEP_INTERVAL,
-      onReleased: (n) => log({ level: 'info', msg: 'expired reservations released', count: n }),
-      onError: (err) => log({ level: 'warn', msg: 'expiry sweep failed', err: String(err) }),
+      onReleased: (count) => log.info({ count }, 'expired reservations released'),
+      onError: (err) => log.warn({ err }, 'expiry sweep failed'),
     });
     closers.push(() => sweeper.stop());
 
@@ -121,19 +130,20 @@ async function main(): Promise<void> {
   shutdown.add('events+db', () => app.close(0));
   shutdown.add('grpc', () => app.server.close(config.SHUTDOWN_GRACE));
   shutdown.listen();
-  log({
-    level: 'info',
-    msg: 'inventory listening',
-    address: app.server.address,
-    driver: app.database.driver,
-    migrations_applied: app.database.migrations?.applied.length ?? 0,
-    reservation_ttl_ms: config.RESERVATION_TTL,
-  });
+  log.info(
+    {
+      address: app.server.address,
+      driver: app.database.driver,
+      migrations_applied: app.database.migrations?.applied.length ?? 0,
+      reservation_ttl_ms: config.RESERVATION_TTL,
+    },
+    'inventory listening',
+  );
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main().catch((err: unknown) => {
-    log({ level: 'fatal', msg: 'inventory failed to start', err: err instanceof Error ? err.message : String(err) });
+    log.fatal({ err }, 'inventory failed to start');
     process.exit(1);
   });
 }

@@ -15,10 +15,12 @@ import { PaymentAuthorizedSchema, PaymentService } from '../../gen/shop/payment/
 import { duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
 import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
-import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
+import { startRelay, type OutboxRelay, type RelayHooks } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
 import { createShutdown } from '../../mesh/shutdown.js';
+import { createLogger } from '../../mesh/telemetry/logger.js';
+import { observeOutboxPublishLag, setOutboxBacklog } from '../../mesh/telemetry/metrics.js';
 import { SimulatedProcessor, type CardProcessor } from './processor.js';
 import { outbox } from './schema.js';
 import { paymentService } from './service.js';
@@ -32,6 +34,7 @@ export const paymentSettings = {
   PORT: port(servicePorts.payment, 'gRPC listen port of the payment service'),
   PAYMENT_SLOW_MS: integer({ min: 0, max: 60_000, default: 3000, doc: 'How long the simulated processor takes for tok_slow (ms)' }),
   READINESS_INTERVAL: duration('5s', 'How often the health check pings the database'),
+  DB_POOL: integer({ min: 1, max: 200, default: 10, doc: 'Postgres connections in the pool (DATABASE_URL only)' }),
 };
 export type PaymentConfig = Config<typeof paymentSettings>;
 
@@ -45,9 +48,14 @@ export interface PaymentApp {
   close(graceMs?: number): Promise<void>;
 }
 
-function log(line: Record<string, unknown>): void {
-  process.stderr.write(`${JSON.stringify({ service: 'payment', ...line })}\n`);
-}
+const log = createLogger({ component: 'payment' });
+
+/** The relay's reports, as log lines and the mesh_outbox_* metrics. */
+const relayHooks: RelayHooks = {
+  onPublished: ({ lagMs }) => observeOutboxPublishLag('payment', lagMs / 1000),
+  onBacklog: (rows) => setOutboxBacklog('payment', rows),
+  onError: (err) => log.warn({ err }, 'outbox relay batch failed'),
+};
 
 /** Starts the service in this process; tests call it with their own config (and may bring their own processor). */
 export async function startPayment(
@@ -61,6 +69,7 @@ export async function startPayment(
     url: config.DATABASE_URL,
     dataDir: config.DATA_DIR,
     migrationsFolder: paymentMigrations,
+    maxConnections: config.DB_POOL,
   });
   const closers: Array<() => Promise<unknown>> = [() => database.close()];
   const closeAll = async () => {
@@ -77,7 +86,7 @@ export async function startPayment(
       outbox,
       js: nats.jetstream(),
       nc: nats,
-      hooks: { onError: (err) => log({ level: 'warn', msg: 'outbox relay batch failed', err: String(err) }) },
+      hooks: relayHooks,
     });
     closers.push(() => relay.stop());
 
@@ -116,19 +125,20 @@ async function main(): Promise<void> {
   shutdown.add('events+db', () => app.close(0));
   shutdown.add('grpc', () => app.server.close(config.SHUTDOWN_GRACE));
   shutdown.listen();
-  log({
-    level: 'info',
-    msg: 'payment listening',
-    address: app.server.address,
-    driver: app.database.driver,
-    migrations_applied: app.database.migrations?.applied.length ?? 0,
-    payment_slow_ms: config.PAYMENT_SLOW_MS,
-  });
+  log.info(
+    {
+      address: app.server.address,
+      driver: app.database.driver,
+      migrations_applied: app.database.migrations?.applied.length ?? 0,
+      payment_slow_ms: config.PAYMENT_SLOW_MS,
+    },
+    'payment listening',
+  );
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main().catch((err: unknown) => {
-    log({ level: 'fatal', msg: 'payment failed to start', err: err instanceof Error ? err.message : String(err) });
+    log.fatal({ err }, 'payment failed to start');
     process.exit(1);
   });
 }
