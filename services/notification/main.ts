@@ -15,7 +15,7 @@ import { pathToFileURL } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { NotificationSentSchema, NotificationService } from '../../gen/shop/notification/v1/notification_pb.js';
 import { duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
-import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
+import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import type { ConsumerHooks, RunningConsumer } from '../../mesh/events/consumer.js';
 import { listenFromDb } from '../../mesh/events/listen.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
@@ -114,6 +114,8 @@ export async function startNotification(config: NotificationConfig, host?: strin
       services: [serve(NotificationService, createNotificationService({ repo, feed }))],
       readiness: () => database.ping(),
       readinessIntervalMs: config.READINESS_INTERVAL,
+      // A database outage answers UNAVAILABLE (callers retry), not INTERNAL.
+      interceptors: [databaseUnavailableInterceptor()],
     });
     return {
       server,

@@ -14,7 +14,7 @@ import { pathToFileURL } from 'node:url';
 import { connect, type NatsConnection } from 'nats';
 import { UserRegisteredSchema, UserService } from '../../gen/shop/user/v1/user_pb.js';
 import { duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
-import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
+import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import type { ConsumerHooks, RunningConsumer } from '../../mesh/events/consumer.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
 import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
@@ -119,6 +119,8 @@ export async function startUser(config: UserConfig, host?: string): Promise<User
       ],
       readiness: () => database.ping(),
       readinessIntervalMs: config.READINESS_INTERVAL,
+      // A database outage answers UNAVAILABLE (callers retry), not INTERNAL.
+      interceptors: [databaseUnavailableInterceptor()],
     });
     return {
       server,
