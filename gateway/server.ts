@@ -53,6 +53,9 @@ export interface Gateway {
 
 const log = createLogger({ component: "gateway" });
 
+/** "/package.Service/Method": the path of an RPC in every protocol. */
+const rpcShaped = /^\/[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+\/[A-Za-z_]\w*$/;
+
 export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0.0"): Promise<Gateway> {
   const services: GatewayService[] = o.services.map(describeService).filter((s) => s.methods.length > 0);
   for (const s of services) {
@@ -150,6 +153,12 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
       }
       if (await rest(req, res, url, base)) {
         routeLabel = "rest";
+        return;
+      }
+      if (rpcShaped.test(url.pathname) && req.method === "POST") {
+        // An RPC the gateway does not expose: connect-node answers it per protocol (UNIMPLEMENTED).
+        for (const [k, v] of Object.entries(base)) res.setHeader(k, v);
+        rpc(req as IncomingMessage, res as ServerResponse);
         return;
       }
       if (o.staticDir && (req.method === "GET" || req.method === "HEAD") && serveStatic(o.staticDir, url.pathname, res)) return;

@@ -37,11 +37,15 @@ export async function startEchoGateway(
   upstreamPort: number,
   o: Partial<GatewayOptions> & { config?: GatewayConfig } = {},
 ): Promise<Gateway> {
-  return startGateway(
+  const gw = await startGateway(
     { services: [EchoService], upstreams: { echo: `127.0.0.1:${upstreamPort}` }, jwt: testJwt, ...o },
     0,
     "127.0.0.1",
   );
+  // Open the upstream channel before the tests: a cold grpc-js channel can
+  // take longer than the short method timeouts the tests exercise.
+  await fetch(`${gw.url}/v1/echo/warm-up`).then((r) => r.text()).catch(() => undefined);
+  return gw;
 }
 
 export function freePort(): Promise<number> {
