@@ -1,0 +1,276 @@
+/**
+ * Orders end to end under load: N concurrent clients place orders over gRPC
+ * and follow each one (WatchOrder) until it is CONFIRMED. Prints orders per
+ * second from PlaceOrder to CONFIRMED, the p50/p99 of that interval (and of
+ * PlaceOrder alone, to show where the time goes), and the count of orders
+ * lost or duplicated, which must be 0.
+ *
+ *   npx tsx bench/orders.ts [--clients 32] [--seconds 20] [--pipeline 4] [--warmup 3]
+ *
+ * By default it starts the whole shop as child processes (scripts/stack.ts)
+ * on a fresh database of the local Postgres (DATABASE_URL's server) and a NATS
+ * prefix of its own, and drops them afterwards. With --external it uses the
+ * services at CATALOG_ADDR, INVENTORY_ADDR, USER_ADDR, ORDER_ADDR (defaults:
+ * the mesh/config ports), for example a `make dev` stack.
+ *
+ * Each client places an order, then watches it; `--pipeline` orders per
+ * client may be in flight at once (placed, not yet confirmed). One client =
+ * one shopper (a registered user): the rate limit of the gateway is not in
+ * the path, these are direct service calls.
+ *
+ * "Lost": placed (PlaceOrder answered) but not CONFIRMED by the end, or not
+ * listed by ListOrders. "Duplicated": listed orders the clients never placed
+ * (a key that made two orders), or loyalty points above what the confirmed
+ * orders earn (an OrderConfirmed consumed twice). Points lower than earned
+ * after the drain count as lost events.
+ */
+import { randomUUID } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { createClient, type Client } from '@connectrpc/connect';
+import type { DescService } from '@bufbuild/protobuf';
+import { CatalogService } from '../gen/shop/catalog/v1/catalog_pb.js';
+import { InventoryService } from '../gen/shop/inventory/v1/inventory_pb.js';
+import { OrderService, OrderStatus } from '../gen/shop/order/v1/order_pb.js';
+import { UserService } from '../gen/shop/user/v1/user_pb.js';
+import { createMeshTransport, type MeshTransport } from '../mesh/client.js';
+import { servicePorts } from '../mesh/config.js';
+import { identityHeaders } from '../mesh/identity.js';
+import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../mesh/testing/index.js';
+import { runSeeds, startStack, type Stack } from '../scripts/stack.js';
+
+const { values: args } = parseArgs({
+  options: {
+    clients: { type: 'string', default: '32' },
+    seconds: { type: 'string', default: '20' },
+    pipeline: { type: 'string', default: '4' },
+    warmup: { type: 'string', default: '3' },
+    external: { type: 'boolean', default: false },
+    lines: { type: 'string', default: '1' },
+  },
+});
+const CLIENTS = Number(args.clients);
+const SECONDS = Number(args.seconds);
+const PIPELINE = Number(args.pipeline);
+const WARMUP = Number(args.warmup);
+const LINES = Number(args.lines);
+
+// ---- the shop ----------------------------------------------------------------------------
+
+let stack: Stack | undefined;
+let db: TestDatabase | undefined;
+const addr = { catalog: '', inventory: '', user: '', order: '' };
+if (args.external) {
+  addr.catalog = process.env.CATALOG_ADDR ?? `127.0.0.1:${servicePorts.catalog}`;
+  addr.inventory = process.env.INVENTORY_ADDR ?? `127.0.0.1:${servicePorts.inventory}`;
+  addr.user = process.env.USER_ADDR ?? `127.0.0.1:${servicePorts.user}`;
+  addr.order = process.env.ORDER_ADDR ?? `127.0.0.1:${servicePorts.order}`;
+} else {
+  process.stderr.write('starting the shop (fresh database, own NATS prefix)...\n');
+  db = await createTestDatabase();
+  const nats = testNatsPrefix();
+  const env = { DATABASE_URL: db.url, NATS_URL: testNatsUrl(), NATS_SUBJECT_PREFIX: nats.subjectPrefix, LOG_LEVEL: 'warn' };
+  await runSeeds({ ...process.env, ...env });
+  stack = await startStack({ env, readyTimeoutMs: 90_000 });
+  for (const name of ['catalog', 'inventory', 'user', 'order'] as const) addr[name] = stack.addr(name);
+  process.stderr.write(`shop up; logs in ${stack.logDir}\n`);
+}
+
+const transports: MeshTransport[] = [];
+function clientOf<S extends DescService>(service: S, target: string): Client<S> {
+  const t = createMeshTransport({ target });
+  transports.push(t);
+  return createClient(service, t);
+}
+const catalog = clientOf(CatalogService, addr.catalog);
+const inventory = clientOf(InventoryService, addr.inventory);
+const users = clientOf(UserService, addr.user);
+const orders = clientOf(OrderService, addr.order);
+
+// ---- setup: products with plenty of stock, one shopper per client ------------------------------
+
+const admin = { headers: identityHeaders({ userId: 'bench-admin', role: 'admin' }) };
+const products = (await catalog.listProducts({ pageSize: 50 })).products;
+if (products.length < LINES) throw new Error('the catalog has too few products; seed it first');
+for (const p of products) await inventory.setStock({ sku: p.sku, onHand: 10_000_000n }, admin);
+const stockBefore = new Map<string, bigint>();
+for (const p of products) stockBefore.set(p.sku, (await inventory.getStock({ sku: p.sku })).stock!.available);
+
+interface Shopper {
+  userId: string;
+  as: { headers: Record<string, string> };
+  placed: Map<string, { lines: { sku: string; quantity: bigint }[]; total: bigint }>;
+}
+// Registration hashes a password (scrypt, deliberately slow): a few at a time, with room to finish.
+const shoppers: Shopper[] = [];
+while (shoppers.length < CLIENTS) {
+  const batch = Math.min(4, CLIENTS - shoppers.length);
+  shoppers.push(
+    ...(await Promise.all(
+      Array.from({ length: batch }, async () => {
+        const email = `bench-${randomUUID()}@example.test`;
+        await users.register({ email, password: 'bench password 123', displayName: 'Bench' }, { timeoutMs: 30_000 });
+        const { user } = await users.login({ email, password: 'bench password 123' }, { timeoutMs: 30_000 });
+        return { userId: user!.id, as: { headers: identityHeaders({ userId: user!.id, role: 'user' }) }, placed: new Map() };
+      }),
+    )),
+  );
+}
+
+// ---- load -----------------------------------------------------------------------------------------
+
+const endToEnd: number[] = [];
+const placeLatency: number[] = [];
+let confirmed = 0;
+let cancelled = 0;
+let errors = 0;
+const errorSamples = new Set<string>();
+let measuring = false;
+let stop = false;
+
+async function oneOrder(s: Shopper, i: number): Promise<void> {
+  const lines = Array.from({ length: LINES }, (_, k) => ({ sku: products[(i + k) % products.length]!.sku, quantity: 1n }));
+  const t0 = performance.now();
+  let id: string;
+  try {
+    const { order } = await orders.placeOrder({ idempotencyKey: `bench-${randomUUID()}`, lines, paymentToken: 'tok_visa' }, s.as);
+    id = order!.id;
+    s.placed.set(id, { lines, total: order!.total!.amountMinor });
+  } catch (err) {
+    errors++;
+    errorSamples.add(String((err as Error).message).slice(0, 120));
+    return;
+  }
+  const t1 = performance.now();
+  try {
+    for await (const msg of orders.watchOrder({ id }, { ...s.as, timeoutMs: 60_000 })) {
+      const st = msg.order!.status;
+      if (st === OrderStatus.CONFIRMED || st === OrderStatus.CANCELLED) {
+        const t2 = performance.now();
+        if (st === OrderStatus.CONFIRMED) confirmed++;
+        else cancelled++;
+        if (measuring) {
+          endToEnd.push(t2 - t0);
+          placeLatency.push(t1 - t0);
+        }
+        break;
+      }
+    }
+  } catch (err) {
+    errors++;
+    errorSamples.add(`watch: ${String((err as Error).message).slice(0, 120)}`);
+  }
+}
+
+async function client(s: Shopper, index: number): Promise<void> {
+  const inFlight = new Set<Promise<void>>();
+  let i = index;
+  while (!stop) {
+    const p = oneOrder(s, i++).finally(() => inFlight.delete(p));
+    inFlight.add(p);
+    if (inFlight.size >= PIPELINE) await Promise.race(inFlight);
+  }
+  await Promise.all(inFlight);
+}
+
+process.stderr.write(`load: ${CLIENTS} clients x pipeline ${PIPELINE}, ${WARMUP}s warm-up + ${SECONDS}s measured\n`);
+const running = shoppers.map((s, i) => client(s, i * 7));
+await sleep(WARMUP * 1000);
+measuring = true;
+const confirmedAtStart = confirmed;
+const tStart = performance.now();
+await sleep(SECONDS * 1000);
+const confirmedInWindow = confirmed - confirmedAtStart;
+const elapsed = (performance.now() - tStart) / 1000;
+measuring = false;
+stop = true;
+await Promise.all(running);
+
+// ---- audit: nothing lost, nothing duplicated ---------------------------------------------------------
+
+process.stderr.write('auditing...\n');
+let placedTotal = 0;
+let lost = 0;
+let duplicated = 0;
+let notConfirmed = 0;
+const soldBySku = new Map<string, bigint>();
+for (const s of shoppers) {
+  placedTotal += s.placed.size;
+  const listed = new Map<string, OrderStatus>();
+  let pageToken = '';
+  do {
+    const page = await orders.listOrders({ pageSize: 100, pageToken }, s.as);
+    for (const o of page.orders) listed.set(o.id, o.status);
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  for (const [id, p] of s.placed) {
+    const st = listed.get(id);
+    if (st === undefined) lost++;
+    else if (st !== OrderStatus.CONFIRMED) notConfirmed++;
+    else for (const l of p.lines) soldBySku.set(l.sku, (soldBySku.get(l.sku) ?? 0n) + l.quantity);
+  }
+  for (const id of listed.keys()) if (!s.placed.has(id)) duplicated++;
+}
+let stockMismatch = 0;
+for (const p of products) {
+  const now = (await inventory.getStock({ sku: p.sku })).stock!.available;
+  if (stockBefore.get(p.sku)! - now !== (soldBySku.get(p.sku) ?? 0n)) stockMismatch++;
+}
+// Points: one award per confirmed order, consumed from OrderConfirmed (eventually).
+let pointsShort = 0;
+let pointsOver = 0;
+const deadline = Date.now() + 30_000;
+for (const s of shoppers) {
+  let expected = 0n;
+  for (const p of s.placed.values()) expected += p.total / 100n;
+  let balance = 0n;
+  for (;;) {
+    balance = (await users.getPoints({}, s.as)).balance;
+    if (balance >= expected || Date.now() > deadline) break;
+    await sleep(250);
+  }
+  if (balance < expected) pointsShort++;
+  if (balance > expected) pointsOver++;
+}
+
+// ---- report -------------------------------------------------------------------------------------------
+
+const pct = (xs: number[], q: number) => {
+  if (xs.length === 0) return NaN;
+  const sorted = [...xs].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+};
+const f = (x: number) => x.toFixed(1);
+const report = {
+  clients: CLIENTS,
+  pipeline: PIPELINE,
+  seconds: Number(elapsed.toFixed(1)),
+  orders_per_second: Number((confirmedInWindow / elapsed).toFixed(1)),
+  place_to_confirmed_ms: { p50: f(pct(endToEnd, 0.5)), p99: f(pct(endToEnd, 0.99)), max: f(Math.max(...endToEnd)) },
+  place_order_rpc_ms: { p50: f(pct(placeLatency, 0.5)), p99: f(pct(placeLatency, 0.99)) },
+  placed: placedTotal,
+  confirmed,
+  cancelled,
+  errors,
+  lost: lost + notConfirmed,
+  duplicated: duplicated + pointsOver,
+  points_short_users: pointsShort,
+  stock_mismatched_skus: stockMismatch,
+};
+console.log(
+  `\norders/s (PlaceOrder -> CONFIRMED): ${report.orders_per_second}\n` +
+    `place -> confirmed: p50 ${report.place_to_confirmed_ms.p50} ms, p99 ${report.place_to_confirmed_ms.p99} ms (max ${report.place_to_confirmed_ms.max})\n` +
+    `PlaceOrder RPC:     p50 ${report.place_order_rpc_ms.p50} ms, p99 ${report.place_order_rpc_ms.p99} ms\n` +
+    `placed ${placedTotal}, confirmed ${confirmed}, cancelled ${cancelled}, errors ${errors}\n` +
+    `lost ${report.lost}, duplicated ${report.duplicated}, users with points short ${pointsShort}, SKUs with stock mismatch ${stockMismatch}`,
+);
+if (errorSamples.size) console.log(`error samples: ${[...errorSamples].slice(0, 5).join(' | ')}`);
+console.log(JSON.stringify(report));
+
+for (const t of transports) t.close();
+await stack?.stop();
+await db?.drop();
+process.exit(report.lost === 0 && report.duplicated === 0 && stockMismatch === 0 ? 0 : 1);
+
+function sleep(ms: number) {
+  return new Promise((r) => setTimeout(r, ms));
+}
