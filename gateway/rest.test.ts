@@ -1,3 +1,4 @@
+/* eslint-disable @typescript-eslint/no-explicit-any */
 // REST conformance: every google.api.http rule shape, error mapping and edge
 // status, through a real gateway to a real upstream (the echo service on
 // mesh/server over grpc-js).
@@ -108,10 +109,10 @@ test("REST identity: the verified user goes upstream, client-sent identity heade
     headers: { authorization: `Bearer ${await token("u-7", "user")}`, "x-mesh-user-role": "admin", "x-mesh-user-id": "root" },
   });
   t.is(res.status, 200);
-  const j = await res.json();
+  const j = (await res.json()) as any;
   t.is(j.metadata["x-mesh-user-id"], "u-7");
   t.is(j.metadata["x-mesh-user-role"], "user");
-  const anon = await (await fetch(`${gw.url}/v1/echo/x`, { headers: { "x-mesh-user-id": "root", "x-mesh-user-role": "admin" } })).json();
+  const anon = (await (await fetch(`${gw.url}/v1/echo/x`, { headers: { "x-mesh-user-id": "root", "x-mesh-user-role": "admin" } })).json()) as any;
   t.is(anon.metadata["x-mesh-user-id"], undefined);
   t.is(anon.metadata["x-mesh-user-role"], undefined);
 });
@@ -124,9 +125,9 @@ test("REST auth: admin method with a user token is 403, with an admin token 200"
 });
 
 test("REST deadline: a client's shorter X-Timeout-Ms / grpc-timeout reaches upstream capped", async (t) => {
-  const j = await (await fetch(`${gw.url}/v1/fail/OK`, { headers: { "grpc-timeout": "100m" } })).json();
+  const j = (await (await fetch(`${gw.url}/v1/fail/OK`, { headers: { "grpc-timeout": "100m" } })).json()) as any;
   t.true(Number(j.metadata["timeout-ms"]) <= 100);
-  const capped = await (await fetch(`${gw.url}/v1/fail/OK`, { headers: { "grpc-timeout": "60S" } })).json();
+  const capped = (await (await fetch(`${gw.url}/v1/fail/OK`, { headers: { "grpc-timeout": "60S" } })).json()) as any;
   t.true(Number(capped.metadata["timeout-ms"]) <= 1000, "capped at the method timeout (1 s)");
 });
 
@@ -157,7 +158,7 @@ test("REST streaming that completes has no error line", async (t) => {
 });
 
 test("/openapi.json describes every binding", async (t) => {
-  const doc = await (await fetch(`${gw.url}/openapi.json`)).json();
+  const doc = (await (await fetch(`${gw.url}/openapi.json`)).json()) as any;
   t.is(doc.openapi, "3.1.0");
   t.truthy(doc.paths["/v1/echo/{id}"].get);
   t.truthy(doc.paths["/v1/echo/{id}:cancel"].post);
