@@ -1,0 +1,109 @@
+/**
+ * The edge gateway process: wiring only.
+ *
+ * Every service found in gen/ with public methods is exposed; its upstream
+ * address comes from, in order:
+ *   <NAME>_ADDR            e.g. CATALOG_ADDR=127.0.0.1:5002 (the name is the
+ *                          service's (protomesh.v1.service).name, upper-cased)
+ *   UPSTREAMS              e.g. "catalog=127.0.0.1:5002,order=10.0.0.7:5004"
+ *   mesh/config servicePorts on 127.0.0.1 (one-machine default)
+ * A service with no address is skipped with a warning.
+ *
+ * Other settings:
+ *   PORT (8080)            one port: HTTP/1.1 and h2c; REST, Connect, gRPC-Web, gRPC
+ *   GATEWAY_CONFIG         JSON or YAML policy overrides, hot-reloaded (see gateway/config.ts)
+ *   GATEWAY_REPLICAS (1)   gateway replicas sharing each rate limit (each enforces 1/N)
+ *   STATIC_DIR             files served for GET requests no route claims (the storefront)
+ *   CORS_ORIGINS           comma-separated allowed origins (adds to the config file's)
+ *   JWT_SECRET, JWT_ISSUER (protomesh), JWT_AUDIENCE (protomesh-shop)
+ *   JWT_PUBLIC_KEY_FILE    verify RS/ES/EdDSA tokens with this PEM instead of a secret
+ *   GATEWAY_EXPOSE_TESTING=1  also expose the test-only protomesh.testing services
+ */
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { servicePorts } from "../mesh/config.js";
+import { createLogger } from "../mesh/telemetry/logger.js";
+import { defaultConfig, readConfigFile, type GatewayConfig } from "./config.js";
+import { describeService, loadServicesFromGen } from "./descriptors.js";
+import { startGateway } from "./server.js";
+
+const log = createLogger({ component: "gateway" });
+const env = process.env;
+
+// The user service's development default; production sets JWT_SECRET.
+const DEV_JWT_SECRET = "protomesh-dev-secret-change-me-in-production-0123456789";
+
+function upstreamAddress(name: string): string | undefined {
+  const direct = env[`${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}_ADDR`];
+  if (direct) return direct;
+  for (const pair of (env.UPSTREAMS ?? "").split(",")) {
+    const [k, v] = pair.split("=").map((s) => s.trim());
+    if (k === name && v) return v;
+  }
+  const port = (servicePorts as Record<string, number>)[name];
+  return port ? `127.0.0.1:${port}` : undefined;
+}
+
+const genDir = fileURLToPath(new URL("../gen", import.meta.url));
+const exposeTesting = env.GATEWAY_EXPOSE_TESTING === "1";
+const all = await loadServicesFromGen(
+  genDir,
+  (typeName) => !typeName.startsWith("grpc.") && (exposeTesting || !typeName.startsWith("protomesh.testing.")),
+);
+const upstreams: Record<string, string> = {};
+const services = all.filter((s) => {
+  const d = describeService(s);
+  if (d.methods.length === 0) return false;
+  const addr = upstreamAddress(d.upstream);
+  if (!addr) {
+    log.warn({ service: s.typeName, upstream: d.upstream }, `no address for upstream "${d.upstream}": not exposed`);
+    return false;
+  }
+  upstreams[d.upstream] = addr;
+  return true;
+});
+
+let config: GatewayConfig = defaultConfig;
+if (env.GATEWAY_CONFIG) config = readConfigFile(env.GATEWAY_CONFIG);
+const withEnv = (c: GatewayConfig): GatewayConfig => ({
+  ...c,
+  rateLimit: { ...c.rateLimit, replicas: env.GATEWAY_REPLICAS ? Number(env.GATEWAY_REPLICAS) : c.rateLimit.replicas },
+  cors: {
+    ...c.cors,
+    allowedOrigins: [...c.cors.allowedOrigins, ...(env.CORS_ORIGINS ?? "").split(",").map((s) => s.trim()).filter(Boolean)],
+  },
+});
+config = withEnv(config);
+
+if (!env.JWT_SECRET && !env.JWT_PUBLIC_KEY_FILE) log.warn("JWT_SECRET unset: using the development default");
+const gateway = await startGateway(
+  {
+    services,
+    upstreams,
+    config,
+    configPath: env.GATEWAY_CONFIG,
+    staticDir: env.STATIC_DIR,
+    jwt: {
+      secret: env.JWT_PUBLIC_KEY_FILE ? undefined : (env.JWT_SECRET ?? DEV_JWT_SECRET),
+      publicKeyPem: env.JWT_PUBLIC_KEY_FILE ? readFileSync(env.JWT_PUBLIC_KEY_FILE, "utf8") : undefined,
+      issuer: env.JWT_ISSUER ?? "protomesh",
+      audience: env.JWT_AUDIENCE ?? "protomesh-shop",
+    },
+  },
+  Number(env.PORT ?? 8080),
+  env.HOST ?? "0.0.0.0",
+);
+log.info({ upstreams }, `gateway ready on :${gateway.port}`);
+
+let stopping = false;
+const stop = (signal: string) => {
+  if (stopping) return;
+  stopping = true;
+  log.info({ signal }, "gateway stopping");
+  void gateway.close().then(
+    () => process.exit(0),
+    () => process.exit(1),
+  );
+};
+process.on("SIGTERM", () => stop("SIGTERM"));
+process.on("SIGINT", () => stop("SIGINT"));
