@@ -222,6 +222,25 @@ test.serial('a failed outbox write rolls the reservation back', async (t) => {
   t.is((await database.db.select().from(reservations).where(eq(reservations.id, 'order-doomed'))).length, 0);
 });
 
+test.serial('a failed outbox write rolls a release back: the stock stays held', async (t) => {
+  const sku = await stocked(3);
+  await client.reserveStock({ reservationId: 'order-doomed-rel', lines: [{ sku, quantity: 2n }] });
+  await database.db.execute(
+    sql.raw(`alter table inventory.outbox add constraint no_doomed_rel check (aggregate_id <> 'order-doomed-rel') not valid`),
+  );
+  try {
+    await rejects(t, client.releaseReservation({ reservationId: 'order-doomed-rel', reason: 'x' }), Code.Internal);
+  } finally {
+    await database.db.execute(sql.raw(`alter table inventory.outbox drop constraint no_doomed_rel`));
+  }
+  t.deepEqual(await level(sku), { onHand: 3, reserved: 2, available: 1 });
+  const [row] = await database.db.select().from(reservations).where(eq(reservations.id, 'order-doomed-rel'));
+  t.is(row!.status, 'RESERVED');
+  const ok = await client.releaseReservation({ reservationId: 'order-doomed-rel', reason: 'x' });
+  t.is(ok.reservation!.status, ReservationStatus.RELEASED);
+  t.deepEqual(await level(sku), { onHand: 3, reserved: 0, available: 3 });
+});
+
 test('ReleaseReservation gives stock back once, with StockReleased; repeated calls change nothing', async (t) => {
   const sku = await stocked(4);
   await client.reserveStock({ reservationId: 'order-rel', lines: [{ sku, quantity: 3n }] });

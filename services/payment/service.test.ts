@@ -61,8 +61,15 @@ test.after.always(async () => {
 
 const EUR = (amountMinor: bigint) => ({ currencyCode: 'EUR', amountMinor });
 
+/**
+ * A generous deadline: these tests prove correctness, not speed, and the
+ * concurrent ones queue on one order's lock; a loaded CI machine must not
+ * turn a slow answer into a failure.
+ */
+const PATIENT = { timeoutMs: 60_000 };
+
 function authorize(orderId: string, cardToken = 'tok_visa', amountMinor = 4_200n, userId = 'user-1') {
-  return client.authorizePayment({ orderId, userId, amount: EUR(amountMinor), cardToken });
+  return client.authorizePayment({ orderId, userId, amount: EUR(amountMinor), cardToken }, PATIENT);
 }
 
 const as = (userId: string, role: 'user' | 'admin' = 'user') => ({ headers: identityHeaders({ userId, role }) });
@@ -252,7 +259,7 @@ test('a refund racing a slow authorization never leaves money held', async (t) =
     (r) => r.payment!.status,
     (e: unknown) => ConnectError.from(e).code,
   );
-  const refund = client.refundPayment({ orderId, reason: 'cancelled by customer' });
+  const refund = client.refundPayment({ orderId, reason: 'cancelled by customer' }, PATIENT);
   const [authResult, refundResult] = await Promise.all([auth, refund]);
   const [row] = await rowsOf(orderId);
   if (authResult === PaymentStatus.AUTHORIZED) {
@@ -320,4 +327,22 @@ test.serial('a failed outbox write leaves no payment: the decision and its event
   const { payment } = await authorize(orderId);
   t.is(payment!.status, PaymentStatus.AUTHORIZED, 'the retry after the fault charges, once');
   t.is((await eventsOf(orderId)).length, 1);
+});
+
+test.serial('a failed outbox write leaves the refund undone: the payment stays as it was', async (t) => {
+  const orderId = randomUUID();
+  await authorize(orderId);
+  await client.capturePayment({ orderId });
+  await app.database.db.execute(
+    sql.raw(`alter table payment.outbox add constraint no_doomed_refund check (aggregate_id <> '${orderId}') not valid`),
+  );
+  try {
+    await rejects(t, client.refundPayment({ orderId, reason: 'x' }), Code.Internal);
+  } finally {
+    await app.database.db.execute(sql.raw(`alter table payment.outbox drop constraint no_doomed_refund`));
+  }
+  t.deepEqual((await rowsOf(orderId)).map((r) => r.status), ['CAPTURED']);
+  const { payment } = await client.refundPayment({ orderId, reason: 'x' });
+  t.is(payment!.status, PaymentStatus.REFUNDED);
+  t.deepEqual((await eventsOf(orderId)).map((e) => e.eventType), ['shop.payment.v1.PaymentAuthorized', 'shop.payment.v1.PaymentRefunded']);
 });
