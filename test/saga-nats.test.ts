@@ -99,7 +99,7 @@ test('NATS SIGKILLed and restarted during a burst: every order confirmed, every 
     const mine = new Set(placed.filter((p) => p.who === who).map((p) => p.order.id));
     const points = await eventually(() => s.user.getPoints({}, who.as), (p) => p.awards.length >= mine.size, 60_000, 'points');
     t.is(points.awards.length, mine.size, 'one award per order');
-    t.deepEqual(new Set(points.awards.map((a) => a.orderId)), mine);
+    t.deepEqual(points.awards.map((a) => a.orderId).sort(), [...mine].sort());
     const notes = await eventually(
       () => s.notification.listNotifications({ pageSize: 100 }, who.as),
       (r) => r.notifications.filter((n) => n.kind === NotificationKind.ORDER_CONFIRMED).length >= mine.size,
@@ -108,6 +108,6 @@ test('NATS SIGKILLed and restarted during a burst: every order confirmed, every 
     );
     const confirmed = notes.notifications.filter((n) => n.kind === NotificationKind.ORDER_CONFIRMED);
     t.is(confirmed.length, mine.size, 'one notification per order');
-    t.deepEqual(new Set(confirmed.map((n) => n.orderId)), mine);
+    t.deepEqual(confirmed.map((n) => n.orderId).sort(), [...mine].sort());
   }
 });
