@@ -30,6 +30,7 @@ import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
 import { migrate, type MigrateResult } from './migrate.js';
+import { tracePglite, tracePostgres } from './telemetry/db-spans.js';
 
 export { resultRows } from './migrate.js';
 
@@ -83,7 +84,8 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDa
       onnotice: () => {}, // "schema already exists, skipping" and friends
       connection: { application_name: `protomesh-${context}` },
     });
-    db = drizzlePostgres({ client });
+    // Spans and mesh_db_* metrics per statement (a pass-through when telemetry is off).
+    db = drizzlePostgres({ client: tracePostgres(client, { context, maxConnections: options.maxConnections ?? 10 }) });
     closeDriver = (timeout) => client.end({ timeout });
     driver = 'postgres';
   } else {
@@ -94,7 +96,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDa
       mkdirSync(dataDir, { recursive: true });
     }
     const client = await PGlite.create(dataDir ? { dataDir } : {});
-    db = drizzlePglite({ client });
+    db = drizzlePglite({ client: tracePglite(client, { context }) });
     closeDriver = async () => {
       if (!client.closed) await client.close();
     };
