@@ -203,3 +203,38 @@ test('WatchNotifications streams a notification recorded after it started, and e
   const [{ n: recorded }] = await app.database.db.select({ n: count() }).from(notifications).where(eq(notifications.userId, me));
   t.is(recorded, 1);
 });
+
+// Serial (ava runs serial tests first): the second replica shares the durable consumers and must be
+// gone before the other tests count what the first replica's consumers handled.
+test.serial('two replicas: a watcher on one hears a notification recorded by the other', async (t) => {
+  const replica = await startNotification(
+    parseConfig(notificationSettings, {
+      PORT: '0',
+      DATABASE_URL: testDb.url,
+      NATS_URL: testNatsUrl(),
+      NATS_SUBJECT_PREFIX: nats.subjectPrefix,
+    }),
+    '127.0.0.1',
+  );
+  t.teardown(() => replica.close(1000));
+  const other = createMeshClient(NotificationService, replica.server.address, { retry: { maxAttempts: 1 } });
+  const me = randomUUID();
+  const abort = new AbortController();
+  const stream = other.watchNotifications({}, { ...as(me), signal: abort.signal, timeoutMs: 60_000 })[Symbol.asyncIterator]();
+  const first = stream.next();
+  await until('the watcher subscribed on the second replica', () => replica.feed.watcherCount(me) === 1);
+
+  const orderId = randomUUID();
+  // Recorded through the first replica's database handle, as its consumer would.
+  await app.database.db.transaction((tx) =>
+    recordNotification(
+      tx,
+      { userId: me, kind: 'order_confirmed', orderId, sourceEventId: randomUUID(), title: 'Order confirmed', body: 'b' },
+      nats.subjectPrefix,
+    ),
+  );
+  const got = await first;
+  t.is(got.value?.notification?.orderId, orderId);
+  abort.abort();
+  await stream.next().catch(() => undefined);
+});
