@@ -361,3 +361,27 @@ test.serial('the sweeper releases expired reservations with reason "expired", on
   t.is(await store.sweepExpired(), 1, 'exp-fresh, now due');
   t.deepEqual(await level(sku), { onHand: 6, reserved: 0, available: 6 });
 });
+
+test.serial('commits racing the sweeper: every reservation ends sold or released, and the stock adds up', async (t) => {
+  const sku = await stocked(40);
+  const ids = Array.from({ length: 20 }, (_, i) => `race-${i}`);
+  for (const id of ids) await client.reserveStock({ reservationId: id, lines: [{ sku, quantity: 2n }] });
+  clock += TTL_MS; // all due
+  const other = new InventoryStore({ db: database.db, reservationTtlMs: TTL_MS, now: () => clock });
+  const commits = ids.map((id) =>
+    client.commitReservation({ reservationId: id }, { timeoutMs: 60_000 }).then(
+      (r) => r.reservation!.status,
+      (e: unknown) => ConnectError.from(e).code,
+    ),
+  );
+  const [outcomes] = await Promise.all([Promise.all(commits), store.sweepExpired(5), other.sweepExpired(7), store.sweepExpired()]);
+  // Whatever the sweepers left, a last pass takes.
+  await store.sweepExpired();
+  const sold = outcomes.filter((o) => o === ReservationStatus.COMMITTED).length;
+  const refused = outcomes.filter((o) => o === Code.FailedPrecondition).length;
+  t.is(sold + refused, ids.length, `outcomes: ${outcomes.join(',')}`);
+  const rows = await database.db.select().from(reservations).where(sql`${reservations.id} like 'race-%'`);
+  t.is(rows.filter((r) => r.status === 'COMMITTED').length, sold);
+  t.is(rows.filter((r) => r.status === 'RELEASED').length, refused);
+  t.deepEqual(await level(sku), { onHand: 40 - 2 * sold, reserved: 0, available: 40 - 2 * sold });
+});
