@@ -4,6 +4,10 @@
 // insert (consumer, event id) into the inbox and run the handler. If the inbox row was
 // already there the handler is skipped: a redelivered event changes nothing. Commit, then
 // ack. A crash between commit and ack redelivers the message and the inbox absorbs it.
+// Messages already waiting are handled in batches, one transaction per batch, so a commit
+// (an fsync) is paid per batch rather than per event; a batch that fails is redone one
+// message per transaction. Only a handler's database writes are exactly-once: the handler
+// itself may run more than once for an event (retries, a redone batch).
 //
 // Failures: nak with a growing delay. On the maxDeliver-th delivery (or at once for a
 // payload that does not decode, a missing event id, or a PermanentEventError) the message
@@ -92,11 +96,22 @@ export interface ConsumerOptions<Desc extends DescMessage> {
   ackWaitMs?: number;
   /** Unacknowledged messages the server lets this consumer hold. Default 100. */
   maxAckPending?: number;
-  /** Handlers running at once in this process. Default 1 (stream order, except retries). */
+  /** Batches handled at once in this process. Default 1 (stream order, except retries). */
   concurrency?: number;
+  /**
+   * Messages already received that one transaction handles together (one commit for many
+   * events; redone one by one if any fails). 1 = a transaction per message. Default 32.
+   */
+  batchSize?: number;
   /** Where a new durable starts. Default "all": a service that starts late still sees earlier events. */
   deliverPolicy?: "all" | "new";
   hooks?: ConsumerHooks;
+}
+
+interface Prepared<Desc extends DescMessage> {
+  m: JsMsg;
+  meta: EventMeta;
+  event: MessageShape<Desc>;
 }
 
 export interface ConsumerStats {
@@ -128,6 +143,7 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
   if (!(maxDeliver >= 1)) throw new Error("maxDeliver must be at least 1");
   const maxAckPending = opts.maxAckPending ?? 100;
   const concurrency = Math.max(1, opts.concurrency ?? 1);
+  const batchSize = Math.max(1, opts.batchSize ?? 32);
   const delayFor = typeof opts.backoff === "function" ? opts.backoff : (n: number) => backoffDelay(n, opts.backoff as BackoffOptions);
   const hooks = opts.hooks ?? {};
 
@@ -179,8 +195,8 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
     }
   }
 
-  async function handle(m: JsMsg): Promise<void> {
-    const started = Date.now();
+  /** Reads headers and payload; dead-letters what can never be handled. */
+  async function prepare(m: JsMsg): Promise<Prepared<Desc> | undefined> {
     const headers = msgHdrsToRecord(m.headers);
     const meta: EventMeta = {
       eventId: headers[EVENT_ID] || headers[MSG_ID] || "",
@@ -194,36 +210,78 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
       headers,
       publishedAt: new Date(Math.floor(m.info.timestampNanos / 1e6)),
     };
-    if (!meta.eventId) return deadLetter(m, meta, `no ${EVENT_ID} or ${MSG_ID} header: cannot deduplicate`);
+    if (!meta.eventId) return void (await deadLetter(m, meta, `no ${EVENT_ID} or ${MSG_ID} header: cannot deduplicate`));
     if (meta.eventType !== opts.event.typeName) {
-      return deadLetter(m, meta, `${EVENT_TYPE} is ${meta.eventType}, consumer ${opts.name} expects ${opts.event.typeName}`);
+      return void (await deadLetter(m, meta, `${EVENT_TYPE} is ${meta.eventType}, consumer ${opts.name} expects ${opts.event.typeName}`));
     }
-    let event: MessageShape<Desc>;
     try {
-      event = fromBinary(opts.event, m.data);
+      return { m, meta, event: fromBinary(opts.event, m.data) };
     } catch (err) {
-      return deadLetter(m, meta, `cannot decode ${opts.event.typeName}: ${errorText(err)}`);
+      return void (await deadLetter(m, meta, `cannot decode ${opts.event.typeName}: ${errorText(err)}`));
     }
-    try {
-      const fresh = await opts.db.transaction(async (tx) => {
-        if (!(await recordInbox(tx, opts.inbox, { consumer: opts.name, eventId: meta.eventId, eventType: meta.eventType }))) {
-          return false;
-        }
-        await opts.handler(tx, event, meta);
-        return true;
-      });
-      m.ack();
-      if (fresh) {
-        stats.handled++;
-        hooks.onHandled?.(meta, Date.now() - started);
-      } else {
-        stats.duplicates++;
-        hooks.onDuplicate?.(meta);
+  }
+
+  /**
+   * Handles a batch optimistically in ONE transaction (one commit, one fsync, for many
+   * events). If anything in it fails, the whole batch rolls back and each message is then
+   * handled in a transaction of its own, so one bad event costs its batch a second pass
+   * but never holds back or takes down the others. Acks go out after the commits.
+   */
+  async function handleBatch(msgs: JsMsg[]): Promise<void> {
+    const started = Date.now();
+    const items: (Prepared<Desc> & { outcome?: "fresh" | "duplicate"; error?: unknown })[] = [];
+    for (const m of msgs) {
+      const p = await prepare(m);
+      if (p) items.push(p);
+    }
+    if (items.length === 0) return;
+    const run = async (tx: EventsTx, item: Prepared<Desc>) => {
+      const entry = { consumer: opts.name, eventId: item.meta.eventId, eventType: item.meta.eventType };
+      if (!(await recordInbox(tx, opts.inbox, entry))) return "duplicate" as const;
+      await opts.handler(tx, item.event, item.meta);
+      return "fresh" as const;
+    };
+    let together = false;
+    if (items.length > 1) {
+      try {
+        const outcomes = await opts.db.transaction(async (tx) => {
+          const out: ("fresh" | "duplicate")[] = [];
+          for (const item of items) out.push(await run(tx, item));
+          return out;
+        });
+        items.forEach((item, i) => (item.outcome = outcomes[i]));
+        together = true;
+      } catch {
+        // fall through: one transaction per message finds the culprit
       }
-    } catch (err) {
+    }
+    if (!together) {
+      for (const item of items) {
+        try {
+          item.outcome = await opts.db.transaction((tx) => run(tx, item));
+        } catch (err) {
+          item.error = err;
+        }
+      }
+    }
+    for (const item of items) {
+      const { m, meta } = item;
+      if (item.outcome) {
+        m.ack();
+        if (item.outcome === "fresh") {
+          stats.handled++;
+          hooks.onHandled?.(meta, Date.now() - started);
+        } else {
+          stats.duplicates++;
+          hooks.onDuplicate?.(meta);
+        }
+        continue;
+      }
+      const err = item.error;
       if (err instanceof PermanentEventError || meta.deliveryCount >= maxDeliver) {
         const why = err instanceof PermanentEventError ? "permanent" : `${meta.deliveryCount} deliveries`;
-        return deadLetter(m, meta, `${why}: ${errorText(err)}`);
+        await deadLetter(m, meta, `${why}: ${errorText(err)}`);
+        continue;
       }
       const delay = delayFor(meta.deliveryCount);
       m.nak(delay);
@@ -234,9 +292,7 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
 
   async function worker(): Promise<void> {
     for (;;) {
-      const m = queue.shift();
-      stats.queued = queue.length;
-      if (!m) {
+      if (queue.length === 0) {
         if (stopping) return;
         await new Promise<void>((resolve) => {
           const prev = signal;
@@ -247,18 +303,20 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
         });
         continue;
       }
+      const batch = queue.splice(0, batchSize);
+      stats.queued = queue.length;
       if (stopping) {
-        m.nak(); // not started: give it back now rather than after ack_wait
+        for (const m of batch) m.nak(); // not started: give them back now rather than after ack_wait
         continue;
       }
-      stats.inFlight++;
+      stats.inFlight += batch.length;
       try {
-        await handle(m);
+        await handleBatch(batch);
       } catch (err) {
         hooks.onError?.(err);
-        m.nak(delayFor(m.info.deliveryCount));
+        for (const m of batch) m.nak(delayFor(m.info.deliveryCount));
       } finally {
-        stats.inFlight--;
+        stats.inFlight -= batch.length;
       }
     }
   }

@@ -84,7 +84,10 @@ export async function listDeadLetters(js: JetStreamClient, opts: ListDeadLetters
   const stream = deadLetterStream(opts.prefix ?? "").name;
   const limit = opts.limit ?? 100;
   const wanted = opts.consumer ? deadLetterSubject(opts.consumer, opts.prefix ?? "") : undefined;
-  const info = await jsm.streams.info(stream);
+  const info = await jsm.streams.info(stream).catch((err) => {
+    if (isNotFound(err)) throw new Error(`dead-letter stream ${stream} not found (is the subject prefix right? ensureStreams creates it)`);
+    throw err;
+  });
   const out: DeadLetter[] = [];
   if (info.state.messages === 0) return out;
   // Dead letters are few; walking sequences keeps this free of consumer state.
@@ -121,6 +124,7 @@ export async function replayDeadLetter(js: JetStreamClient, seq: number, opts: R
   const stored = await getStored(jsm, stream, seq);
   if (!stored) throw new Error(`dead letter ${seq} not found in stream ${stream}`);
   const dl = toDeadLetter(stored);
+  if (!dl.subject) throw new Error(`dead letter ${seq} has no ${DLQ_SUBJECT} header: cannot tell where to replay it`);
   const ack = await js.publish(dl.subject, dl.payload, {
     msgID: `${dl.eventId}:replay:${seq}`,
     headers: toMsgHdrs({ ...dl.headers, [REPLAYED_FROM]: `${stream}:${seq}` }),

@@ -70,3 +70,8 @@ export function assertDurableName(name: string): void {
     throw new Error(`consumer name ${JSON.stringify(name)} must be 1-128 characters of A-Z, a-z, 0-9, '_' and '-'`);
   }
 }
+
+/** The LISTEN/NOTIFY channel the relays of `schemaName` wait on. */
+export function outboxChannel(schemaName: string): string {
+  return `pm_outbox_${schemaName}`;
+}

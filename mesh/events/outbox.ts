@@ -4,9 +4,10 @@ import { context, propagation } from "@opentelemetry/api";
 import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { and, isNotNull, lt, sql } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
+import { deferNotify } from "./commit-signal.js";
 import type { EventsDb, EventsTx } from "./db.js";
 import { TRACEPARENT } from "./headers.js";
-import { eventSubject } from "./naming.js";
+import { eventSubject, outboxChannel } from "./naming.js";
 import type { EventHeaders, OutboxTable } from "./tables.js";
 
 export interface EnqueueOptions {
@@ -22,10 +23,7 @@ export interface EnqueueOptions {
   prefix?: string;
 }
 
-/** The LISTEN/NOTIFY channel the relay of `schemaName` waits on. */
-export function outboxChannel(schemaName: string): string {
-  return `pm_outbox_${schemaName}`;
-}
+export { outboxChannel };
 
 export function outboxSchemaName(outbox: OutboxTable): string {
   const schema = getTableConfig(outbox).schema;
@@ -35,9 +33,9 @@ export function outboxSchemaName(outbox: OutboxTable): string {
 
 /**
  * Writes `message` as an outbox row inside `tx`, so the state change and its event commit
- * (or roll back) together, and asks the relay to wake up. NOTIFY is transactional: the
- * relay hears it only once the transaction commits, and never if it rolls back.
- * Returns the event id.
+ * (or roll back) together, and makes sure the relay wakes once it commits: through
+ * transactionWithEvents when `tx` came from it (fast), else by a NOTIFY inside `tx`
+ * (transactional: heard at commit, never on rollback). Returns the event id.
  */
 export async function enqueueEvent<Desc extends DescMessage>(
   tx: EventsTx,
@@ -58,8 +56,12 @@ export async function enqueueEvent<Desc extends DescMessage>(
     payload: toBinary(schema, message),
     headers,
   });
-  // Postgres folds identical notifications of one transaction into one.
-  await tx.execute(sql`select pg_notify(${outboxChannel(outboxSchemaName(outbox))}, '')`);
+  const schemaName = outboxSchemaName(outbox);
+  if (!deferNotify(tx, schemaName)) {
+    // Not in transactionWithEvents: notify inside the transaction (heard at commit, never
+    // on rollback). Postgres folds identical notifications of one transaction into one.
+    await tx.execute(sql`select pg_notify(${outboxChannel(schemaName)}, '')`);
+  }
   return eventId;
 }
 

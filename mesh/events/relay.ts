@@ -10,8 +10,9 @@
 // earlier one. A single publisher per schema keeps seq order, and one relay publishes
 // thousands of events a second, more than one service produces.
 //
-// Per-aggregate order: rows are read in seq order and the batch stops at the first
-// failed publish, so nothing after a failed row goes out before it. (seq is taken at
+// Per-aggregate order: rows are read in seq order; within a batch each aggregate's rows
+// are published one after another (different aggregates in parallel), and a failed row
+// ends its aggregate's chain, so no later event of that aggregate goes out before it. (seq is taken at
 // insert time; a service that updates its aggregate row before enqueueing holds that row's
 // lock, so two events of one aggregate get their seqs in commit order.)
 //
@@ -20,6 +21,7 @@
 // catch anything older than the window.
 import { asc, count, inArray, isNull, sql } from "drizzle-orm";
 import { Events, type JetStreamClient, type NatsConnection } from "nats";
+import { onOutboxCommitted } from "./commit-signal.js";
 import { rowsOf, type EventsDb } from "./db.js";
 import { listenFromDb, type Listen } from "./listen.js";
 import { outboxChannel, outboxSchemaName, prunePublished } from "./outbox.js";
@@ -93,6 +95,7 @@ export class OutboxRelay {
   private readonly opts: Required<Omit<RelayOptions, "nc" | "listen" | "hooks">> & Pick<RelayOptions, "nc" | "hooks">;
   private readonly listen: Listen | undefined;
   private unlisten?: () => Promise<void>;
+  private offLocal?: () => void;
   private pollTimer?: NodeJS.Timeout;
   private retryTimer?: NodeJS.Timeout;
   private running: Promise<void> | null = null;
@@ -122,6 +125,7 @@ export class OutboxRelay {
     if (!this.stopped) return;
     this.stopped = false;
     if (this.listen) this.unlisten = await this.listen(outboxChannel(this.schemaName), () => this.wake());
+    this.offLocal = onOutboxCommitted(this.schemaName, () => this.wake());
     this.pollTimer = setInterval(() => this.wake(), this.opts.pollIntervalMs);
     this.pollTimer.unref();
     if (this.opts.nc) void this.watchConnection(this.opts.nc);
@@ -133,6 +137,7 @@ export class OutboxRelay {
     this.stopped = true;
     clearInterval(this.pollTimer);
     clearTimeout(this.retryTimer);
+    this.offLocal?.();
     const unlisten = this.unlisten;
     this.unlisten = undefined;
     await unlisten?.().catch(() => {});
@@ -198,30 +203,44 @@ export class OutboxRelay {
       const done: string[] = [];
       let duplicates = 0;
       let error: unknown;
+      // One chain per aggregate: its rows go out one after another (each waits for the
+      // previous PubAck), chains run side by side. A failed row ends its chain, so no later
+      // event of that aggregate overtakes it, and no chain starts a new row after any failure.
+      const chains = new Map<string, typeof rows>();
       for (const row of rows) {
-        try {
-          const ack = await publishRawEvent(
-            js,
-            {
-              subject: row.subject,
-              payload: row.payload,
-              eventId: row.id,
-              eventType: row.eventType,
-              aggregateId: row.aggregateId,
-              headers: row.headers,
-            },
-            { timeoutMs: publishTimeoutMs },
-          );
-          done.push(row.id);
-          if (ack.duplicate) duplicates++;
-          const lagMs = Date.now() - row.createdAt.getTime();
-          this.counters.lastLagMs = lagMs;
-          hooks?.onPublished?.({ eventType: row.eventType, lagMs, duplicate: ack.duplicate });
-        } catch (err) {
-          error = err; // stop here: nothing after a failed row may overtake it
-          break;
-        }
+        const chain = chains.get(row.aggregateId);
+        if (chain) chain.push(row);
+        else chains.set(row.aggregateId, [row]);
       }
+      await Promise.all(
+        [...chains.values()].map(async (chain) => {
+          for (const row of chain) {
+            if (error !== undefined) return;
+            try {
+              const ack = await publishRawEvent(
+                js,
+                {
+                  subject: row.subject,
+                  payload: row.payload,
+                  eventId: row.id,
+                  eventType: row.eventType,
+                  aggregateId: row.aggregateId,
+                  headers: row.headers,
+                },
+                { timeoutMs: publishTimeoutMs },
+              );
+              done.push(row.id);
+              if (ack.duplicate) duplicates++;
+              const lagMs = Date.now() - row.createdAt.getTime();
+              this.counters.lastLagMs = lagMs;
+              hooks?.onPublished?.({ eventType: row.eventType, lagMs, duplicate: ack.duplicate });
+            } catch (err) {
+              error ??= err;
+              return;
+            }
+          }
+        }),
+      );
       if (done.length > 0) {
         await tx.update(outbox).set({ publishedAt: sql`now()` }).where(inArray(outbox.id, done));
       }

@@ -50,11 +50,11 @@ export interface EventsTestEnv {
   close(): Promise<void>;
 }
 
-export async function createEventsTestEnv(): Promise<EventsTestEnv> {
+export async function createEventsTestEnv(opts: { poolSize?: number } = {}): Promise<EventsTestEnv> {
   const testDb = await createTestDatabase();
   const clients: postgres.Sql[] = [];
   const openDb = () => {
-    const client = postgres(testDb.url, { max: 5, onnotice: () => {} });
+    const client = postgres(testDb.url, { max: opts.poolSize ?? 5, onnotice: () => {} });
     clients.push(client);
     return { client, db: drizzle({ client }) as unknown as EventsDb };
   };

@@ -1,0 +1,80 @@
+// Telling relays that outbox rows committed, without a NOTIFY inside the writer's
+// transaction.
+//
+// A NOTIFY in a transaction makes Postgres take a global lock at commit and hold it
+// across the commit's WAL flush: every notifying transaction of the whole server commits
+// one after another, which caps writers at about one fsync per event. So
+// `transactionWithEvents` runs the caller's transaction, and once it has committed wakes
+// the relays of this process directly and sends one NOTIFY of its own (outside any
+// writer's transaction, coalesced: at most one in flight per schema) for relays in other
+// processes. Plain `db.transaction` + `enqueueEvent` still works: enqueueEvent then
+// notifies inside the transaction, correct but slower under load.
+import { EventEmitter } from "node:events";
+import { sql } from "drizzle-orm";
+import type { EventsDb, EventsTx } from "./db.js";
+import { outboxChannel } from "./naming.js";
+
+const local = new EventEmitter();
+local.setMaxListeners(0);
+
+/** Transactions opened by transactionWithEvents -> schemas that enqueued events in them. */
+const pendingByTx = new WeakMap<object, Set<string>>();
+
+/** Called by enqueueEvent: true when the commit will be announced after the fact. */
+export function deferNotify(tx: EventsTx, schemaName: string): boolean {
+  const pending = pendingByTx.get(tx);
+  if (!pending) return false;
+  pending.add(schemaName);
+  return true;
+}
+
+/**
+ * `db.transaction(fn)`, and after the commit: wake the relays that publish what `fn`
+ * enqueued. Use it for every transaction that calls enqueueEvent.
+ */
+export async function transactionWithEvents<T>(db: EventsDb, fn: (tx: EventsTx) => Promise<T>): Promise<T> {
+  const schemas = new Set<string>();
+  const result = await db.transaction(async (tx) => {
+    pendingByTx.set(tx, schemas);
+    return fn(tx);
+  });
+  for (const schema of schemas) announceCommitted(db, schema);
+  return result;
+}
+
+/** Subscribes to commits announced in this process for `schemaName`. */
+export function onOutboxCommitted(schemaName: string, fn: () => void): () => void {
+  local.on(schemaName, fn);
+  return () => local.off(schemaName, fn);
+}
+
+interface NotifyState {
+  inFlight: boolean;
+  again: boolean;
+}
+const notifyStates = new WeakMap<object, Map<string, NotifyState>>();
+
+/** Wakes local relays now and other processes' relays through one coalesced NOTIFY. */
+export function announceCommitted(db: EventsDb, schemaName: string): void {
+  const channel = outboxChannel(schemaName);
+  local.emit(schemaName);
+  let states = notifyStates.get(db);
+  if (!states) notifyStates.set(db, (states = new Map()));
+  let st = states.get(schemaName);
+  if (!st) states.set(schemaName, (st = { inFlight: false, again: false }));
+  if (st.inFlight) {
+    st.again = true;
+    return;
+  }
+  const state = st;
+  const send = async () => {
+    state.inFlight = true;
+    do {
+      state.again = false;
+      // A lost NOTIFY only costs latency: the relays' poll still finds the rows.
+      await db.execute(sql`select pg_notify(${channel}, '')`).catch(() => {});
+    } while (state.again);
+    state.inFlight = false;
+  };
+  void send();
+}
