@@ -187,6 +187,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           if (!canRetry) respondHeld();
         });
         up.on("data", (chunk: Buffer) => {
+          if (settled) return;
           respondHeld();
           if (stream.destroyed) return;
           if (!stream.write(chunk)) {
@@ -197,6 +198,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         let trailers: http2.IncomingHttpHeaders | undefined;
         up.on("trailers", (t) => (trailers = t));
         up.on("end", () => {
+          if (settled) return; // answered already (trailers-only)
           const status = Number(trailers?.["grpc-status"] ?? Code.Unknown);
           if (!responded && status === Code.Unavailable && !last) {
             resolve({ code: status, sentAnything: false });

@@ -202,19 +202,19 @@ export function parseTrafficConfig(raw: unknown): TrafficConfig {
   return out;
 }
 
-/** What the gateway serves: upstream names, each with its "/package.Service/Method" paths. */
-export type KnownUpstreams = ReadonlyMap<string, readonly string[]>;
+/** What the gateway serves: upstream names, each with its "/package.Service/Method" paths (undefined: not checked). */
+export type KnownUpstreams = ReadonlyMap<string, readonly string[] | undefined>;
 
 /** Rejects upstreams (and shadow method keys) the gateway does not serve. */
 export function checkTrafficConfig(config: TrafficConfig, known: KnownUpstreams): void {
   for (const [upstream, u] of Object.entries(config)) {
-    const methods = known.get(upstream);
-    if (!methods) {
+    if (!known.has(upstream)) {
       const names = [...known.keys()].sort().join(", ") || "none";
       throw new TrafficConfigError(`"traffic.${upstream}": unknown upstream "${upstream}" (known: ${names})`);
     }
+    const methods = known.get(upstream);
     for (const key of Object.keys(u.shadow?.methods ?? {})) {
-      if (!methods.some((p) => methodMatches(key, p))) {
+      if (methods && !methods.some((p) => methodMatches(key, p))) {
         throw new TrafficConfigError(`"traffic.${upstream}.shadow.methods.${key}": no public method "${key}" on upstream "${upstream}"`);
       }
     }
