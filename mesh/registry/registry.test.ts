@@ -176,3 +176,11 @@ test.serial("a mesh:/// target with no live instance fails with UNAVAILABLE, the
   }
   t.is(answer, "late");
 });
+
+test.serial("joinMesh registers this process under its advertised address", async (t) => {
+  const { joinMesh } = await import("./announce.js");
+  const reg = await joinMesh(nc, { name: "svc-join", port: 5999, bucket, heartbeatMs: HEARTBEAT_MS, staleAfterMs: STALE_MS });
+  t.teardown(() => reg.stop());
+  const [only] = await listInstances(nc, "svc-join", { bucket, staleAfterMs: STALE_MS });
+  t.like(only, { name: "svc-join", address: "127.0.0.1:5999", instance: reg.record.instance });
+});

@@ -9,6 +9,8 @@ import {
   registerOutboxBacklog,
   startMetricsServer,
   watchBreaker,
+  consumerMetricsHooks,
+  deadLetterCategory,
 } from "./metrics.js";
 
 async function scrape(url: string): Promise<string> {
@@ -27,7 +29,7 @@ function sample(text: string, name: string, labels: Record<string, string>): num
   return undefined;
 }
 
-test("the helpers move their metrics and /metrics serves them with process metrics", async (t) => {
+test.serial("the helpers move their metrics and /metrics serves them with process metrics", async (t) => {
   const server = await startMetricsServer({ port: 0, host: "127.0.0.1" });
   t.teardown(() => server.close());
 
@@ -69,4 +71,19 @@ test("the helpers move their metrics and /metrics serves them with process metri
 
   const notFound = await fetch(server.url.replace("/metrics", "/other"));
   t.is(notFound.status, 404);
+});
+
+test.serial("consumer hooks count redeliveries once per extra delivery and dead letters by category", async (t) => {
+  const server = await startMetricsServer({ port: 0, host: "127.0.0.1" });
+  const hooks = consumerMetricsHooks("user-award-points");
+  const subject = "shop.order.v1.OrderConfirmed";
+  hooks.onHandled({ subject, deliveryCount: 1 });
+  hooks.onRetry({ subject, deliveryCount: 2 });
+  hooks.onDuplicate({ subject, deliveryCount: 3 });
+  hooks.onDeadLetter({ subject, deliveryCount: 5 }, "5 deliveries: boom");
+  const text = await scrape(server.url);
+  t.is(sample(text, "mesh_consumer_redeliveries_total", { consumer: "user-award-points", subject }), 3);
+  t.is(sample(text, "mesh_dead_letters_total", { consumer: "user-award-points", reason: "max_deliveries" }), 1);
+  t.is(deadLetterCategory("cannot decode shop.x: bad wire"), "decode_error");
+  t.is(deadLetterCategory("permanent: no such user"), "permanent");
 });

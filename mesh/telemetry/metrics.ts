@@ -360,3 +360,41 @@ export function startMetricsServer(options: { port?: number; host?: string } = {
 export function metricsServer(): Promise<MetricsServer> | undefined {
   return running;
 }
+
+// --- Adapter for mesh/events consumer hooks -------------------------------------------
+
+/** The part of mesh/events' EventMeta these hooks read. */
+interface DeliveredEvent {
+  subject: string;
+  deliveryCount: number;
+}
+
+/** A dead-letter reason (free text) folded into a small, fixed set of label values. */
+export function deadLetterCategory(reason: string): string {
+  if (/^permanent/i.test(reason)) return "permanent";
+  if (/deliver/i.test(reason)) return "max_deliveries";
+  if (/decode/i.test(reason)) return "decode_error";
+  if (/header/i.test(reason)) return "missing_header";
+  if (/expects/i.test(reason)) return "wrong_type";
+  return "other";
+}
+
+/**
+ * Consumer hooks that feed mesh_consumer_redeliveries_total and mesh_dead_letters_total:
+ * `startConsumer({ ..., hooks: consumerMetricsHooks("user-award-points") })`. Every delivery
+ * ends in exactly one hook, so a delivery count above 1 is counted once per redelivery.
+ */
+export function consumerMetricsHooks(consumer: string) {
+  const redelivered = (meta: DeliveredEvent) => {
+    if (meta.deliveryCount > 1) countRedelivery(consumer, meta.subject);
+  };
+  return {
+    onHandled: (meta: DeliveredEvent) => redelivered(meta),
+    onDuplicate: (meta: DeliveredEvent) => redelivered(meta),
+    onRetry: (meta: DeliveredEvent) => redelivered(meta),
+    onDeadLetter: (meta: DeliveredEvent, reason: string) => {
+      redelivered(meta);
+      countDeadLetter(consumer, meta.subject, deadLetterCategory(reason));
+    },
+  };
+}
