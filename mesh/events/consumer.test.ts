@@ -189,3 +189,29 @@ test.serial("an event of another type on the subject is dead-lettered, not misre
   const dls = await listDeadLetters(env.js, { prefix: env.prefix, consumer: "wrongtype" });
   t.true(dls.some((d) => d.eventId === "wrongtype-1" && /expects shop\.order\.v1\.OrderConfirmed/.test(d.error)));
 });
+
+test.serial("in a batch, one failing event is retried alone while the others commit once", async (t) => {
+  const name = "batchy";
+  // Create the durable, stop it, publish a backlog: the restarted consumer gets it as one pull.
+  const first = await consumerOf(name, async () => {});
+  await first.stop();
+  const ids = ["b-1", "b-2", "b-3", "b-4", "b-5"];
+  for (const id of ids) await publishEvent(env.js, OrderConfirmedSchema, confirmed(id), { prefix: env.prefix });
+
+  const calls: string[] = [];
+  const c = await consumerOf(
+    name,
+    async (tx, ev, meta) => {
+      calls.push(`${ev.orderId}#${meta.deliveryCount}`);
+      await recordEffect(tx, name, ev.orderId);
+      if (ev.orderId === "b-3" && meta.deliveryCount === 1) throw new Error("transient");
+    },
+    { batchSize: 32 },
+  );
+  t.teardown(() => c.stop());
+  await eventually("all five handled", () => c.stats().handled === 5);
+  t.deepEqual([...(await effects(name))].sort(), ids);
+  t.like(c.stats(), { retries: 1, duplicates: 0, deadLettered: 0 });
+  t.true(calls.includes("b-3#2"));
+  t.log(calls.join(" "));
+});

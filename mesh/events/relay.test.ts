@@ -5,6 +5,7 @@ import { connect, Events, type JetStreamManager } from "nats";
 import { OrderPlacedSchema } from "../../gen/shop/order/v1/order_pb.js";
 import { EVENT_ID, EVENT_TYPE, MSG_ID, msgHdrsToRecord, TRACEPARENT } from "./headers.js";
 import { streamForType } from "./naming.js";
+import { transactionWithEvents } from "./commit-signal.js";
 import { enqueueEvent } from "./outbox.js";
 import { publishRawEvent } from "./publisher.js";
 import { OutboxRelay, startRelay } from "./relay.js";
@@ -209,3 +210,23 @@ test.serial("rows written while NATS is down wait, then drain in order once it i
   t.log(`publish errors seen during the outage: ${errors.length}`);
 });
 
+
+test.serial("transactionWithEvents wakes the relay in this process after the commit (no NOTIFY in the transaction)", async (t) => {
+  const s = await freshSchema("relay_local_wake");
+  // No LISTEN and a poll that never comes: only the commit signal can wake it.
+  const relay = await startRelay({ db: env.db, outbox: s.outbox, js: env.js, listen: false, pollIntervalMs: 3_600_000 });
+  t.teardown(() => relay.stop());
+  await new Promise((r) => setTimeout(r, 100));
+  await t.throwsAsync(
+    transactionWithEvents(env.db, async (tx) => {
+      await enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("lw-rolled-back"), { aggregateId: "lw", prefix: env.prefix });
+      throw new Error("nope");
+    }),
+  );
+  const eventId = await transactionWithEvents(env.db, (tx) =>
+    enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("lw-1"), { aggregateId: "lw", prefix: env.prefix }),
+  );
+  await eventually("the row to be published", async () => (await env.db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length === 0);
+  const msgs = await streamMessages(env.jsm, env.prefix, new Set(["lw-1", "lw-rolled-back"]));
+  t.deepEqual(msgs.map((m) => [m.orderId, m.headers[EVENT_ID]]), [["lw-1", eventId]]);
+});
