@@ -79,3 +79,27 @@ test("without telemetry nothing is recorded (the hook and SDK are what make span
   t.is(line.trace_id, undefined);
   t.is(line.request_id, "req-hello");
 });
+
+test("through mesh/server and mesh/client, a nested call is one trace: client > server > client > server", async (t) => {
+  const { stdout } = await run(
+    process.execPath,
+    ["--import=tsx", "--import=./mesh/telemetry/register.ts", "mesh/telemetry/fixtures/mesh-chain.ts"],
+    { cwd: root, env: { ...process.env, METRICS_PORT: "off", OTEL_TRACES_EXPORTER: "memory", OTEL_SERVICE_NAME: "chain" }, timeout: 30_000 },
+  );
+  const report = JSON.parse(stdout.trim().split("\n").pop()!) as { answer: string; spans: Report["spans"]; lines: string[] };
+  t.is(report.answer, "from back");
+  t.is(report.spans.length, 4);
+  t.is(new Set(report.spans.map((s) => s.traceId)).size, 1, "one trace id");
+  const root_ = report.spans.find((s) => !s.parentSpanId)!;
+  t.is(root_.kind, CLIENT);
+  const child = (parent: { spanId: string }) => report.spans.find((s) => s.parentSpanId === parent.spanId)!;
+  const frontServer = child(root_);
+  const backClient = child(frontServer);
+  const backServer = child(backClient);
+  t.deepEqual([frontServer.kind, backClient.kind, backServer.kind], [SERVER, CLIENT, SERVER]);
+  t.is(backServer.attributes["rpc.service"], "shop.catalog.v1.CatalogService");
+
+  const [front, back] = report.lines.map((l) => JSON.parse(l));
+  t.like(front, { msg: "front handling", request_id: "req-chain", trace_id: root_.traceId, span_id: frontServer.spanId });
+  t.like(back, { msg: "back handled", request_id: "req-chain", trace_id: root_.traceId, span_id: backServer.spanId });
+});
