@@ -7,6 +7,7 @@ import { basename, dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import type { BreakerSpec, GatewayMethod, MethodPolicySpec, RateLimitSpec } from "./descriptors.js";
 import type { CorsSettings } from "./policy/cors.js";
+import { parseTrafficConfig, type TrafficConfig } from "./traffic/config.js";
 
 export interface MethodOverride {
   auth?: MethodPolicySpec["auth"];
@@ -40,6 +41,8 @@ export interface GatewayConfig {
   readonly methods: Readonly<Record<string, MethodOverride>>;
   /** Keyed by upstream name. */
   readonly services: Readonly<Record<string, { breaker?: Partial<BreakerSpec> }>>;
+  /** Canary and shadow targets keyed by upstream name (gateway/traffic/config.ts). */
+  readonly traffic?: TrafficConfig;
 }
 
 export const defaultConfig: GatewayConfig = {
@@ -51,6 +54,7 @@ export const defaultConfig: GatewayConfig = {
   trustForwardedFor: false,
   methods: {},
   services: {},
+  traffic: {},
 };
 
 export class ConfigError extends Error {}
@@ -121,7 +125,16 @@ export function parseConfig(raw: unknown, base: GatewayConfig = defaultConfig): 
     trustForwardedFor: bool("trustForwardedFor", o.trustForwardedFor, base.trustForwardedFor),
     methods,
     services: obj("services") as GatewayConfig["services"],
+    traffic: trafficSection(o.traffic === undefined ? base.traffic : o.traffic),
   };
+}
+
+function trafficSection(raw: unknown): TrafficConfig {
+  try {
+    return parseTrafficConfig(raw);
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
 }
 
 export function readConfigFile(path: string, base: GatewayConfig = defaultConfig): GatewayConfig {

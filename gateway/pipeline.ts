@@ -13,6 +13,7 @@ import { Breakers, throughBreaker } from "./policy/circuit-breaker.js";
 import { RateLimiter, rateLimitHeaders, rateLimitKey } from "./policy/rate-limit.js";
 import { RetryBudget, withRetries } from "./policy/retry.js";
 import { effectiveTimeout } from "./policy/timeout.js";
+import type { RouteDecision, TrafficPolicy } from "./traffic/policy.js";
 
 /** Request headers passed upstream as they are; everything else stays at the edge. */
 const propagated = ["x-request-id", "traceparent", "tracestate", "baggage", "idempotency-key", "accept-language"];
@@ -37,6 +38,8 @@ export interface Admission {
   readonly breakerName: string;
   readonly breakerRetryAfterSec: number;
   readonly budget: RetryBudget;
+  /** Stable or canary target, and whether the call is mirrored (gateway/traffic); set when a traffic policy is. */
+  readonly route?: RouteDecision;
 }
 
 export interface PipelineEvents {
@@ -48,6 +51,8 @@ export class Pipeline {
   readonly limiter: RateLimiter;
   private readonly budgets = new Map<string, RetryBudget>();
   private readonly declaredBreakers: Map<string, GatewayService>;
+  /** Canary routing and shadow traffic (gateway/traffic), consulted for every call; set by the server. */
+  traffic: TrafficPolicy | undefined;
 
   constructor(
     private config: GatewayConfig,
@@ -124,6 +129,15 @@ export class Pipeline {
       upstreamHeaders.set("x-mesh-user-id", caller.userId);
       upstreamHeaders.set("x-mesh-user-role", caller.role);
     }
+    const route = this.traffic?.route({
+      upstream: m.upstream,
+      method: m.grpcPath,
+      idempotent: policy.idempotent,
+      streaming,
+      headers: req.headers,
+      ip: req.ip,
+      userId: caller?.userId,
+    });
     let budget = this.budgets.get(m.upstream);
     if (!budget) this.budgets.set(m.upstream, (budget = new RetryBudget(0.2)));
     return {
@@ -138,6 +152,7 @@ export class Pipeline {
       breakerName,
       breakerRetryAfterSec: Math.max(1, Math.ceil(spec.openForMs / 1000)),
       budget,
+      route,
     };
   }
 
@@ -149,6 +164,7 @@ export class Pipeline {
     signal: AbortSignal,
   ): Promise<MessageShape<O>> {
     const method = a.method.method as DescMethodUnary<I, O>;
+    if (a.route && this.traffic) transport = this.traffic.transport(a.route, transport);
     try {
       return await throughBreaker(a.breaker, a.breakerName, a.breakerRetryAfterSec, () =>
         withRetries(
@@ -183,6 +199,7 @@ export class Pipeline {
     signal: AbortSignal,
   ): Promise<AsyncIterable<MessageShape<O>>> {
     const method = a.method.method as DescMethodServerStreaming<I, O>;
+    if (a.route && this.traffic) transport = this.traffic.transport(a.route, transport);
     let res;
     try {
       res = await throughBreaker(a.breaker, a.breakerName, a.breakerRetryAfterSec, () =>

@@ -23,6 +23,7 @@ import { UpstreamSessions, createGrpcProxy } from "./routes/grpc-proxy.js";
 import { createRestHandler, writeRestError, type AnyRequest, type AnyResponse } from "./routes/rest.js";
 import { createRpcRoutes } from "./routes/rpc.js";
 import { createRestRouter } from "./transcode/router.js";
+import { createTrafficPolicy } from "./traffic/policy.js";
 
 export interface GatewayOptions {
   /** The services to expose (their public methods). */
@@ -75,6 +76,10 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     onRateLimited: (m, shadow) => countRateLimitRejection(m.grpcPath, shadow ? "shadow" : "client"),
   });
 
+  // Canary routing and shadow traffic per upstream (gateway/traffic), from config.traffic.
+  const traffic = createTrafficPolicy(config.traffic, { upstreams: o.upstreams, methods, transportFor: o.transportFor });
+  pipeline.traffic = traffic;
+
   const transports = new Map<string, Transport & { close?: () => void }>();
   const transportFor = (upstream: string): Transport => {
     let t = transports.get(upstream);
@@ -109,6 +114,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
   let closing = false;
 
   const setConfig = (c: GatewayConfig) => {
+    traffic.update(c.traffic); // first: an unknown upstream rejects the whole config
     const bodyLimitChanged = c.limits.maxBodyBytes !== config.limits.maxBodyBytes;
     config = c;
     pipeline.setConfig(c);
@@ -252,6 +258,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
         for (const s of sockets) s.destroy();
       });
       sessions.close();
+      traffic.close();
       for (const t of transports.values()) t.close?.();
     },
   };

@@ -114,12 +114,15 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
     };
     for (const k of forwardRequest) if (headers[k] !== undefined) out[k] = headers[k];
     a.upstreamHeaders.forEach((v, k) => (out[k] = v));
-    const target = o.targetFor(m.upstream);
+    const target = a.route?.target ?? o.targetFor(m.upstream);
     const canRetry = a.policy.idempotent && m.method.methodKind === "unary";
+    // A unary call sampled for shadowing (gateway/traffic) keeps its request and response bytes.
+    const traffic = a.route?.shadow && m.method.methodKind === "unary" ? o.pipeline.traffic : undefined;
+    const mirrored: Buffer[] = [];
 
     // An idempotent unary request is buffered so it can be sent again.
     let buffered: Buffer | undefined;
-    if (canRetry) {
+    if (canRetry || traffic) {
       try {
         buffered = await readAll(stream, o.maxBodyBytes);
       } catch (e) {
@@ -160,6 +163,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           return;
         }
         current = up;
+        mirrored.length = 0;
         let responded = false;
         let heldHeaders: http2.OutgoingHttpHeaders | undefined;
         const respondHeld = () => {
@@ -188,6 +192,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         });
         up.on("data", (chunk: Buffer) => {
           if (settled) return;
+          if (traffic) mirrored.push(chunk);
           respondHeld();
           if (stream.destroyed) return;
           if (!stream.write(chunk)) {
@@ -255,7 +260,10 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
     };
 
     try {
-      await throughBreaker(a.breaker, a.breakerName, a.breakerRetryAfterSec, run, (r) => !failureCodes.has(r.code));
+      const result = await throughBreaker(a.breaker, a.breakerName, a.breakerRetryAfterSec, run, (r) => !failureCodes.has(r.code));
+      if (traffic && buffered) {
+        traffic.shadow(a.route!, { kind: "raw", method: m.method, headers: out, body: buffered, code: result.code, response: Buffer.concat(mirrored) });
+      }
     } catch (e) {
       respondError(stream, e, a.responseHeaders);
       stream.resume();

@@ -9,7 +9,7 @@
 // Nothing here names a service: upstreams are the (protomesh.v1.service).name
 // of the descriptors the gateway serves.
 import { toBinary, type DescMessage, type DescMethod, type DescMethodUnary, type MessageShape } from "@bufbuild/protobuf";
-import type { Transport } from "@connectrpc/connect";
+import { Code, type Transport } from "@connectrpc/connect";
 import { createMeshTransport } from "../../mesh/client.js";
 import { createLogger } from "../../mesh/telemetry/logger.js";
 import { selectVariant, type CanaryRequest, type Variant, type VariantReason } from "./canary.js";
@@ -195,7 +195,8 @@ export function createTrafficPolicy(config: unknown, options: TrafficPolicyOptio
 
     shadow(route, call) {
       const plan = route.shadow;
-      if (!plan) return;
+      // UNAVAILABLE or CANCELLED: the client got no answer to compare with.
+      if (!plan || call.code === Code.Unavailable || call.code === Code.Canceled) return;
       let send: (signal: AbortSignal, timeoutMs: number) => Promise<ShadowResult>;
       try {
         send = call.kind === "raw" ? sendRaw(plan, call) : sendMessage(route, plan, call);
