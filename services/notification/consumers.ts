@@ -60,12 +60,22 @@ export interface NotificationConsumersOptions {
   js: JetStreamClient;
   prefix: string;
   maxDeliver?: number;
+  /** Handlers running at once per consumer; events are independent, so order does not matter here. */
+  concurrency?: number;
   hooks?: ConsumerHooks;
 }
 
 export async function startNotificationConsumers(opts: NotificationConsumersOptions): Promise<RunningConsumer[]> {
   const handlers = notificationHandlers(opts.prefix);
-  const common = { db: opts.db, inbox, js: opts.js, prefix: opts.prefix, maxDeliver: opts.maxDeliver, hooks: opts.hooks };
+  const common = {
+    db: opts.db,
+    inbox,
+    js: opts.js,
+    prefix: opts.prefix,
+    maxDeliver: opts.maxDeliver,
+    concurrency: opts.concurrency,
+    hooks: opts.hooks,
+  };
   const started: RunningConsumer[] = [];
   try {
     // One after another, so a failure stops exactly the ones already running.

@@ -53,6 +53,7 @@ export const notificationSettings = {
   PORT: port(servicePorts.notification, 'gRPC listen port of the notification service'),
   READINESS_INTERVAL: duration('5s', 'How often the health check pings the database'),
   EVENT_MAX_DELIVER: integer({ min: 1, max: 100, default: 5, doc: 'Deliveries of a failing event before it is dead-lettered' }),
+  EVENT_CONCURRENCY: integer({ min: 1, max: 64, default: 4, doc: 'Events handled at once per consumer in this process (each is independent of the others)' }),
 };
 export type NotificationConfig = Config<typeof notificationSettings>;
 
@@ -104,7 +105,14 @@ export async function startNotification(config: NotificationConfig, host?: strin
     );
     const relay = await startRelay({ db: database.db, outbox, js, nc: nats, hooks: relayHooks });
     closers.push(() => relay.stop());
-    const consumers = await startNotificationConsumers({ db: database.db, js, prefix, maxDeliver: config.EVENT_MAX_DELIVER, hooks: consumerHooks });
+    const consumers = await startNotificationConsumers({
+      db: database.db,
+      js,
+      prefix,
+      maxDeliver: config.EVENT_MAX_DELIVER,
+      concurrency: config.EVENT_CONCURRENCY,
+      hooks: consumerHooks,
+    });
     closers.push(() => Promise.all(consumers.map((c) => c.stop())));
 
     const server = await startMeshServer({

@@ -42,6 +42,8 @@ export interface UserConsumersOptions {
   js: JetStreamClient;
   prefix: string;
   maxDeliver?: number;
+  /** Handlers running at once per consumer; events are independent, so order does not matter here. */
+  concurrency?: number;
   hooks?: ConsumerHooks;
 }
 
@@ -56,6 +58,7 @@ export async function startUserConsumers(opts: UserConsumersOptions): Promise<Ru
       js: opts.js,
       prefix: opts.prefix,
       maxDeliver: opts.maxDeliver,
+      concurrency: opts.concurrency,
       hooks: opts.hooks,
     }),
   ];

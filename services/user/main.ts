@@ -56,6 +56,7 @@ export const userSettings = {
   PORT: port(servicePorts.user, 'gRPC listen port of the user service'),
   READINESS_INTERVAL: duration('5s', 'How often the health check pings the database'),
   EVENT_MAX_DELIVER: integer({ min: 1, max: 100, default: 5, doc: 'Deliveries of a failing event before it is dead-lettered' }),
+  EVENT_CONCURRENCY: integer({ min: 1, max: 64, default: 4, doc: 'Events handled at once per consumer in this process (each is independent of the others)' }),
 };
 export type UserConfig = Config<typeof userSettings>;
 
@@ -94,7 +95,14 @@ export async function startUser(config: UserConfig, host?: string): Promise<User
     );
     const relay = await startRelay({ db: database.db, outbox, js, nc: nats, hooks: relayHooks });
     closers.push(() => relay.stop());
-    const consumers = await startUserConsumers({ db: database.db, js, prefix, maxDeliver: config.EVENT_MAX_DELIVER, hooks: consumerHooks });
+    const consumers = await startUserConsumers({
+      db: database.db,
+      js,
+      prefix,
+      maxDeliver: config.EVENT_MAX_DELIVER,
+      concurrency: config.EVENT_CONCURRENCY,
+      hooks: consumerHooks,
+    });
     closers.push(() => Promise.all(consumers.map((c) => c.stop())));
 
     const repo = new UserRepository(database.db, prefix);
