@@ -257,3 +257,20 @@ test('the seeded admin logs in with the admin role, and seeding twice changes no
   const { payload } = await jwtVerify(login.accessToken, new TextEncoder().encode(JWT.secret));
   t.is(payload.role, 'admin');
 });
+
+// Serial (ava runs serial tests first), so the dead-letter count it checks is its own.
+test.serial('an OrderConfirmed without a user is dead-lettered at once and awards nothing', async (t) => {
+  const consumer = app.consumers[0]!;
+  const before = consumer.stats().deadLettered;
+  const orderId = randomUUID();
+  const event = create(OrderConfirmedSchema, { orderId, userId: '', total: { currencyCode: 'EUR', amountMinor: 1000n } });
+  await publishRawEvent(nc.jetstream(), {
+    subject: `${nats.subjectPrefix}${OrderConfirmedSchema.typeName}`,
+    payload: toBinary(OrderConfirmedSchema, event),
+    eventId: randomUUID(),
+    eventType: OrderConfirmedSchema.typeName,
+  });
+  await until('the poison event dead-lettered', async () => consumer.stats().deadLettered > before);
+  const awards = await app.database.db.select().from(pointsAwards).where(eq(pointsAwards.orderId, orderId));
+  t.is(awards.length, 0);
+});
