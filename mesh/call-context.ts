@@ -48,26 +48,35 @@ export function currentCallContext(): CallContext | undefined {
 
 /**
  * The part of a handler context that downstream calls inherit. The headers
- * are picked on first use: most handlers make no downstream call.
+ * and the signal are read on first use: most handlers make no downstream call.
  */
 export function callContextFromHandler(ctx: HandlerContext): CallContext {
-  const remaining = ctx.timeoutMs();
-  let header: Headers | undefined;
-  return {
-    deadline: remaining === undefined ? undefined : Date.now() + remaining,
-    // Read lazily too: the signal is made only when someone needs it.
-    get signal() {
-      return ctx.signal;
-    },
-    get header() {
-      if (!header) {
-        header = new Headers();
-        for (const key of PROPAGATED_HEADERS) {
-          const value = ctx.requestHeader.get(key);
-          if (value !== null) header.set(key, value);
-        }
+  return new HandlerCallContext(ctx);
+}
+
+// A class rather than an object literal with getters: nothing is made per
+// call but the instance (see mesh/handler-context on per-call functions).
+class HandlerCallContext implements CallContext {
+  readonly deadline: number | undefined;
+  private picked?: Headers;
+
+  constructor(private readonly ctx: HandlerContext) {
+    const remaining = ctx.timeoutMs();
+    this.deadline = remaining === undefined ? undefined : Date.now() + remaining;
+  }
+
+  get signal(): AbortSignal {
+    return this.ctx.signal;
+  }
+
+  get header(): Headers {
+    if (!this.picked) {
+      this.picked = new Headers();
+      for (const key of PROPAGATED_HEADERS) {
+        const value = this.ctx.requestHeader.get(key);
+        if (value !== null) this.picked.set(key, value);
       }
-      return header;
-    },
-  };
+    }
+    return this.picked;
+  }
 }

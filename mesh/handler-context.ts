@@ -52,8 +52,11 @@ export class MeshHandlerContext implements HandlerContext {
     this.url = methodPath(method);
   }
 
-  readonly timeoutMs = (): number | undefined =>
-    this.deadline === undefined ? undefined : Math.max(0, this.deadline - Date.now());
+  // A method, not a per-instance arrow: tsx (esbuild keepNames) names every
+  // function made per call, which showed up at 10% of a call's CPU time.
+  timeoutMs(): number | undefined {
+    return this.deadline === undefined ? undefined : Math.max(0, this.deadline - Date.now());
+  }
 
   get requestHeader(): Headers {
     return (this._requestHeader ??= new Headers(metadataEntries(this.metadata)));
@@ -113,19 +116,22 @@ export class MeshHandlerContext implements HandlerContext {
           );
         }
       }
-      this.shutdownSignal?.addEventListener("abort", this.onShutdown);
+      if (this.shutdownSignal) {
+        this.onShutdown = () => this.abort(this.shutdownSignal?.reason);
+        this.shutdownSignal.addEventListener("abort", this.onShutdown);
+      }
     }
     return controller.signal;
   }
 
-  private readonly onShutdown = () => this.abort(this.shutdownSignal?.reason);
+  private onShutdown?: () => void;
 
   abort(reason: unknown): void {
     if (this.reason !== undefined) return;
     this.reason = reason ?? new ConnectError("the call was aborted", Code.Canceled);
     if (this.controller) {
       clearTimeout(this.timer);
-      this.shutdownSignal?.removeEventListener("abort", this.onShutdown);
+      if (this.onShutdown) this.shutdownSignal?.removeEventListener("abort", this.onShutdown);
       this.controller.abort(this.reason);
     }
   }
@@ -136,7 +142,7 @@ export class MeshHandlerContext implements HandlerContext {
       method: this.method,
       service: this.service,
       signal: this.signal,
-      timeoutMs: this.timeoutMs,
+      timeoutMs: () => this.timeoutMs(),
       requestMethod: this.requestMethod,
       requestHeader: this.requestHeader,
       responseHeader: this.responseHeader,

@@ -45,7 +45,7 @@ import {
   transformInvokeImplementation,
 } from "@connectrpc/connect/protocol";
 import { create, isMessage } from "@bufbuild/protobuf";
-import type { DescMethod, DescService } from "@bufbuild/protobuf";
+import type { DescMethod, DescMethodUnary, DescService } from "@bufbuild/protobuf";
 import type { MethodImplSpec } from "@connectrpc/connect";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import * as reflectionV1 from "../gen/grpc/reflection/v1/reflection_pb.js";
@@ -189,18 +189,67 @@ function sendHeader(call: AnyCall, header: Headers | undefined): void {
   if (any) call.sendMetadata(headersToMetadata(header));
 }
 
-/** Runs a unary implementation; Connect's helper only when there are interceptors to apply. */
-async function invokeUnary(
+/**
+ * Starts a unary implementation: its output, or a promise of it. Connect's
+ * helper runs only when there are interceptors to apply; otherwise no promise
+ * is made here, since with AsyncLocalStorage active every promise costs.
+ */
+function startUnary(
   spec: MethodImplSpec & { kind: "unary" },
   ctx: MeshHandlerContext,
   request: unknown,
   interceptors: Interceptor[],
-): Promise<unknown> {
+): unknown {
   if (interceptors.length > 0) {
     return invokeUnaryImplementation(spec, ctx.toPlainObject(), request as never, interceptors);
   }
-  const output = await spec.impl(request as never, ctx);
-  return isMessage(output, spec.method.output) ? output : create(spec.method.output, output);
+  return spec.impl(request as never, ctx);
+}
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return typeof (v as PromiseLike<unknown> | null)?.then === "function";
+}
+
+/**
+ * One unary call from start to answer. A class, so that a call makes no
+ * function objects of its own (see mesh/handler-context on why that matters).
+ */
+class UnaryCall {
+  constructor(
+    private readonly call: grpc.ServerUnaryCall<unknown, unknown>,
+    private readonly callback: grpc.sendUnaryData<unknown>,
+    private readonly ctx: MeshHandlerContext,
+    private readonly method: DescMethodUnary,
+    private readonly opts: HandlerOptions,
+  ) {}
+
+  succeed(res: unknown): void {
+    const { call, ctx, method } = this;
+    try {
+      const message = isMessage(res, method.output) ? res : create(method.output, res as never);
+      sendHeader(call, ctx.touchedResponseHeader);
+      const trailer = ctx.touchedResponseTrailer;
+      this.callback(null, message, trailer ? headersToMetadata(trailer) : undefined);
+    } catch (e) {
+      // The handler answered with something that is not the output message.
+      this.callback(errorStatus(e, ctx.touchedResponseTrailer, method, this.opts.onInternalError));
+    }
+    this.done();
+  }
+
+  fail(e: unknown): void {
+    const { ctx } = this;
+    sendHeader(this.call, ctx.touchedResponseHeader);
+    this.callback(errorStatus(e, ctx.touchedResponseTrailer, this.method, this.opts.onInternalError, ctx.abortReason));
+    this.done();
+  }
+
+  private done(): void {
+    // As in Connect's own handlers, the signal also fires on completion,
+    // so work tied to it (downstream calls) stops with the call.
+    this.ctx.abort(callCompleted);
+    this.opts.inflight?.done();
+  }
 }
 
 function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOptions): grpc.handleUnaryCall<unknown, unknown> {
@@ -208,24 +257,22 @@ function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOpt
   return (call, callback) => {
     opts.inflight?.add();
     const ctx = handlerContext(call, spec.method, opts.forceSignal);
-    runWithCallContext(callContextFromHandler(ctx), () => invokeUnary(spec, ctx, call.request, interceptors))
-      .then(
-        (res) => {
-          sendHeader(call, ctx.touchedResponseHeader);
-          const trailer = ctx.touchedResponseTrailer;
-          callback(null, res, trailer ? headersToMetadata(trailer) : undefined);
-        },
-        (e: unknown) => {
-          sendHeader(call, ctx.touchedResponseHeader);
-          callback(errorStatus(e, ctx.touchedResponseTrailer, spec.method, opts.onInternalError, ctx.abortReason));
-        },
-      )
-      .finally(() => {
-        // As in Connect's own handlers, the signal also fires on completion,
-        // so work tied to it (downstream calls) stops with the call.
-        ctx.abort(callCompleted);
-        opts.inflight?.done();
-      });
+    const state = new UnaryCall(call, callback, ctx, spec.method, opts);
+    let result: unknown;
+    try {
+      result = runWithCallContext(callContextFromHandler(ctx), () => startUnary(spec, ctx, call.request, interceptors));
+    } catch (e) {
+      state.fail(e);
+      return;
+    }
+    if (isThenable(result)) {
+      result.then(
+        (r) => state.succeed(r),
+        (e) => state.fail(e),
+      );
+    } else {
+      state.succeed(result);
+    }
   };
 }
 
