@@ -42,6 +42,8 @@ const catalogImpl: Partial<ServiceImpl<typeof CatalogService>> = {
   async getProduct(req, ctx) {
     seen.set(`get:${req.id}:timeout`, ctx.timeoutMs());
     seen.set(`get:${req.id}:request-id`, ctx.requestHeader.get("x-request-id"));
+    seen.set(`get:${req.id}:user`, `${ctx.requestHeader.get("x-mesh-user-id")}/${ctx.requestHeader.get("x-mesh-user-role")}`);
+    seen.set(`get:${req.id}:traceparent`, ctx.requestHeader.get("traceparent"));
     switch (req.id.startsWith("hang") ? "hang" : req.id) {
       case "boom":
         throw new Error("SELECT secret FROM users failed at /srv/app.ts:12");
@@ -251,7 +253,16 @@ test("the method's (protomesh.v1.method).timeout is the default deadline", async
 test("a call inside a handler inherits the remaining deadline and the request metadata", async (t) => {
   await client().getProduct(
     { id: "downstream" },
-    { timeoutMs: 1500, headers: { "x-request-id": "req-42", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" } },
+    {
+      timeoutMs: 1500,
+      headers: {
+        "x-request-id": "req-42",
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "x-mesh-user-id": "u-9",
+        "x-mesh-user-role": "admin",
+        "x-not-propagated": "1",
+      },
+    },
   );
   const outer = seen.get("get:downstream:timeout") as number;
   const inner = seen.get("get:leaf:timeout") as number;
@@ -259,6 +270,8 @@ test("a call inside a handler inherits the remaining deadline and the request me
   // ms of slack for the millisecond rounding of grpc-timeout.
   t.true(inner > 0 && inner <= outer + 5 && outer <= 1500, `outer ${outer}, inner ${inner}`);
   t.is(seen.get("get:leaf:request-id"), "req-42");
+  t.is(seen.get("get:leaf:user"), "u-9/admin");
+  t.is(seen.get("get:leaf:traceparent"), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
 });
 
 test("identity and trace metadata pass through to the handler", async (t) => {
@@ -369,4 +382,23 @@ test("close() ends server streams with UNAVAILABLE and refuses new calls", async
   const err = ConnectError.from(await t.throwsAsync(watching));
   t.is(err.code, Code.Unavailable);
   t.deepEqual(ids, ["p0"]);
+});
+
+test("a message over maxMessageBytes is RESOURCE_EXHAUSTED, not a crash", async (t) => {
+  const s = await startMeshServer({
+    name: "small",
+    host: "127.0.0.1",
+    services: [serve(CatalogService, catalogImpl)],
+    maxMessageBytes: 1024,
+  });
+  try {
+    const c = createMeshClient(CatalogService, `127.0.0.1:${s.port}`);
+    const ce = ConnectError.from(
+      await t.throwsAsync(c.createProduct({ product: { sku: "BIG-1", description: "x".repeat(4096) } })),
+    );
+    t.is(ce.code, Code.ResourceExhausted);
+    t.is((await c.getProduct({ id: "small-ok" })).product?.id, "small-ok");
+  } finally {
+    await s.close(100);
+  }
 });
