@@ -20,6 +20,7 @@
 // has buffered, whereas our own queue lets stop() finish the handlers in flight and hand
 // every unstarted message straight back to the server (nak) for another replica.
 import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { context, propagation, ROOT_CONTEXT } from "@opentelemetry/api";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -238,7 +239,9 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
     const run = async (tx: EventsTx, item: Prepared<Desc>) => {
       const entry = { consumer: opts.name, eventId: item.meta.eventId, eventType: item.meta.eventType };
       if (!(await recordInbox(tx, opts.inbox, entry))) return "duplicate" as const;
-      await opts.handler(tx, item.event, item.meta);
+      // Run the handler in the publisher's trace (a no-op until telemetry registers a propagator).
+      const traceCtx = propagation.extract(ROOT_CONTEXT, item.meta.headers);
+      await context.with(traceCtx, () => opts.handler(tx, item.event, item.meta));
       return "fresh" as const;
     };
     let together = false;
