@@ -158,7 +158,7 @@ async function main(): Promise<void> {
   OpenAPI      http://localhost:${GATEWAY_PORT}/openapi.json
   gRPC         grpcurl -plaintext localhost:${GATEWAY_PORT} list
                grpcurl -plaintext -d '{"sku":"${'SKU'}"}' localhost:${servicePorts.catalog} shop.catalog.v1.CatalogService/GetProduct
-  admin        admin@shop.test / admin-password (see README)
+  admin        admin@shop.test / admin-dev-password (ADMIN_PASSWORD overrides)
   logs         ${path.relative(ROOT, path.join(DATA_DIR, 'logs'))}/<service>.log
 
   Ctrl-C stops everything; data stays in ${path.relative(ROOT, DATA_DIR)}/.
