@@ -40,7 +40,8 @@ import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
 import { serviceIdentity } from "./service-identity.js";
 import { currentRequestId, runWithRequestContext } from "./request-context.js";
 
-export type TraceExporterKind = "otlp" | "console" | "memory" | "none";
+/** otlp: OTLP/HTTP protobuf; file: JSON lines in OTEL_TRACES_FILE_DIR (tests); memory: in-process (tests). */
+export type TraceExporterKind = "otlp" | "console" | "memory" | "file" | "none";
 
 export interface TracingOptions {
   serviceName?: string;
@@ -79,7 +80,7 @@ class RecordEverythingSampler implements Sampler {
 
 export function chooseExporter(env: NodeJS.ProcessEnv = process.env): TraceExporterKind {
   const wanted = env.OTEL_TRACES_EXPORTER?.trim().toLowerCase();
-  if (wanted === "otlp" || wanted === "console" || wanted === "memory" || wanted === "none") return wanted;
+  if (wanted === "otlp" || wanted === "console" || wanted === "memory" || wanted === "file" || wanted === "none") return wanted;
   return env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ? "otlp" : "none";
 }
 
@@ -111,6 +112,10 @@ export async function startTracing(options: TracingOptions = {}): Promise<Tracin
     processors.push(new BatchSpanProcessor(new OTLPTraceExporter()));
   } else if (exporterKind === "console") {
     processors.push(new SimpleSpanProcessor(new ConsoleSpanExporter()));
+  } else if (exporterKind === "file") {
+    const { JsonLinesSpanExporter } = await import("./file-exporter.js");
+    const dir = process.env.OTEL_TRACES_FILE_DIR ?? ".data/traces";
+    processors.push(new SimpleSpanProcessor(new JsonLinesSpanExporter(dir, options.serviceName ?? id.name)));
   } else if (exporterKind === "memory") {
     memory = new InMemorySpanExporter();
     processors.push(new SimpleSpanProcessor(memory));
