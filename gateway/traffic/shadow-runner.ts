@@ -32,6 +32,8 @@ export interface ShadowLog {
   debug(obj: object, msg?: string): void;
 }
 
+const wireGraceMs = 50;
+
 export function codeOf(e: unknown): number {
   if (e instanceof ConnectError) return e.code;
   if (e instanceof Error && (e.name === "AbortError" || e.name === "TimeoutError")) return Code.Canceled;
@@ -85,7 +87,9 @@ export class ShadowRunner {
     }, job.plan.timeoutMs);
     let result: ShadowResult;
     try {
-      result = await job.send(ac.signal, job.plan.timeoutMs);
+      // The wire deadline is a little later than ours, so a shadow that is
+      // too slow always ends as our "timeout", not as the server's status.
+      result = await job.send(ac.signal, job.plan.timeoutMs + wireGraceMs);
     } catch (e) {
       result = { code: codeOf(e) };
     } finally {
