@@ -79,6 +79,17 @@ export interface MethodPolicy {
 }
 
 const policyCache = new WeakMap<DescMethod, MethodPolicy>();
+const codecCache = new WeakMap<DescMethod, { serialize: (m: unknown) => Buffer; deserialize: (b: Buffer) => unknown }>();
+
+/** The wire codec of a method, made once per method. */
+function codecOf(method: DescMethod) {
+  let codec = codecCache.get(method);
+  if (!codec) {
+    codec = { serialize: serializer(method.input) as (m: unknown) => Buffer, deserialize: deserializer(method.output) };
+    codecCache.set(method, codec);
+  }
+  return codec;
+}
 
 /** The runtime policy of a method, from its (protomesh.v1.method) option. */
 export function methodPolicyOf(method: DescMethod): MethodPolicy {
@@ -185,11 +196,12 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
   ): Promise<UnaryResponse<I, O>> {
     return new Promise((resolve, reject) => {
       let response: MessageShape<O> | undefined;
-      let responseHeader = new Headers();
+      let responseHeader: Headers | undefined;
+      const codec = codecOf(method);
       const call = grpcClient.makeUnaryRequest(
         methodPath(method),
-        serializer(method.input),
-        deserializer(method.output),
+        codec.serialize,
+        codec.deserialize as (b: Buffer) => MessageShape<O>,
         message,
         headersToMetadata(header),
         deadline === undefined ? {} : { deadline },
@@ -197,7 +209,8 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
           if (!err) response = value;
         },
       );
-      const onAbort = () => call.cancel();
+      // Inline, unnamed functions: tsx names every named function made per call.
+      const onAbort = { handleEvent: () => call.cancel() };
       signal.addEventListener("abort", onAbort);
       call.on("metadata", (md: grpc.Metadata) => (responseHeader = metadataToHeaders(md)));
       call.on("status", (status: grpc.StatusObject) => {
@@ -214,7 +227,7 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
           stream: false,
           service: method.parent,
           method,
-          header: responseHeader,
+          header: responseHeader ?? new Headers(),
           message: response,
           trailer: metadataToHeaders(status.metadata),
         });
@@ -321,10 +334,11 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
     deadline: number | undefined,
     signal: AbortSignal,
   ): Promise<StreamResponse<I, O>> {
+    const codec = codecOf(method);
     const call = grpcClient.makeServerStreamRequest(
       methodPath(method),
-      serializer(method.input),
-      deserializer(method.output),
+      codec.serialize,
+      codec.deserialize as (b: Buffer) => MessageShape<O>,
       request,
       headersToMetadata(header),
       deadline === undefined ? {} : { deadline },
