@@ -31,6 +31,8 @@
  *     on UNAVAILABLE, with jittered exponential backoff, within the deadline.
  *   - errors: ConnectError with the gRPC code, message and details
  *     (google.rpc.Status from grpc-status-details-bin).
+ *   - server streams: as with every Connect transport, leaving a `for await`
+ *     early does not end the call; abort its signal to stop it.
  */
 import { randomUUID } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
