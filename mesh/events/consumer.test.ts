@@ -215,3 +215,13 @@ test.serial("in a batch, one failing event is retried alone while the others com
   t.true(calls.includes("b-3#2"));
   t.log(calls.join(" "));
 });
+
+test.serial("with concurrency, every event still has exactly one effect", async (t) => {
+  const name = "parallel";
+  const c = await consumerOf(name, async (tx, ev) => recordEffect(tx, name, ev.orderId), { concurrency: 4, batchSize: 4 });
+  t.teardown(() => c.stop());
+  const ids = Array.from({ length: 40 }, (_, i) => `par-${i}`);
+  await Promise.all(ids.map((id) => publishEvent(env.js, OrderConfirmedSchema, confirmed(id), { prefix: env.prefix })));
+  await eventually("all handled", () => c.stats().handled === ids.length);
+  t.deepEqual([...(await effects(name))].sort(), [...ids].sort());
+});

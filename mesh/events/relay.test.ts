@@ -230,3 +230,38 @@ test.serial("transactionWithEvents wakes the relay in this process after the com
   const msgs = await streamMessages(env.jsm, env.prefix, new Set(["lw-1", "lw-rolled-back"]));
   t.deepEqual(msgs.map((m) => [m.orderId, m.headers[EVENT_ID]]), [["lw-1", eventId]]);
 });
+
+test.serial("a failed publish holds back the later events of its aggregate only, and nothing new starts after it", async (t) => {
+  const s = await freshSchema("relay_chain");
+  // Rows in seq order: A1 B1 A2 B2 A3.
+  const plan = [["A", "A1"], ["B", "B1"], ["A", "A2"], ["B", "B2"], ["A", "A3"]] as const;
+  for (const [agg, id] of plan) {
+    await env.db.transaction((tx) => enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed(id), { aggregateId: agg, prefix: env.prefix }));
+  }
+  // A publisher (pure fake: this is about the relay's bookkeeping) that fails A2 once.
+  const sent: string[] = [];
+  let failA2 = true;
+  const fakeJs = {
+    async publish(_subject: string, data: Uint8Array) {
+      const id = fromBinary(OrderPlacedSchema, data).orderId;
+      await new Promise((r) => setTimeout(r, id.startsWith("B") ? 30 : 1)); // B is slow: A fails while B is in flight
+      if (id === "A2" && failA2) {
+        failA2 = false;
+        throw new Error("TIMEOUT");
+      }
+      sent.push(id);
+      return { stream: "fake", seq: sent.length, duplicate: false };
+    },
+  } as unknown as import("nats").JetStreamClient;
+  const relay = new OutboxRelay({ db: env.db, outbox: s.outbox, js: fakeJs, listen: false });
+
+  const first = await relay.drainOnce();
+  t.is((first.error as Error)?.message, "TIMEOUT");
+  t.deepEqual(sent, ["A1", "B1"], "A3 waits behind A2; B2 is not started after the failure");
+  t.is(first.backlog, 3);
+  const second = await relay.drainOnce();
+  t.is(second.error, undefined);
+  t.deepEqual(sent.slice(2).filter((x) => x.startsWith("A")), ["A2", "A3"]);
+  t.deepEqual(sent.slice(2).sort(), ["A2", "A3", "B2"]);
+  t.is(second.backlog, 0);
+});
