@@ -18,6 +18,7 @@
  *   JWT_SECRET, JWT_ISSUER (protomesh), JWT_AUDIENCE (protomesh-shop)
  *   JWT_PUBLIC_KEY_FILE    verify RS/ES/EdDSA tokens with this PEM instead of a secret
  *   GATEWAY_EXPOSE_TESTING=1  also expose the test-only protomesh.testing services
+ *   GATEWAY_UPSTREAM_CLIENT   h2 (default) | mesh (mesh/client, grpc-js) | connect
  */
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -26,6 +27,7 @@ import { createLogger } from "../mesh/telemetry/logger.js";
 import { defaultConfig, readConfigFile, type GatewayConfig } from "./config.js";
 import { describeService, loadServicesFromGen } from "./descriptors.js";
 import { startGateway } from "./server.js";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 
 const log = createLogger({ component: "gateway" });
 const env = process.env;
@@ -83,6 +85,15 @@ const gateway = await startGateway(
     config,
     configPath: env.GATEWAY_CONFIG,
     staticDir: env.STATIC_DIR,
+    // Upstream client for REST, Connect and gRPC-Web calls: the gateway's
+    // lean HTTP/2 transport (default), mesh/client ("mesh", grpc-js) or
+    // connect-node's gRPC transport ("connect").
+    transportFor:
+      env.GATEWAY_UPSTREAM_CLIENT === "connect"
+        ? (_name, target) => createGrpcTransport({ baseUrl: `http://${target}` })
+        : env.GATEWAY_UPSTREAM_CLIENT === "mesh"
+          ? "mesh"
+          : undefined,
     jwt: {
       secret: env.JWT_PUBLIC_KEY_FILE ? undefined : (env.JWT_SECRET ?? DEV_JWT_SECRET),
       publicKeyPem: env.JWT_PUBLIC_KEY_FILE ? readFileSync(env.JWT_PUBLIC_KEY_FILE, "utf8") : undefined,

@@ -13,6 +13,7 @@ import { startEcho, startEchoGateway, token } from "./testing/harness.js";
 let upstream: MeshServer;
 let gw: Gateway;
 let slow: Gateway; // no gRPC fast path: gRPC through connect-node
+let viaMesh: Gateway; // upstream calls through mesh/client (grpc-js) instead of the h2 transport
 
 test.before(async () => {
   upstream = await startEcho();
@@ -23,10 +24,12 @@ test.before(async () => {
     }),
   });
   slow = await startEchoGateway(upstream.port, { grpcFastPath: false });
+  viaMesh = await startEchoGateway(upstream.port, { transportFor: "mesh" });
 });
 test.after.always(async () => {
   await gw?.close();
   await slow?.close();
+  await viaMesh?.close();
   await upstream?.close(0);
 });
 
@@ -38,6 +41,7 @@ const protocols: Array<[string, () => Transport]> = [
   ["gRPC-Web binary over h2c", () => createGrpcWebTransport({ baseUrl: gw.url, httpVersion: "2", useBinaryFormat: true })],
   ["gRPC (frame fast path)", () => createGrpcTransport({ baseUrl: gw.url })],
   ["gRPC (via connect-node)", () => createGrpcTransport({ baseUrl: slow.url })],
+  ["Connect JSON, upstream via mesh/client", () => createConnectTransport({ baseUrl: viaMesh.url, httpVersion: "1.1" })],
 ];
 
 for (const [name, make] of protocols) {

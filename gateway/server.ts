@@ -23,6 +23,7 @@ import { UpstreamSessions, createGrpcProxy } from "./routes/grpc-proxy.js";
 import { createRestHandler, writeRestError, type AnyRequest, type AnyResponse } from "./routes/rest.js";
 import { createRpcRoutes } from "./routes/rpc.js";
 import { createRestRouter } from "./transcode/router.js";
+import { createH2GrpcTransport } from "./upstream/h2-transport.js";
 import { createTrafficPolicy } from "./traffic/policy.js";
 
 export interface GatewayOptions {
@@ -36,8 +37,12 @@ export interface GatewayOptions {
   readonly configPath?: string;
   /** Files served for GET requests no route claims (the storefront). */
   readonly staticDir?: string;
-  /** Transport per upstream for REST, Connect and gRPC-Web calls; mesh/client by default. */
-  readonly transportFor?: (upstream: string, target: string) => Transport;
+  /**
+   * Transport per upstream for REST, Connect and gRPC-Web calls. Default: the
+   * lean HTTP/2 gRPC transport (upstream/h2-transport.ts); "mesh" selects
+   * mesh/client (grpc-js).
+   */
+  readonly transportFor?: ((upstream: string, target: string) => Transport) | "mesh";
   /** Proxy plain gRPC frames without re-encoding (default true). */
   readonly grpcFastPath?: boolean;
 }
@@ -76,8 +81,18 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     onRateLimited: (m, shadow) => countRateLimitRejection(m.grpcPath, shadow ? "shadow" : "client"),
   });
 
+  const sessions = new UpstreamSessions();
   // Canary routing and shadow traffic per upstream (gateway/traffic), from config.traffic.
-  const traffic = createTrafficPolicy(config.traffic, { upstreams: o.upstreams, methods, transportFor: o.transportFor });
+  const traffic = createTrafficPolicy(config.traffic, {
+    upstreams: o.upstreams,
+    methods,
+    transportFor:
+      typeof o.transportFor === "function"
+        ? o.transportFor
+        : o.transportFor === "mesh"
+          ? undefined
+          : (_upstream, target) => createH2GrpcTransport(sessions, target),
+  });
   pipeline.traffic = traffic;
 
   const transports = new Map<string, Transport & { close?: () => void }>();
@@ -86,7 +101,9 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     if (!t) {
       const target = o.upstreams[upstream];
       // Retries happen in the pipeline (under the retry budget), not in the transport.
-      t = o.transportFor?.(upstream, target) ?? createMeshTransport({ target, retry: { maxAttempts: 1 } });
+      if (typeof o.transportFor === "function") t = o.transportFor(upstream, target);
+      else if (o.transportFor === "mesh") t = createMeshTransport({ target, retry: { maxAttempts: 1 } });
+      else t = createH2GrpcTransport(sessions, target);
       transports.set(upstream, t);
     }
     return t;
@@ -103,7 +120,6 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
   const router = createRestRouter(methods);
   const rest = createRestHandler({ router, pipeline, transportFor, clientIp, config: () => config });
   let rpc = createRpcRoutes({ methods, pipeline, transportFor, clientIp, maxBodyBytes: config.limits.maxBodyBytes });
-  const sessions = new UpstreamSessions();
   const grpcProxy = createGrpcProxy({
     pipeline,
     sessions,

@@ -1,0 +1,197 @@
+/**
+ * Gateway throughput and added latency with h2load, all against the same
+ * upstream (the test-only echo service on mesh/server, grpc-js) in one run:
+ *
+ *   direct      h2load -> upstream (gRPC)                      baseline
+ *   nginx       h2load -> nginx grpc_pass -> upstream (gRPC)   reference proxy
+ *   gw-grpc     h2load -> gateway (gRPC fast path) -> upstream
+ *   gw-rest     h2load -> gateway (REST GET /v1/echo/{id}) -> upstream
+ *   gw-connect  h2load -> gateway (Connect JSON POST) -> upstream
+ *
+ * Throughput: -c CONNS -m STREAMS for DURATION seconds after a warm-up.
+ * Added latency: one client at RPS requests/s (moderate load), per-request
+ * times from h2load --log-file; p50/p99 minus the direct p50/p99.
+ *
+ * Needs h2load (apt-get install nghttp2-client) and nginx (apt-get install nginx).
+ * Run: npx tsx bench/gateway-h2load.ts   (env: DURATION=10 CONNS=8 STREAMS=16 RPS=500)
+ */
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { EchoRequestSchema } from "../gen/protomesh/testing/v1/echo_pb.js";
+
+const run = promisify(execFile);
+const root = fileURLToPath(new URL("..", import.meta.url));
+const DURATION = Number(process.env.DURATION ?? 10);
+const CONNS = Number(process.env.CONNS ?? 8);
+const STREAMS = Number(process.env.STREAMS ?? 16);
+const RPS = Number(process.env.RPS ?? 500);
+const LATENCY_SECONDS = Number(process.env.LATENCY_SECONDS ?? 6);
+const work = mkdtempSync(join(tmpdir(), "gw-bench-"));
+const children: ChildProcess[] = [];
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+async function startNode(script: string, env: Record<string, string>, readyUrl?: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", join(root, script)], {
+    env: { ...process.env, LOG_LEVEL: "warn", ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  children.push(child);
+  if (readyUrl) {
+    for (let i = 0; i < 200; i++) {
+      if (await fetch(readyUrl).then((r) => r.ok, () => false)) return child;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`${script} not ready`);
+  }
+  await new Promise<void>((resolve) => child.stdout!.on("data", (d: Buffer) => d.toString().includes("listening") && resolve()));
+  return child;
+}
+
+async function startNginx(port: number, upstream: number): Promise<void> {
+  const conf = join(work, "nginx.conf");
+  writeFileSync(
+    conf,
+    `worker_processes 1;
+daemon off;
+pid ${work}/nginx.pid;
+error_log ${work}/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${work}/body; proxy_temp_path ${work}/proxy; fastcgi_temp_path ${work}/fcgi;
+  uwsgi_temp_path ${work}/uwsgi; scgi_temp_path ${work}/scgi;
+  upstream echo { server 127.0.0.1:${upstream}; keepalive 32; }
+  server {
+    listen 127.0.0.1:${port} http2;
+    http2_max_concurrent_streams 256;
+    location / { grpc_pass grpc://echo; }
+  }
+}
+`,
+  );
+  const child = spawn("nginx", ["-c", conf, "-p", work], { stdio: ["ignore", "inherit", "inherit"] });
+  children.push(child);
+  await new Promise((r) => setTimeout(r, 500));
+}
+
+interface H2loadResult {
+  rps: number;
+  succeeded: number;
+  failed: number;
+  non2xx: number;
+}
+
+async function h2load(url: string, args: string[]): Promise<H2loadResult> {
+  const { stdout } = await run("h2load", [...args, url], { maxBuffer: 1 << 24 });
+  const rps = Number(/finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(stdout)?.[1] ?? NaN);
+  const m = /requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored/.exec(stdout);
+  const codes = /status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/.exec(stdout);
+  return {
+    rps,
+    succeeded: Number(m?.[2] ?? 0),
+    failed: Number(m?.[3] ?? 0) + Number(m?.[4] ?? 0),
+    non2xx: codes ? Number(codes[2]) + Number(codes[3]) + Number(codes[4]) : 0,
+  };
+}
+
+interface Target {
+  name: string;
+  url: string;
+  args: string[];
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function latency(t: Target): Promise<{ p50: number; p99: number; n: number }> {
+  const log = join(work, `${t.name}.log`);
+  await run("h2load", [...t.args, "-c", "1", "-m", "1", `--rps=${RPS}`, `-D`, String(LATENCY_SECONDS), `--log-file=${log}`, t.url], {
+    maxBuffer: 1 << 24,
+  });
+  // Each line: start time (µs since epoch), status, duration (µs).
+  const us = readFileSync(log, "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => Number(l.split("\t")[2]))
+    .filter((n) => Number.isFinite(n))
+    .sort((a, b) => a - b);
+  return { p50: percentile(us, 50) / 1000, p99: percentile(us, 99) / 1000, n: us.length };
+}
+
+async function main() {
+  const [upPort, gwPort, nginxPort] = [await freePort(), await freePort(), await freePort()];
+  await startNode("gateway/testing/echo-main.ts", { PORT: String(upPort) });
+  await startNode(
+    "gateway/main.ts",
+    { PORT: String(gwPort), GATEWAY_EXPOSE_TESTING: "1", UPSTREAMS: `echo=127.0.0.1:${upPort}`, LOG_LEVEL: "error" },
+    `http://127.0.0.1:${gwPort}/readyz`,
+  );
+  await startNginx(nginxPort, upPort);
+
+  const body = toBinary(EchoRequestSchema, create(EchoRequestSchema, { id: "bench", count: 1 }));
+  const framed = Buffer.alloc(5 + body.length);
+  framed.writeUInt32BE(body.length, 1);
+  Buffer.from(body).copy(framed, 5);
+  const grpcFile = join(work, "echo.bin");
+  writeFileSync(grpcFile, framed);
+  const jsonFile = join(work, "echo.json");
+  writeFileSync(jsonFile, JSON.stringify({ id: "bench", count: 1 }));
+
+  const grpcArgs = ["-d", grpcFile, "-H", "content-type: application/grpc", "-H", "te: trailers"];
+  const targets: Target[] = [
+    { name: "direct", url: `http://127.0.0.1:${upPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs },
+    { name: "nginx", url: `http://127.0.0.1:${nginxPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs },
+    { name: "gw-grpc", url: `http://127.0.0.1:${gwPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs },
+    { name: "gw-rest", url: `http://127.0.0.1:${gwPort}/v1/echo/bench?count=1`, args: [] },
+    {
+      name: "gw-connect",
+      url: `http://127.0.0.1:${gwPort}/protomesh.testing.v1.EchoService/Echo`,
+      args: ["-d", jsonFile, "-H", "content-type: application/json"],
+    },
+  ];
+
+  const results: Record<string, H2loadResult> = {};
+  for (const t of targets) {
+    await h2load(t.url, [...t.args, "-c", String(CONNS), "-m", String(STREAMS), "-D", "2"]); // warm-up
+    results[t.name] = await h2load(t.url, [...t.args, "-c", String(CONNS), "-m", String(STREAMS), "-D", String(DURATION)]);
+    const r = results[t.name];
+    console.log(`${t.name.padEnd(11)} ${r.rps.toFixed(0).padStart(7)} req/s  (ok ${r.succeeded}, failed ${r.failed}, non-2xx ${r.non2xx})`);
+  }
+  const lat: Record<string, { p50: number; p99: number; n: number }> = {};
+  for (const t of targets) {
+    lat[t.name] = await latency(t);
+    console.log(`${t.name.padEnd(11)} at ${RPS} req/s: p50 ${lat[t.name].p50.toFixed(3)} ms  p99 ${lat[t.name].p99.toFixed(3)} ms  (n=${lat[t.name].n})`);
+  }
+  const ratio = (a: string, b: string) => (results[a].rps / results[b].rps).toFixed(2);
+  console.log("");
+  console.log(`gateway gRPC / nginx grpc_pass : ${ratio("gw-grpc", "nginx")}x   (goal >= 1.0)`);
+  console.log(`gateway REST / gateway gRPC    : ${ratio("gw-rest", "gw-grpc")}x   (goal >= 0.8)`);
+  console.log(`gateway Connect / gateway gRPC : ${ratio("gw-connect", "gw-grpc")}x`);
+  for (const n of ["nginx", "gw-grpc", "gw-rest", "gw-connect"]) {
+    console.log(
+      `added latency ${n.padEnd(10)}: p50 ${(lat[n].p50 - lat.direct.p50).toFixed(3)} ms, p99 ${(lat[n].p99 - lat.direct.p99).toFixed(3)} ms   (goal p99 < 1 ms)`,
+    );
+  }
+  console.log(`\nsettings: ${CONNS} connections x ${STREAMS} streams, ${DURATION} s per target; latency at ${RPS} req/s, 1 connection`);
+}
+
+try {
+  await main();
+} finally {
+  for (const c of children) c.kill("SIGTERM");
+}
