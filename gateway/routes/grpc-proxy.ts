@@ -116,9 +116,9 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
     a.upstreamHeaders.forEach((v, k) => (out[k] = v));
     const target = a.route?.target ?? o.targetFor(m.upstream);
     const canRetry = a.policy.idempotent && m.method.methodKind === "unary";
-    // A unary call sampled for shadowing (gateway/traffic) keeps its request and response bytes.
-    const traffic = a.route?.shadow && m.method.methodKind === "unary" ? o.pipeline.traffic : undefined;
-    const mirrored: Buffer[] = [];
+    // A call sampled for shadowing (gateway/traffic) keeps its request bytes; a unary one its response bytes too.
+    const traffic = a.route?.shadow ? o.pipeline.traffic : undefined;
+    const mirrored: Buffer[] | undefined = traffic && m.method.methodKind === "unary" ? [] : undefined;
 
     // An idempotent unary request is buffered so it can be sent again.
     let buffered: Buffer | undefined;
@@ -163,7 +163,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           return;
         }
         current = up;
-        mirrored.length = 0;
+        if (mirrored) mirrored.length = 0;
         let responded = false;
         let heldHeaders: http2.OutgoingHttpHeaders | undefined;
         const respondHeld = () => {
@@ -192,7 +192,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         });
         up.on("data", (chunk: Buffer) => {
           if (settled) return;
-          if (traffic) mirrored.push(chunk);
+          mirrored?.push(chunk);
           respondHeld();
           if (stream.destroyed) return;
           if (!stream.write(chunk)) {
@@ -262,7 +262,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
     try {
       const result = await throughBreaker(a.breaker, a.breakerName, a.breakerRetryAfterSec, run, (r) => !failureCodes.has(r.code));
       if (traffic && buffered) {
-        traffic.shadow(a.route!, { kind: "raw", method: m.method, headers: out, body: buffered, code: result.code, response: Buffer.concat(mirrored) });
+        traffic.shadow(a.route!, { kind: "raw", method: m.method, headers: out, body: buffered, code: result.code, response: mirrored && Buffer.concat(mirrored) });
       }
     } catch (e) {
       respondError(stream, e, a.responseHeaders);

@@ -10,7 +10,8 @@ import { CatalogService, ProductSchema } from "../../gen/shop/catalog/v1/catalog
 import { serve, startMeshServer, type MeshServer } from "../../mesh/server.js";
 import { parseConfig } from "../config.js";
 import { startGateway, type Gateway } from "../server.js";
-import { freePort, testJwt, token } from "../testing/harness.js";
+import { EchoService } from "../../gen/protomesh/testing/v1/echo_pb.js";
+import { freePort, startEcho, testJwt, token } from "../testing/harness.js";
 import { selectVariant } from "./canary.js";
 import { parseTrafficConfig } from "./config.js";
 
@@ -288,4 +289,61 @@ test("shadow: its own deadline, a target that is down, the concurrency bound, an
   t.is(again.status, 200);
   await traffic.idle();
   t.is(shadow.calls.filter((c) => c.method === "CreateProduct").length, 1);
+});
+
+test("shadow: server streams mirrored only when the config asks, compared by final status, over REST, Connect and the gRPC fast path", async (t) => {
+  const primaryState = { flaky: new Map<string, number>(), calls: 0 };
+  const mirrorState = { flaky: new Map<string, number>(), calls: 0 };
+  const primary = await startEcho(primaryState);
+  const mirror = await startEcho(mirrorState);
+  const down = await freePort();
+  // EchoStream is not marked idempotent: it needs the explicit allowance (harmless here).
+  const config = (shadow: Record<string, unknown>) =>
+    parseConfig({ traffic: { echo: { shadow: { target: mirror.address, methods: { EchoStream: { allowNonIdempotent: true } }, ...shadow } } } });
+  const gw = await startGateway({ services: [EchoService], upstreams: { echo: primary.address }, config: config({}) }, 0, "127.0.0.1");
+  const traffic = gw.pipeline.traffic!;
+  t.teardown(async () => {
+    await gw.close();
+    await primary.close(0);
+    await mirror.close(0);
+  });
+  const clients = protocols.map(([name, make]) => [name, createClient(EchoService, make(gw))] as const);
+  const streamOver = async (count: number, failCode = "") => {
+    const got: string[] = [];
+    const res = await fetch(`${gw.url}/v1/echo/s/stream?count=${count}&failCode=${failCode}`);
+    got.push(`REST ${(await res.text()).trim().split("\n").length}`);
+    for (const [name, client] of clients) {
+      let n = 0;
+      try {
+        for await (const _ of client.echoStream({ id: "s", count, failCode })) n++;
+        got.push(`${name} ${n}`);
+      } catch (e) {
+        got.push(`${name} ${n} ${ConnectError.from(e).code}`);
+      }
+    }
+    return got;
+  };
+
+  // Streams are not mirrored unless asked for.
+  t.deepEqual(await streamOver(2), ["REST 2", "Connect 2", "gRPC fast path 2"]);
+  await traffic.idle();
+  t.is(mirrorState.calls, 0);
+
+  gw.setConfig(config({ streams: true }));
+  t.deepEqual(await streamOver(3), ["REST 3", "Connect 3", "gRPC fast path 3"]);
+  await traffic.idle();
+  t.is(mirrorState.calls, 3, "each protocol's stream mirrored once");
+  t.like(traffic.stats().shadow, { "echo match": 3 });
+
+  // A stream that ends in an error: the same error from the shadow is a match.
+  t.deepEqual(await streamOver(1, "NOT_FOUND"), ["REST 2", `Connect 1 ${Code.NotFound}`, `gRPC fast path 1 ${Code.NotFound}`]);
+  await traffic.idle();
+  t.like(traffic.stats().shadow, { "echo match": 6 });
+
+  // The shadow target down: every client stream unchanged, each mirror a status mismatch.
+  gw.setConfig(parseConfig({ traffic: { echo: { shadow: { target: `127.0.0.1:${down}`, streams: true, allowNonIdempotent: true } } } }));
+  t.deepEqual(await streamOver(2), ["REST 2", "Connect 2", "gRPC fast path 2"]);
+  await traffic.idle();
+  t.like(traffic.stats().shadow, { "echo status_mismatch": 3 });
+  t.is(primaryState.calls, 12);
 });
