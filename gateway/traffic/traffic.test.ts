@@ -12,6 +12,9 @@ import { ShadowRunner, type ShadowJob } from "./shadow-runner.js";
 import { stickyBucket } from "./sticky-hash.js";
 import { EchoResponseSchema } from "../../gen/protomesh/testing/v1/echo_pb.js";
 import { create, toBinary } from "@bufbuild/protobuf";
+import type { Transport } from "@connectrpc/connect";
+import { EchoRequestSchema, EchoService } from "../../gen/protomesh/testing/v1/echo_pb.js";
+import { routedTransport, type MessageCall } from "./routed-transport.js";
 
 const rule = (o: Partial<CanaryRule> = {}): CanaryRule => ({
   target: "127.0.0.1:6002",
@@ -302,4 +305,57 @@ test("shadow runner: returns before sending, drops over the bound and counts it,
   });
   t.is(lines.length, 7, "one debug line per shadow call");
   t.is(runner.inFlight(), 0);
+});
+
+test("routed transport: a call is mirrored once, after its outcome, never for an UNAVAILABLE attempt; streams after their end", async (t) => {
+  const answers: Array<Error | undefined> = [new ConnectError("down", Code.Unavailable), undefined, undefined];
+  const seen: string[] = [];
+  const fake = {
+    async unary(_m: unknown, _s: unknown, _t: unknown, _h: unknown, input: { id: string }) {
+      seen.push(input.id);
+      const e = answers.shift();
+      if (e) throw e;
+      return { message: create(EchoResponseSchema, { index: seen.length }) };
+    },
+    async stream(_m: unknown, _s: unknown, _t: unknown, _h: unknown, input: AsyncIterable<{ id: string }>) {
+      for await (const m of input) seen.push(`stream ${m.id}`);
+      return {
+        message: (async function* () {
+          yield create(EchoResponseSchema, { index: 0 });
+          yield create(EchoResponseSchema, { index: 1 });
+          throw new ConnectError("gone", Code.NotFound);
+        })(),
+      };
+    },
+  } as unknown as Transport;
+  t.is(routedTransport(fake, undefined), fake, "nothing to mirror: the transport itself");
+
+  const mirrored: MessageCall[] = [];
+  const tr = routedTransport(fake, (c) => mirrored.push(c));
+  const req = create(EchoRequestSchema, { id: "a" });
+  await t.throwsAsync(tr.unary(EchoService.method.echo, undefined, 100, { "x-mesh-user-id": "u1" }, req), { instanceOf: ConnectError });
+  t.is(mirrored.length, 0, "UNAVAILABLE: no answer to compare (and a retry may follow)");
+  await tr.unary(EchoService.method.echo, undefined, 100, { "x-mesh-user-id": "u1" }, req);
+  t.is(mirrored.length, 1);
+  t.like(mirrored[0], { kind: "unary", code: 0, request: req });
+  t.is(mirrored[0].headers.get("x-mesh-user-id"), "u1");
+  await tr.unary(EchoService.method.echo, undefined, 100, undefined, req);
+  t.is(mirrored.length, 1, "at most once per call");
+
+  const streamMirrored: MessageCall[] = [];
+  const st = routedTransport(fake, (c) => streamMirrored.push(c));
+  const res = await st.stream(EchoService.method.echoStream, undefined, undefined, undefined, (async function* () {
+    yield create(EchoRequestSchema, { id: "s" });
+  })());
+  let n = 0;
+  await t.throwsAsync(async () => {
+    for await (const _ of res.message) {
+      n++;
+      t.is(streamMirrored.length, 0, "not before the stream ends");
+    }
+  });
+  t.is(n, 2);
+  t.deepEqual(seen, ["a", "a", "a", "stream s"], "the request reached the primary");
+  t.is(streamMirrored.length, 1);
+  t.like(streamMirrored[0], { kind: "server_streaming", code: Code.NotFound });
 });
