@@ -9,11 +9,11 @@
 // 3. starts the /metrics server (METRICS_PORT, else an ephemeral port; METRICS_PORT=off skips).
 // PROTOMESH_TELEMETRY=off makes this file do nothing (the bench's "telemetry off" side).
 import { register } from "node:module";
-import { createAddHookMessageChannel } from "import-in-the-middle";
 
 const enabled = (process.env.PROTOMESH_TELEMETRY ?? "on").toLowerCase() !== "off";
 
 if (enabled) {
+  const { createAddHookMessageChannel } = await import("import-in-the-middle");
   const { registerOptions, waitForAllMessagesAcknowledged } = createAddHookMessageChannel();
   register("@opentelemetry/instrumentation/hook.mjs", import.meta.url, registerOptions);
 
