@@ -5,6 +5,14 @@
  * on a timer, so it sees those too, only later.
  */
 import { EventEmitter } from 'node:events';
+import type { OrderStatusName } from './domain.js';
+
+/** What changed, when the one who changed it knows (the saga does): watchers need not re-read. */
+export interface OrderChange {
+  status: OrderStatusName;
+  cancelReason: string;
+  updateTime: Date;
+}
 
 export class OrderChanges {
   readonly #emitter = new EventEmitter();
@@ -14,34 +22,14 @@ export class OrderChanges {
     this.#emitter.setMaxListeners(0);
   }
 
-  /** Tells every watcher of `orderId` to re-read it. */
-  changed(orderId: string): void {
-    this.#emitter.emit(orderId);
+  /** Tells every watcher of `orderId` that it changed (and how, when known). */
+  changed(orderId: string, change?: OrderChange): void {
+    this.#emitter.emit(orderId, change);
   }
 
   /** Calls `fn` on every change of `orderId` until the returned function is called. */
-  subscribe(orderId: string, fn: () => void): () => void {
+  subscribe(orderId: string, fn: (change: OrderChange | undefined) => void): () => void {
     this.#emitter.on(orderId, fn);
     return () => this.#emitter.off(orderId, fn);
-  }
-
-  /**
-   * Resolves when `orderId` changes, when `ms` pass, or when `signal` aborts,
-   * whichever comes first. A change that happened before the call is not
-   * seen: subscribe first, read, then wait (WatchOrder does).
-   */
-  wait(orderId: string, ms: number, signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        unsubscribe();
-        signal?.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      const unsubscribe = this.subscribe(orderId, done);
-      if (signal?.aborted) done();
-      else signal?.addEventListener('abort', done, { once: true });
-    });
   }
 }

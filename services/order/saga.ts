@@ -24,10 +24,9 @@ import { create } from '@bufbuild/protobuf';
 import { timestampNow } from '@bufbuild/protobuf/wkt';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { and, eq, sql } from 'drizzle-orm';
-import type { Database, Transaction } from '../../mesh/db.js';
+import type { Database } from '../../mesh/db.js';
 import { resultRows } from '../../mesh/db.js';
 import { runWithCallContext } from '../../mesh/call-context.js';
-import { enqueueEvent } from '../../mesh/events/outbox.js';
 import { InventoryService } from '../../gen/shop/inventory/v1/inventory_pb.js';
 import { PaymentService, PaymentStatus } from '../../gen/shop/payment/v1/payment_pb.js';
 import { OrderCancelledSchema, OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
@@ -46,7 +45,8 @@ import {
   type SagaTransition,
   type StepOutcome,
 } from './domain.js';
-import { orders, outbox, sagas } from './schema.js';
+import { orders, sagas } from './schema.js';
+import { finishSaga, outboxRow } from './writes.js';
 import { money } from './store.js';
 
 export interface SagaPorts {
@@ -389,45 +389,25 @@ export class SagaOrchestrator {
       if (updated.length === 0) throw new LeaseLost();
       return;
     }
-    await this.#db.transaction(async (tx) => {
-      const updated = await tx.update(sagas).set(set).where(mine).returning({ id: sagas.orderId });
-      if (updated.length === 0) throw new LeaseLost();
-      await this.#finish(tx, s, t.finalStatus!);
-    });
-    this.#changes.changed(s.orderId);
-  }
-
-  async #finish(tx: Transaction, s: SagaSubject, status: 'CONFIRMED' | 'CANCELLED'): Promise<void> {
-    const reason = status === 'CANCELLED' ? (s.cancelReason ?? 'cancelled') : '';
-    const moved = await tx
-      .update(orders)
-      .set({ status, cancelReason: reason, updateTime: sql`now()` })
-      .where(and(eq(orders.id, s.orderId), eq(orders.status, 'PENDING')))
-      .returning({ id: orders.id });
-    if (moved.length === 0) return; // already final: nothing to announce twice
-    const opts = { aggregateId: s.orderId, prefix: this.#settings.subjectPrefix };
-    if (status === 'CONFIRMED') {
-      await enqueueEvent(
-        tx,
-        outbox,
-        OrderConfirmedSchema,
-        create(OrderConfirmedSchema, {
-          orderId: s.orderId,
-          userId: s.userId,
-          total: money(s.currency, s.totalMinor),
-          occurTime: timestampNow(),
-        }),
-        opts,
-      );
-    } else {
-      await enqueueEvent(
-        tx,
-        outbox,
-        OrderCancelledSchema,
-        create(OrderCancelledSchema, { orderId: s.orderId, userId: s.userId, reason, occurTime: timestampNow() }),
-        opts,
-      );
-    }
+    const status = t.finalStatus;
+    const reason = status === 'CANCELLED' ? (s.cancelReason ?? t.cancelReason ?? 'cancelled') : '';
+    const event =
+      status === 'CONFIRMED'
+        ? outboxRow(
+            OrderConfirmedSchema,
+            create(OrderConfirmedSchema, { orderId: s.orderId, userId: s.userId, total: money(s.currency, s.totalMinor), occurTime: timestampNow() }),
+            s.orderId,
+            this.#settings.subjectPrefix,
+          )
+        : outboxRow(
+            OrderCancelledSchema,
+            create(OrderCancelledSchema, { orderId: s.orderId, userId: s.userId, reason, occurTime: timestampNow() }),
+            s.orderId,
+            this.#settings.subjectPrefix,
+          );
+    const done = await finishSaga(this.#db, { orderId: s.orderId, leaseToken, status, cancelReason: reason, lastError: t.lastError, event });
+    if (!done.lease) throw new LeaseLost();
+    if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! });
   }
 
   /**

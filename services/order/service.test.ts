@@ -170,7 +170,7 @@ test.before(async () => {
     CATALOG_ADDR: upstreams[0]!.address,
     INVENTORY_ADDR: upstreams[1]!.address,
     PAYMENT_ADDR: upstreams[2]!.address,
-    SAGA_DEADLINE: '2s',
+    SAGA_DEADLINE: '5s',
     SAGA_RETRY_BASE: '20ms',
     SAGA_RETRY_MAX: '100ms',
     SAGA_POLL: '50ms',

@@ -5,16 +5,15 @@
  */
 import { randomUUID } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
-import { timestampNow } from '@bufbuild/protobuf/wkt';
+import { timestampFromDate, timestampNow } from '@bufbuild/protobuf/wkt';
 import { Code, ConnectError, type Client, type ServiceImpl } from '@connectrpc/connect';
-import { and, eq, sql } from 'drizzle-orm';
+import { and, eq } from 'drizzle-orm';
 import type { Database } from '../../mesh/db.js';
 import { failedPrecondition, fieldViolations, invalidArgument, invalidArguments, notFound } from '../../mesh/errors.js';
 import { requireUser } from '../../mesh/identity.js';
-import { enqueueEvent } from '../../mesh/events/outbox.js';
 import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
-import { OrderPlacedSchema, OrderService, type Order } from '../../gen/shop/order/v1/order_pb.js';
-import type { OrderChanges } from './changes.js';
+import { OrderPlacedSchema, OrderSchema, OrderService, type Order } from '../../gen/shop/order/v1/order_pb.js';
+import type { OrderChange, OrderChanges } from './changes.js';
 import {
   cancelReason,
   decodePageToken,
@@ -28,8 +27,9 @@ import {
   type PricedOrder,
 } from './domain.js';
 import type { SagaOrchestrator, SagaSubject } from './saga.js';
-import { orderLines, orders, outbox, sagas } from './schema.js';
-import { lineToProto, linesOf, listOrders, loadOrder, money, orderToProto, statusFromProto } from './store.js';
+import { orders, type OrderRow } from './schema.js';
+import { insertOrder, outboxRow } from './writes.js';
+import { lineToProto, linesOf, listOrders, loadOrder, money, orderToProto, STATUS_TO_PROTO, statusFromProto } from './store.js';
 
 const ORDER = 'shop.order.v1.Order';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -60,62 +60,42 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
     async placeOrder(req, ctx) {
       const caller = requireUser(ctx);
       const input = validatePlaceOrder({ idempotencyKey: req.idempotencyKey, lines: req.lines, paymentToken: req.paymentToken });
+      // The repeat check and the pricing run side by side: a repeat is answered
+      // from the first order (the pricing is dropped); a new order needs both.
+      const pricing = price(deps.catalog, input.lines);
+      pricing.catch(() => {}); // awaited below when it matters
       const existing = await findByKey(db, caller.userId, input.idempotencyKey);
       if (existing) return { order: existing };
+      const priced = await pricing;
 
-      const priced = await price(deps.catalog, input.lines);
       const id = randomUUID();
       const leaseToken = randomUUID();
-      const inserted = await db.transaction(async (tx) => {
-        const [row] = await tx
-          .insert(orders)
-          .values({
-            id,
-            userId: caller.userId,
-            idempotencyKey: input.idempotencyKey,
-            status: 'PENDING',
-            currency: priced.currency,
-            totalMinor: priced.totalMinor,
-          })
-          .onConflictDoNothing({ target: [orders.userId, orders.idempotencyKey] })
-          .returning();
-        if (!row) return undefined;
-        await tx.insert(orderLines).values(
-          priced.lines.map((l, position) => ({
-            orderId: id,
-            position,
-            sku: l.sku,
-            name: l.name,
-            quantity: l.quantity,
-            unitPriceMinor: l.unitPriceMinor,
-          })),
-        );
-        // Leased to this process from the start: the kick below runs it without a claim round trip.
-        const [sagaRow] = await tx
-          .insert(sagas)
-          .values({
-            orderId: id,
-            step: 'reserve',
-            paymentToken: input.paymentToken,
-            leaseToken,
-            nextRunAt: sql`now() + ${saga.leaseMs} * interval '1 millisecond'`,
-            deadlineAt: sql`now() + ${deps.sagaDeadlineMs} * interval '1 millisecond'`,
-          })
-          .returning({ deadlineAt: sagas.deadlineAt });
-        await enqueueEvent(
-          tx,
-          outbox,
-          OrderPlacedSchema,
-          create(OrderPlacedSchema, {
-            orderId: id,
-            userId: caller.userId,
-            lines: priced.lines.map((l) => lineToProto(priced.currency, l)),
-            total: money(priced.currency, priced.totalMinor),
-            occurTime: timestampNow(),
-          }),
-          { aggregateId: id, prefix: deps.subjectPrefix },
-        );
-        return { row, deadlineAt: sagaRow!.deadlineAt };
+      const event = outboxRow(
+        OrderPlacedSchema,
+        create(OrderPlacedSchema, {
+          orderId: id,
+          userId: caller.userId,
+          lines: priced.lines.map((l) => lineToProto(priced.currency, l)),
+          total: money(priced.currency, priced.totalMinor),
+          occurTime: timestampNow(),
+        }),
+        id,
+        deps.subjectPrefix,
+      );
+      // One statement: order, lines, saga row (leased to this process, so the kick
+      // below runs it without a claim) and the OrderPlaced outbox row, or nothing.
+      const inserted = await insertOrder(db, {
+        id,
+        userId: caller.userId,
+        idempotencyKey: input.idempotencyKey,
+        currency: priced.currency,
+        totalMinor: priced.totalMinor,
+        lines: priced.lines,
+        paymentToken: input.paymentToken,
+        leaseToken,
+        leaseMs: saga.leaseMs,
+        deadlineMs: deps.sagaDeadlineMs,
+        event,
       });
 
       if (!inserted) {
@@ -136,7 +116,19 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
         cancelReason: null,
       };
       void saga.kick(id, leaseToken, subject);
-      return { order: orderToProto(inserted.row, priced.lines) };
+      const row: OrderRow = {
+        id,
+        seq: inserted.seq,
+        userId: caller.userId,
+        idempotencyKey: input.idempotencyKey,
+        status: 'PENDING',
+        currency: priced.currency,
+        totalMinor: priced.totalMinor,
+        cancelReason: '',
+        createTime: inserted.createTime,
+        updateTime: inserted.updateTime,
+      };
+      return { order: orderToProto(row, priced.lines) };
     },
 
     async getOrder(req, ctx) {
@@ -199,32 +191,24 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
     async *watchOrder(req, ctx) {
       const caller = requireUser(ctx);
       const id = validateId(req.id);
-      let dirty = false;
+      // Subscribed before the first read, so a change between the read and the wait is not missed.
+      let pending: { change: OrderChange | undefined } | undefined;
       let wake: (() => void) | undefined;
-      const unsubscribe = changes.subscribe(id, () => {
-        dirty = true;
+      const unsubscribe = changes.subscribe(id, (change) => {
+        pending = { change };
         wake?.();
       });
       try {
         let last = await getOwnOrder(db, id, caller.userId);
         yield { order: last };
         while (!isFinalProto(last) && !ctx.signal.aborted) {
-          if (!dirty) {
-            await new Promise<void>((resolve) => {
-              const timer = setTimeout(done, watchPollMs);
-              function done() {
-                clearTimeout(timer);
-                ctx.signal.removeEventListener('abort', done);
-                wake = undefined;
-                resolve();
-              }
-              wake = done;
-              ctx.signal.addEventListener('abort', done, { once: true });
-            });
-          }
-          dirty = false;
+          if (!pending) await sleepUntilWoken(watchPollMs, ctx.signal, (w) => (wake = w));
+          wake = undefined;
           if (ctx.signal.aborted) return;
-          const now = await getOwnOrder(db, id, caller.userId);
+          const got = pending;
+          pending = undefined;
+          // The saga told us what changed: apply it to what we have. Otherwise (timer), re-read.
+          const now = got?.change ? withChange(last, got.change) : await getOwnOrder(db, id, caller.userId);
           if (now.status !== last.status || now.cancelReason !== last.cancelReason) {
             last = now;
             yield { order: now };
@@ -235,6 +219,29 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
       }
     },
   };
+}
+
+/** Resolves after `ms`, on abort, or when the function handed to `onWake` is called. */
+function sleepUntilWoken(ms: number, signal: AbortSignal, onWake: (wake: () => void) => void): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+    onWake(done);
+  });
+}
+
+function withChange(order: Order, change: OrderChange): Order {
+  return create(OrderSchema, {
+    ...order,
+    status: STATUS_TO_PROTO[change.status],
+    cancelReason: change.cancelReason,
+    updateTime: timestampFromDate(change.updateTime),
+  });
 }
 
 function isFinalProto(order: Order): boolean {

@@ -1,0 +1,151 @@
+/**
+ * The two multi-row writes on the hot path, each as ONE SQL statement.
+ *
+ * Placing an order writes the order, its lines, its saga row and its
+ * OrderPlaced outbox row; finishing a saga moves the saga, the order and
+ * writes OrderConfirmed/OrderCancelled. Written as BEGIN + four or five
+ * statements + COMMIT, each is six or seven round trips to Postgres; under
+ * load every round trip costs, and these two sit on the PlaceOrder answer
+ * and on the PlaceOrder-to-CONFIRMED path. A statement whose sub-statements
+ * are data-modifying CTEs is one transaction by itself (all or nothing, one
+ * snapshot), so the outbox rule still holds: the state change and its event
+ * commit together. The outbox row has exactly the columns mesh/events'
+ * enqueueEvent writes (same subject, payload and headers), and the same
+ * pg_notify wakes the relay on commit.
+ */
+import { randomUUID } from 'node:crypto';
+import { toBinary, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
+import { context, propagation } from '@opentelemetry/api';
+import { sql, type SQL } from 'drizzle-orm';
+import type { Database } from '../../mesh/db.js';
+import { resultRows } from '../../mesh/db.js';
+import { eventSubject } from '../../mesh/events/naming.js';
+import { outboxChannel } from '../../mesh/events/outbox.js';
+import type { PricedLine } from './domain.js';
+
+/** The schema these statements write (the tables of schema.ts). */
+const SCHEMA = 'order';
+
+/** An outbox row's values, as enqueueEvent would write them. */
+export function outboxRow<Desc extends DescMessage>(schema: Desc, message: MessageShape<Desc>, aggregateId: string, prefix: string) {
+  const headers: Record<string, string> = {};
+  propagation.inject(context.active(), headers);
+  const payload = toBinary(schema, message);
+  return {
+    id: randomUUID(),
+    aggregateId,
+    eventType: schema.typeName,
+    subject: eventSubject(schema.typeName, prefix),
+    payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+    headers: JSON.stringify(headers),
+  };
+}
+
+type OutboxRow = ReturnType<typeof outboxRow>;
+
+/** `insert into outbox ... select ... from <from>`: one event row, written only when <from> has a row. */
+function insertOutbox(e: OutboxRow, from: SQL): SQL {
+  return sql`insert into "order".outbox (id, aggregate_id, event_type, subject, payload, headers)
+    select ${e.id}::uuid, ${e.aggregateId}, ${e.eventType}, ${e.subject}, ${e.payload}::bytea, ${e.headers}::jsonb from ${from}`;
+}
+
+export interface NewOrder {
+  id: string;
+  userId: string;
+  idempotencyKey: string;
+  currency: string;
+  totalMinor: bigint;
+  lines: PricedLine[];
+  paymentToken: string;
+  leaseToken: string;
+  leaseMs: number;
+  deadlineMs: number;
+  event: OutboxRow;
+}
+
+/**
+ * Inserts the order PENDING with its lines, its saga row (leased to the
+ * caller) and its OrderPlaced event, unless (user, idempotency key) exists:
+ * then nothing is written and the answer is undefined. A concurrent insert
+ * of the same key waits for the other to commit, then writes nothing.
+ */
+export async function insertOrder(
+  db: Database,
+  o: NewOrder,
+): Promise<{ seq: bigint; createTime: Date; updateTime: Date; deadlineAt: Date } | undefined> {
+  const lines = sql.join(
+    o.lines.map(
+      (l, i) =>
+        sql`(${i}::int, ${l.sku}::text, ${l.name}::text, ${String(l.quantity)}::bigint, ${String(l.unitPriceMinor)}::bigint)`,
+    ),
+    sql`, `,
+  );
+  const rows = resultRows<{ seq: string | number; create_time: string | Date; update_time: string | Date; deadline_at: string | Date; notified: unknown }>(
+    await db.execute(sql`
+      with o as (
+        insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)
+        values (${o.id}::uuid, ${o.userId}, ${o.idempotencyKey}, 'PENDING', ${o.currency}, ${String(o.totalMinor)}::bigint)
+        on conflict (user_id, idempotency_key) do nothing
+        returning id, seq, create_time, update_time
+      ), l as (
+        insert into "order".order_lines (order_id, position, sku, name, quantity, unit_price_minor)
+        select o.id, x.position, x.sku, x.name, x.quantity, x.unit_price_minor
+        from o, (values ${lines}) as x(position, sku, name, quantity, unit_price_minor)
+      ), s as (
+        insert into "order".sagas (order_id, step, payment_token, lease_token, next_run_at, deadline_at)
+        select o.id, 'reserve', ${o.paymentToken}, ${o.leaseToken}::uuid,
+               now() + ${o.leaseMs} * interval '1 millisecond', now() + ${o.deadlineMs} * interval '1 millisecond'
+        from o
+        returning deadline_at
+      ), e as (
+        ${insertOutbox(o.event, sql`o`)}
+      ), n as (
+        select pg_notify(${outboxChannel(SCHEMA)}, '') from o
+      )
+      select o.seq, o.create_time, o.update_time, s.deadline_at, (select count(*) from n) as notified
+      from o, s`),
+  );
+  const row = rows[0];
+  if (!row) return undefined;
+  return { seq: BigInt(row.seq), createTime: new Date(row.create_time), updateTime: new Date(row.update_time), deadlineAt: new Date(row.deadline_at) };
+}
+
+export interface FinishSaga {
+  orderId: string;
+  leaseToken: string;
+  status: 'CONFIRMED' | 'CANCELLED';
+  cancelReason: string;
+  lastError: string | null;
+  /** Only when the order moves now (it is still PENDING). */
+  event: OutboxRow;
+}
+
+/**
+ * Ends the saga under our lease and moves the order PENDING -> status with
+ * its event, in one statement. `lease` is false when the lease was lost
+ * (nothing written); `moved` is false when the order was already final
+ * (the saga row is still closed, no event is written twice).
+ */
+export async function finishSaga(db: Database, f: FinishSaga): Promise<{ lease: boolean; moved: boolean; updateTime?: Date }> {
+  const rows = resultRows<{ saga: string | number; update_time: string | Date | null }>(
+    await db.execute(sql`
+      with s as (
+        update "order".sagas set step = 'done', attempt = 0, next_run_at = now(), lease_token = null,
+          last_error = ${f.lastError}, update_time = now()
+        where order_id = ${f.orderId}::uuid and lease_token = ${f.leaseToken}::uuid
+        returning order_id
+      ), o as (
+        update "order".orders set status = ${f.status}, cancel_reason = ${f.cancelReason}, update_time = now()
+        where id = (select order_id from s) and status = 'PENDING'
+        returning id, update_time
+      ), e as (
+        ${insertOutbox(f.event, sql`o`)}
+      ), n as (
+        select pg_notify(${outboxChannel(SCHEMA)}, '') from o
+      )
+      select (select count(*) from s) as saga, (select update_time from o) as update_time, (select count(*) from n) as notified`),
+  );
+  const row = rows[0]!;
+  const lease = Number(row.saga) > 0;
+  return { lease, moved: row.update_time !== null, updateTime: row.update_time === null ? undefined : new Date(row.update_time) };
+}
