@@ -17,11 +17,14 @@ interface Report {
   exporter: string;
 }
 
+// A child process loads tsx, OpenTelemetry and grpc-js: seconds on a busy machine.
+test.beforeEach((t) => t.timeout(120_000));
+
 async function runFixture(env: Record<string, string>): Promise<Report> {
   const { stdout } = await run(
     process.execPath,
     ["--import=tsx", "--import=./mesh/telemetry/register.ts", "mesh/telemetry/fixtures/grpc-echo.ts"],
-    { cwd: root, env: { ...process.env, METRICS_PORT: "0", OTEL_SERVICE_NAME: "echo-fixture", ...env }, timeout: 30_000 },
+    { cwd: root, env: { ...process.env, METRICS_PORT: "0", OTEL_SERVICE_NAME: "echo-fixture", ...env }, timeout: 90_000 },
   );
   return JSON.parse(stdout.trim().split("\n").pop()!) as Report;
 }
@@ -84,7 +87,7 @@ test("through mesh/server and mesh/client, a nested call is one trace: client > 
   const { stdout } = await run(
     process.execPath,
     ["--import=tsx", "--import=./mesh/telemetry/register.ts", "mesh/telemetry/fixtures/mesh-chain.ts"],
-    { cwd: root, env: { ...process.env, METRICS_PORT: "off", OTEL_TRACES_EXPORTER: "memory", OTEL_SERVICE_NAME: "chain" }, timeout: 30_000 },
+    { cwd: root, env: { ...process.env, METRICS_PORT: "off", OTEL_TRACES_EXPORTER: "memory", OTEL_SERVICE_NAME: "chain" }, timeout: 90_000 },
   );
   const report = JSON.parse(stdout.trim().split("\n").pop()!) as { answer: string; spans: Report["spans"]; lines: string[] };
   t.is(report.answer, "from back");
