@@ -16,7 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, type WriteStream } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import {
@@ -27,6 +27,8 @@ import {
 import { freePort } from './infra.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/** Loaded before each process's code: OpenTelemetry (gRPC/HTTP spans), /metrics, log trace ids. */
+const TELEMETRY = pathToFileURL(path.join(ROOT, 'mesh', 'telemetry', 'register.ts')).href;
 
 /** The shop's services in start order (the order service calls the three before it). */
 export const SHOP_SERVICES = ['catalog', 'inventory', 'payment', 'user', 'notification', 'order'] as const;
@@ -131,7 +133,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       log = createWriteStream(logFile, { flags: 'a' });
       logs.set(name, log);
     }
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'services', name, 'main.ts')], {
+    const child = spawn(process.execPath, ['--import', 'tsx', '--import', TELEMETRY, path.join(ROOT, 'services', name, 'main.ts')], {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
@@ -226,7 +228,7 @@ export async function startGateway(stack: Stack, options: {
   const port = options.port ?? (await freePort());
   const logFile = path.join(stack.logDir, 'gateway.log');
   const log = createWriteStream(logFile, { flags: 'a' });
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'gateway', 'main.ts')], {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--import', TELEMETRY, path.join(ROOT, 'gateway', 'main.ts')], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...stack.addrs, ...options.env, PORT: String(port) },
