@@ -197,8 +197,25 @@ export function watchConfigFile(
   return w;
 }
 
+// Both functions below run on every call; a config object never changes (a
+// reload replaces it), so their results are memoized per config and method.
+const policyMemo = new WeakMap<GatewayConfig, Map<GatewayMethod, MethodPolicySpec>>();
+const breakerMemo = new WeakMap<GatewayConfig, Map<GatewayMethod, { name: string; spec: BreakerSpec }>>();
+
+function memo<V>(store: WeakMap<GatewayConfig, Map<GatewayMethod, V>>, c: GatewayConfig, m: GatewayMethod, make: () => V): V {
+  let byMethod = store.get(c);
+  if (!byMethod) store.set(c, (byMethod = new Map()));
+  let v = byMethod.get(m);
+  if (v === undefined) byMethod.set(m, (v = make()));
+  return v;
+}
+
 /** A method's policy: the proto option, then the config's override. */
 export function effectivePolicy(m: GatewayMethod, c: GatewayConfig): MethodPolicySpec {
+  return memo(policyMemo, c, m, () => computePolicy(m, c));
+}
+
+function computePolicy(m: GatewayMethod, c: GatewayConfig): MethodPolicySpec {
   const key = m.grpcPath.slice(1);
   const o = c.methods[key];
   if (!o) return m.declaredPolicy;
@@ -231,6 +248,10 @@ export function effectiveBreaker(
   declared: BreakerSpec,
   c: GatewayConfig,
 ): { name: string; spec: BreakerSpec } {
+  return memo(breakerMemo, c, m, () => computeBreaker(m, declared, c));
+}
+
+function computeBreaker(m: GatewayMethod, declared: BreakerSpec, c: GatewayConfig): { name: string; spec: BreakerSpec } {
   const own = c.methods[m.grpcPath.slice(1)]?.breaker;
   const svc = c.services[m.upstream]?.breaker;
   const spec = { ...declared, ...svc, ...own };

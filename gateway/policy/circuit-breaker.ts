@@ -37,14 +37,18 @@ export interface BreakerEvents {
 class CountedFailure extends Error {}
 
 export class Breakers {
-  private readonly byName = new Map<string, { spec: string; policy: CircuitBreakerPolicy }>();
+  private readonly byName = new Map<string, { spec: string; specRef: BreakerSpec; policy: CircuitBreakerPolicy }>();
   constructor(private readonly events: BreakerEvents = {}) {}
 
   /** The breaker named `name` (an upstream, or "upstream/Method"), created or rebuilt when its spec changed. */
   get(name: string, spec: BreakerSpec): CircuitBreakerPolicy {
-    const key = JSON.stringify(spec);
     const have = this.byName.get(name);
-    if (have && have.spec === key) return have.policy;
+    if (have && have.specRef === spec) return have.policy; // the per-call path: same config object
+    const key = JSON.stringify(spec);
+    if (have && have.spec === key) {
+      have.specRef = spec;
+      return have.policy;
+    }
     const policy = circuitBreaker(
       handleWhen((e) => e instanceof CountedFailure || isUpstreamFailure(e)),
       {
@@ -64,7 +68,7 @@ export class Breakers {
       this.events.onStateChange?.(name, prev, next);
       prev = next;
     });
-    this.byName.set(name, { spec: key, policy });
+    this.byName.set(name, { spec: key, specRef: spec, policy });
     this.events.onCreate?.(name, policy);
     return policy;
   }
