@@ -112,7 +112,18 @@ export class Pipeline {
       }
     }
 
-    const { name: breakerName, spec } = effectiveBreaker(m, this.declaredBreakers.get(m.upstream)!.breaker, config);
+    const route = this.traffic?.route({
+      upstream: m.upstream,
+      method: m.grpcPath,
+      idempotent: policy.idempotent,
+      streaming,
+      headers: req.headers,
+      ip: req.ip,
+      userId: caller?.userId,
+    });
+    const { name: upstreamBreaker, spec } = effectiveBreaker(m, this.declaredBreakers.get(m.upstream)!.breaker, config);
+    // A canary has a breaker of its own: its failures must not open the stable version's, nor the reverse.
+    const breakerName = route?.variant === "canary" ? `${upstreamBreaker}@canary` : upstreamBreaker;
     const breaker = this.breakers.get(breakerName, spec);
 
     const timeoutMs = effectiveTimeout(policy.timeoutMs, req.clientTimeoutMs, streaming ? undefined : config.defaultTimeoutMs);
@@ -129,15 +140,6 @@ export class Pipeline {
       upstreamHeaders.set("x-mesh-user-id", caller.userId);
       upstreamHeaders.set("x-mesh-user-role", caller.role);
     }
-    const route = this.traffic?.route({
-      upstream: m.upstream,
-      method: m.grpcPath,
-      idempotent: policy.idempotent,
-      streaming,
-      headers: req.headers,
-      ip: req.ip,
-      userId: caller?.userId,
-    });
     let budget = this.budgets.get(m.upstream);
     if (!budget) this.budgets.set(m.upstream, (budget = new RetryBudget(0.2)));
     return {

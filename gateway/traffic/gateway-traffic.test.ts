@@ -347,3 +347,31 @@ test("shadow: server streams mirrored only when the config asks, compared by fin
   t.like(traffic.stats().shadow, { "echo status_mismatch": 3 });
   t.is(primaryState.calls, 12);
 });
+
+test("canary: a failing canary opens its own breaker, never the stable version's", async (t) => {
+  const primary = await startEcho();
+  const down = await freePort();
+  const gw = await startGateway(
+    {
+      services: [EchoService],
+      upstreams: { echo: primary.address },
+      config: parseConfig({ traffic: { echo: { canary: { target: `127.0.0.1:${down}`, percent: 0 } } } }),
+    },
+    0,
+    "127.0.0.1",
+  );
+  t.teardown(async () => {
+    await gw.close();
+    await primary.close(0);
+  });
+  const get = (variant: string) => fetch(`${gw.url}/v1/echo/b`, { headers: { "x-canary": variant } });
+  // The echo service's breaker opens at 50 % failures over at least 4 calls.
+  const statuses: number[] = [];
+  for (let i = 0; i < 8; i++) statuses.push((await get("always")).status);
+  t.true(statuses.every((s) => s === 503), statuses.join(" "));
+  t.is(gw.breakers.state("echo@canary"), "open");
+  const failFast = await get("always");
+  t.regex(((await failFast.json()) as { message: string }).message, /circuit breaker open/);
+  for (let i = 0; i < 4; i++) t.is((await get("never")).status, 200, "stable keeps answering");
+  t.is(gw.breakers.state("echo"), "closed");
+});
