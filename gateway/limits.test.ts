@@ -1,0 +1,70 @@
+// Edge limits: header size, body size and time, concurrent HTTP/2 streams.
+import test from "ava";
+import http from "node:http";
+import http2 from "node:http2";
+import type { MeshServer } from "../mesh/server.js";
+import { parseConfig } from "./config.js";
+import type { Gateway } from "./server.js";
+import { startEcho, startEchoGateway } from "./testing/harness.js";
+
+let upstream: MeshServer;
+let gw: Gateway;
+
+test.before(async () => {
+  upstream = await startEcho();
+  gw = await startEchoGateway(upstream.port, {
+    config: parseConfig({
+      limits: { maxHeaderBytes: 4096, maxBodyBytes: 1024, maxConcurrentStreams: 7, bodyTimeoutMs: 300 },
+    }),
+  });
+});
+test.after.always(async () => {
+  await gw?.close();
+  await upstream?.close(0);
+});
+
+test("HTTP/1.1: a header block over the limit is 431", async (t) => {
+  const res = await fetch(`${gw.url}/v1/echo/x`, { headers: { "x-big": "a".repeat(8000) } });
+  t.is(res.status, 431);
+});
+
+test("HTTP/2: the limits are advertised in SETTINGS", async (t) => {
+  const session = http2.connect(gw.url);
+  try {
+    const settings = await new Promise<http2.Settings>((resolve) => session.once("remoteSettings", resolve));
+    t.is(settings.maxConcurrentStreams, 7);
+    t.is(settings.maxHeaderListSize, 4096);
+  } finally {
+    session.close();
+  }
+});
+
+test("a body over the limit is 413 (REST and Connect)", async (t) => {
+  const body = JSON.stringify({ id: "x".repeat(2000) });
+  const rest = await fetch(`${gw.url}/v1/echo`, { method: "POST", headers: { "content-type": "application/json" }, body });
+  t.is(rest.status, 413);
+  const connect = await fetch(`${gw.url}/protomesh.testing.v1.EchoService/Echo`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body,
+  });
+  t.false(connect.ok);
+  t.like(await connect.json(), { code: "resource_exhausted" });
+});
+
+test("a client that sends its body too slowly is cut off with 408", async (t) => {
+  const port = new URL(gw.url).port;
+  const status = await new Promise<number>((resolve, reject) => {
+    const req = http.request(
+      { host: "127.0.0.1", port, method: "POST", path: "/v1/echo", headers: { "content-type": "application/json", "content-length": "100" } },
+      (res) => {
+        resolve(res.statusCode ?? 0);
+        res.resume();
+        req.destroy();
+      },
+    );
+    req.on("error", reject);
+    req.write('{"id":'); // and then nothing
+  });
+  t.is(status, 408);
+});
