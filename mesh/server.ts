@@ -27,7 +27,8 @@
  *
  * Handlers get a Connect HandlerContext (mesh/handler-context): requestHeader (grpc metadata),
  * timeoutMs() (grpc-timeout), a signal that fires on client cancel, deadline,
- * server close and completion, responseHeader / responseTrailer. The inbound
+ * server close (streams at once, unary calls when the grace runs out) and
+ * completion, responseHeader / responseTrailer. The inbound
  * call context (deadline, x-request-id, traceparent, x-mesh-user-*) is kept in
  * AsyncLocalStorage so mesh/client calls inside the handler pass them on.
  *
