@@ -17,9 +17,6 @@ interface Report {
   exporter: string;
 }
 
-// A child process loads tsx, OpenTelemetry and grpc-js: seconds on a busy machine.
-test.beforeEach((t) => t.timeout(120_000));
-
 async function runFixture(env: Record<string, string>): Promise<Report> {
   const { stdout } = await run(
     process.execPath,
@@ -33,6 +30,7 @@ const SERVER = 1; // SpanKind.SERVER
 const CLIENT = 2; // SpanKind.CLIENT
 
 test("with the register entry, a gRPC call yields client and server spans of one trace", async (t) => {
+  t.timeout(120_000); // a child process loads tsx, OpenTelemetry and grpc-js: slow on a busy machine
   const report = await runFixture({ OTEL_TRACES_EXPORTER: "memory" });
   t.deepEqual(report.results, [{ code: 0, body: "hello" }, { code: 5 }]);
   t.is(report.exporter, "memory");
@@ -62,6 +60,7 @@ test("with the register entry, a gRPC call yields client and server spans of one
 });
 
 test("the scrape after the calls shows the RPC counters moved, by code", async (t) => {
+  t.timeout(120_000); // a child process loads tsx, OpenTelemetry and grpc-js: slow on a busy machine
   const { metrics } = await runFixture({ OTEL_TRACES_EXPORTER: "none" });
   const has = (re: RegExp) => t.regex(metrics, re);
   const labels = (code: string) => `(?=[^}]*grpc_service="test\\.echo\\.v1\\.EchoService")(?=[^}]*grpc_method="Echo")(?=[^}]*grpc_code="${code}")`;
@@ -74,6 +73,7 @@ test("the scrape after the calls shows the RPC counters moved, by code", async (
 });
 
 test("without telemetry nothing is recorded (the hook and SDK are what make spans)", async (t) => {
+  t.timeout(120_000); // a child process loads tsx, OpenTelemetry and grpc-js: slow on a busy machine
   const report = await runFixture({ PROTOMESH_TELEMETRY: "off", OTEL_TRACES_EXPORTER: "memory" });
   t.deepEqual(report.results, [{ code: 0, body: "hello" }, { code: 5 }]);
   t.is(report.exporter, "off");
@@ -84,6 +84,7 @@ test("without telemetry nothing is recorded (the hook and SDK are what make span
 });
 
 test("through mesh/server and mesh/client, a nested call is one trace: client > server > client > server", async (t) => {
+  t.timeout(120_000); // a child process loads tsx, OpenTelemetry and grpc-js: slow on a busy machine
   const { stdout } = await run(
     process.execPath,
     ["--import=tsx", "--import=./mesh/telemetry/register.ts", "mesh/telemetry/fixtures/mesh-chain.ts"],
