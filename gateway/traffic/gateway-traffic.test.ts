@@ -193,6 +193,8 @@ test("shadow: mirrored calls are compared (match, body and status mismatch) and 
   t.true(shadow.calls.every((c) => c.shadow === "1" && c.user === "shopper-1"));
   t.is(stable.calls.filter((c) => c.shadow !== null).length, 0, "the primary never sees the shadow marker");
   t.like(traffic.stats().shadow, { "catalog match": 9 });
+  const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+  t.regex(metrics, /mesh_traffic_shadow_total\{upstream="catalog",grpc_method="GetProduct",outcome="match"\} \d+/);
 
   // Another answer from the shadow: a body mismatch per call; the client still gets the stable answer.
   shadow.mode = "different";

@@ -101,10 +101,18 @@ export function createTrafficPolicy(config: unknown, options: TrafficPolicyOptio
     if (known) checkTrafficConfig(c, known);
     return c;
   };
+  const log = createLogger({ component: "gateway.traffic" });
+  const describe = (c: TrafficConfig) =>
+    Object.entries(c).map(([upstream, u]) => ({
+      upstream,
+      canary: u.canary && `${u.canary.percent}% -> ${u.canary.target}`,
+      shadow: u.shadow && `${u.shadow.percent}% -> ${u.shadow.target}`,
+    }));
   let current = validate(config);
+  if (Object.keys(current).length > 0) log.info({ traffic: describe(current) }, "traffic rules applied");
   const random = options.random ?? Math.random;
   const counters = new TrafficCounters();
-  const runner = new ShadowRunner(counters, options.log ?? createLogger({ component: "gateway.traffic" }));
+  const runner = new ShadowRunner(counters, options.log ?? log);
   const transports = new Map<string, Transport & { close?: () => void }>();
   const sessions = new RawSessions();
 
@@ -207,7 +215,9 @@ export function createTrafficPolicy(config: unknown, options: TrafficPolicyOptio
     },
 
     update(config) {
-      current = validate(config);
+      const next = validate(config);
+      if (JSON.stringify(next) !== JSON.stringify(current)) log.info({ traffic: describe(next) }, "traffic rules applied");
+      current = next;
     },
 
     stats: () => counters.snapshot(),
