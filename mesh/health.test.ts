@@ -107,3 +107,22 @@ test("a probe returning false is not ready", async (t) => {
   t.is(state.get(""), ServingStatus.SERVING);
   state.stop();
 });
+
+test("a client built from the official health.proto (grpc-health-check's copy) understands the service", async (t) => {
+  // Interop check against the published definition, loaded the classic way.
+  const { createRequire } = await import("node:module");
+  const require = createRequire(import.meta.url);
+  const protoLoader = await import("@grpc/proto-loader");
+  const grpc = await import("@grpc/grpc-js");
+  const { protoPath } = require("grpc-health-check") as { protoPath: string };
+  const def = protoLoader.loadSync(protoPath, { enums: String, keepCase: true });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    grpc: { health: { v1: { Health: new (addr: string, creds: unknown) => Record<string, Function> & { close(): void } } } };
+  };
+  const c = new pkg.grpc.health.v1.Health(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure());
+  const res = await new Promise<{ status: string }>((resolve, reject) =>
+    c.check({ service: "" }, (err: Error | null, r: { status: string }) => (err ? reject(err) : resolve(r))),
+  );
+  c.close();
+  t.true(["SERVING", "NOT_SERVING"].includes(res.status));
+});
