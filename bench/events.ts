@@ -108,7 +108,7 @@ try {
   });
   await eventually("the consumer to drain the backlog", () => consumer.stats().handled >= perPhase, 300_000, 20);
   const drainMs = now() - t2;
-  console.log(`2. consumer drain: ${rate(perPhase, drainMs)}`);
+  console.log(`2. consumer drain: ${rate(perPhase, drainMs)} (${consumer.stats().transactions} transactions, ${(perPhase / consumer.stats().transactions).toFixed(1)} events each)`);
 
   // 3. end to end
   publishLags = [];

@@ -225,3 +225,26 @@ test.serial("with concurrency, every event still has exactly one effect", async 
   await eventually("all handled", () => c.stats().handled === ids.length);
   t.deepEqual([...(await effects(name))].sort(), [...ids].sort());
 });
+
+test.serial("two copies of one event in the same batch have one effect", async (t) => {
+  const name = "batchdupe";
+  const first = await consumerOf(name, async () => {});
+  await first.stop();
+  const { toBinary } = await import("@bufbuild/protobuf");
+  const eventId = "5e0f7d6c-1a2b-4c3d-8e9f-0a1b2c3d4e5f";
+  for (const msgId of [eventId, `${eventId}:replay:1`]) {
+    await publishRawEvent(env.js, {
+      subject: eventSubject(OrderConfirmedSchema.typeName, env.prefix),
+      payload: toBinary(OrderConfirmedSchema, confirmed("bd-1")),
+      eventId,
+      eventType: OrderConfirmedSchema.typeName,
+      msgId,
+    });
+  }
+  await publishEvent(env.js, OrderConfirmedSchema, confirmed("bd-2"), { prefix: env.prefix });
+  const c = await consumerOf(name, async (tx, ev) => recordEffect(tx, name, ev.orderId));
+  t.teardown(() => c.stop());
+  await eventually("three deliveries settled", () => c.stats().handled + c.stats().duplicates === 3);
+  t.deepEqual(await effects(name), ["bd-1", "bd-2"]);
+  t.like(c.stats(), { handled: 2, duplicates: 1 });
+});

@@ -37,7 +37,7 @@ import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { publishDeadLetter } from "./dead-letter.js";
 import type { EventsDb, EventsTx } from "./db.js";
 import { AGGREGATE_ID, EVENT_ID, EVENT_TYPE, MSG_ID, msgHdrsToRecord, TRACEPARENT } from "./headers.js";
-import { recordInbox } from "./inbox.js";
+import { recordInbox, recordInboxMany } from "./inbox.js";
 import { assertDurableName, eventSubject, streamForType } from "./naming.js";
 import { isNotFound } from "./streams.js";
 import type { InboxTable } from "./tables.js";
@@ -116,6 +116,8 @@ interface Prepared<Desc extends DescMessage> {
 }
 
 export interface ConsumerStats {
+  /** Transactions run (batches, plus one per message when a batch was redone). */
+  transactions: number;
   handled: number;
   duplicates: number;
   retries: number;
@@ -160,7 +162,7 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
     max_ack_pending: maxAckPending,
   }, hooks);
 
-  const stats: ConsumerStats = { handled: 0, duplicates: 0, retries: 0, deadLettered: 0, inFlight: 0, queued: 0 };
+  const stats: ConsumerStats = { transactions: 0, handled: 0, duplicates: 0, retries: 0, deadLettered: 0, inFlight: 0, queued: 0 };
   const queue: JsMsg[] = [];
   let stopping = false;
   let signal: (() => void) | undefined;
@@ -236,20 +238,34 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
       if (p) items.push(p);
     }
     if (items.length === 0) return;
+    const handleIn = (tx: EventsTx, item: Prepared<Desc>) => {
+      // Run the handler in the publisher's trace (a no-op until telemetry registers a propagator).
+      const traceCtx = propagation.extract(ROOT_CONTEXT, item.meta.headers);
+      return context.with(traceCtx, () => opts.handler(tx, item.event, item.meta));
+    };
     const run = async (tx: EventsTx, item: Prepared<Desc>) => {
       const entry = { consumer: opts.name, eventId: item.meta.eventId, eventType: item.meta.eventType };
       if (!(await recordInbox(tx, opts.inbox, entry))) return "duplicate" as const;
-      // Run the handler in the publisher's trace (a no-op until telemetry registers a propagator).
-      const traceCtx = propagation.extract(ROOT_CONTEXT, item.meta.headers);
-      await context.with(traceCtx, () => opts.handler(tx, item.event, item.meta));
+      await handleIn(tx, item);
       return "fresh" as const;
     };
     let together = false;
     if (items.length > 1) {
       try {
+        stats.transactions++;
         const outcomes = await opts.db.transaction(async (tx) => {
+          // One INSERT for the batch's inbox rows, then the handlers of the new ones, in order.
+          const entries = items.map((item) => ({ consumer: opts.name, eventId: item.meta.eventId, eventType: item.meta.eventType }));
+          const fresh = await recordInboxMany(tx, opts.inbox, entries);
           const out: ("fresh" | "duplicate")[] = [];
-          for (const item of items) out.push(await run(tx, item));
+          for (const item of items) {
+            if (!fresh.delete(item.meta.eventId)) {
+              out.push("duplicate");
+              continue;
+            }
+            await handleIn(tx, item);
+            out.push("fresh");
+          }
           return out;
         });
         items.forEach((item, i) => (item.outcome = outcomes[i]));
@@ -261,6 +277,7 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
     if (!together) {
       for (const item of items) {
         try {
+          stats.transactions++;
           item.outcome = await opts.db.transaction((tx) => run(tx, item));
         } catch (err) {
           item.error = err;

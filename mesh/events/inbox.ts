@@ -17,3 +17,17 @@ export async function recordInbox(
   const inserted = await tx.insert(inbox).values(entry).onConflictDoNothing().returning({ eventId: inbox.eventId });
   return inserted.length > 0;
 }
+
+/**
+ * The batch form: one INSERT for many entries of one consumer. Returns the event ids that
+ * were new (an id twice in `entries` counts once).
+ */
+export async function recordInboxMany(
+  tx: EventsTx,
+  inbox: InboxTable,
+  entries: { consumer: string; eventId: string; eventType: string }[],
+): Promise<Set<string>> {
+  if (entries.length === 0) return new Set();
+  const inserted = await tx.insert(inbox).values(entries).onConflictDoNothing().returning({ eventId: inbox.eventId });
+  return new Set(inserted.map((r) => r.eventId));
+}
