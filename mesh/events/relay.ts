@@ -124,7 +124,13 @@ export class OutboxRelay {
   async start(): Promise<void> {
     if (!this.stopped) return;
     this.stopped = false;
-    if (this.listen) this.unlisten = await this.listen(outboxChannel(this.schemaName), () => this.wake());
+    if (this.listen) {
+      try {
+        this.unlisten = await this.listen(outboxChannel(this.schemaName), () => this.wake());
+      } catch (err) {
+        this.opts.hooks?.onError?.(err); // still correct without it: the poll finds the rows
+      }
+    }
     this.offLocal = onOutboxCommitted(this.schemaName, () => this.wake());
     this.pollTimer = setInterval(() => this.wake(), this.opts.pollIntervalMs);
     this.pollTimer.unref();
