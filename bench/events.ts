@@ -7,7 +7,7 @@
  * Prints events per second of each phase, p50/p99 latencies, and the count of events lost
  * or handled twice (must both be 0).
  *
- *   npx tsx bench/events.ts [--events 3000] [--writers 16] [--concurrency 2] [--batch 32] [--relays 1]
+ *   npx tsx bench/events.ts [--events 3000] [--writers 16] [--concurrency 2] [--batch 32] [--relays 1] [--notify-in-tx]
  *
  * DATABASE_URL (default 127.0.0.1) gets a throwaway database, NATS_URL (default
  * 127.0.0.1:4222) a throwaway prefix. Writers, relay and consumer share this one process.
@@ -19,7 +19,7 @@ import { isNull, sql } from "drizzle-orm";
 import { OrderPlacedSchema } from "../gen/shop/order/v1/order_pb.js";
 import { transactionWithEvents } from "../mesh/events/commit-signal.js";
 import { startConsumer } from "../mesh/events/consumer.js";
-import { rowsOf } from "../mesh/events/db.js";
+import { rowsOf, type EventsTx } from "../mesh/events/db.js";
 import { packageStream } from "../mesh/events/naming.js";
 import { enqueueEvent } from "../mesh/events/outbox.js";
 import { startRelay, type OutboxRelay } from "../mesh/events/relay.js";
@@ -33,6 +33,8 @@ const { values } = parseArgs({
     concurrency: { type: "string", default: "2" },
     batch: { type: "string", default: "32" },
     relays: { type: "string", default: "1" },
+    // Plain db.transaction: enqueueEvent NOTIFYs inside the writer's transaction.
+    "notify-in-tx": { type: "boolean", default: false },
   },
 });
 const perPhase = Number(values.events);
@@ -72,7 +74,8 @@ try {
       Array.from({ length: writers }, async () => {
         while (next < upTo) {
           const orderId = `bench-${next++}`;
-          await transactionWithEvents(env.db, (tx) =>
+          const inTransaction = values["notify-in-tx"] ? (fn: (tx: EventsTx) => Promise<string>) => env.db.transaction(fn) : (fn: (tx: EventsTx) => Promise<string>) => transactionWithEvents(env.db, fn);
+          await inTransaction((tx) =>
             enqueueEvent(tx, s.outbox, OrderPlacedSchema, create(OrderPlacedSchema, { orderId, userId: "u" }), { aggregateId: orderId, prefix: env.prefix }),
           );
           committedAt.set(orderId, now());
@@ -81,7 +84,7 @@ try {
     );
     return now() - t0;
   };
-  console.log(`events per phase: ${perPhase}, writers: ${writers}, relays: ${relayCount}, consumer concurrency ${concurrency} batch ${batchSize}; load average ${loadavg()[0].toFixed(1)}`);
+  console.log(`${values["notify-in-tx"] ? "NOTIFY inside each writer transaction" : "transactionWithEvents (wake after commit)"}; events per phase: ${perPhase}, writers: ${writers}, relays: ${relayCount}, consumer concurrency ${concurrency} batch ${batchSize}; load average ${loadavg()[0].toFixed(1)}`);
 
   // 1. relay only
   const t1 = now();

@@ -32,14 +32,35 @@ export function deferNotify(tx: EventsTx, schemaName: string): boolean {
  * `db.transaction(fn)`, and after the commit: wake the relays that publish what `fn`
  * enqueued. Use it for every transaction that calls enqueueEvent.
  */
-export async function transactionWithEvents<T>(db: EventsDb, fn: (tx: EventsTx) => Promise<T>): Promise<T> {
+export async function transactionWithEvents<T>(
+  db: EventsDb,
+  fn: (tx: EventsTx) => Promise<T>,
+  config?: Parameters<EventsDb["transaction"]>[1],
+): Promise<T> {
   const schemas = new Set<string>();
   const result = await db.transaction(async (tx) => {
     pendingByTx.set(tx, schemas);
     return fn(tx);
-  });
+  }, config);
   for (const schema of schemas) announceCommitted(db, schema);
   return result;
+}
+
+/**
+ * The same database, whose `transaction()` is `transactionWithEvents`: wrap the service's
+ * db once in main.ts and every existing `db.transaction(...)` + `enqueueEvent` gets the
+ * post-commit wake, with no change at the call sites.
+ */
+export function withEventSignals<D extends EventsDb>(db: D): D {
+  const transaction = (fn: (tx: EventsTx) => Promise<unknown>, config?: Parameters<EventsDb["transaction"]>[1]) =>
+    transactionWithEvents(db, fn, config);
+  return new Proxy(db, {
+    get(target, prop) {
+      if (prop === "transaction") return transaction;
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
 }
 
 /** Subscribes to commits announced in this process for `schemaName`. */

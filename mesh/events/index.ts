@@ -38,7 +38,7 @@ export {
   subjectPrefixFromEnv,
   type StreamSpec,
 } from "./naming.js";
-export { announceCommitted, onOutboxCommitted, transactionWithEvents } from "./commit-signal.js";
+export { announceCommitted, onOutboxCommitted, transactionWithEvents, withEventSignals } from "./commit-signal.js";
 export { enqueueEvent, outboxChannel, prunePublished, type EnqueueOptions } from "./outbox.js";
 export { publishEvent, publishRawEvent, type RawEvent } from "./publisher.js";
 export { OutboxRelay, startRelay, type BatchResult, type RelayHooks, type RelayOptions, type RelayStats } from "./relay.js";

@@ -5,7 +5,7 @@ import { connect, Events, type JetStreamManager } from "nats";
 import { OrderPlacedSchema } from "../../gen/shop/order/v1/order_pb.js";
 import { EVENT_ID, EVENT_TYPE, MSG_ID, msgHdrsToRecord, TRACEPARENT } from "./headers.js";
 import { streamForType } from "./naming.js";
-import { transactionWithEvents } from "./commit-signal.js";
+import { transactionWithEvents, withEventSignals } from "./commit-signal.js";
 import { enqueueEvent } from "./outbox.js";
 import { publishRawEvent } from "./publisher.js";
 import { OutboxRelay, startRelay } from "./relay.js";
@@ -264,4 +264,15 @@ test.serial("a failed publish holds back the later events of its aggregate only,
   t.deepEqual(sent.slice(2).filter((x) => x.startsWith("A")), ["A2", "A3"]);
   t.deepEqual(sent.slice(2).sort(), ["A2", "A3", "B2"]);
   t.is(second.backlog, 0);
+});
+
+test.serial("withEventSignals(db): a plain db.transaction + enqueueEvent wakes the relay after the commit", async (t) => {
+  const s = await freshSchema("relay_wrapped");
+  const db = withEventSignals(env.db);
+  const relay = await startRelay({ db, outbox: s.outbox, js: env.js, listen: false, pollIntervalMs: 3_600_000 });
+  t.teardown(() => relay.stop());
+  await new Promise((r) => setTimeout(r, 100));
+  await db.transaction((tx) => enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("wrapped-1"), { aggregateId: "w", prefix: env.prefix }));
+  await eventually("the row to be published", async () => (await db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length === 0);
+  t.is((await streamMessages(env.jsm, env.prefix, new Set(["wrapped-1"]))).length, 1);
 });
