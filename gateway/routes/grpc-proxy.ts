@@ -4,6 +4,7 @@
 // breaker); the call runs inside the breaker, reports its grpc-status to it,
 // and an idempotent unary call answered UNAVAILABLE before any response byte
 // is retried with the buffered request.
+import net from "node:net";
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type ServerHttp2Stream } from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { GatewayMethod } from "../descriptors.js";
@@ -26,13 +27,25 @@ const {
 const forwardRequest = ["grpc-encoding", "grpc-accept-encoding", "user-agent", "grpc-message-type"];
 const failureCodes = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Internal, Code.Unknown]);
 
+function splitTarget(target: string): { host: string; port: number } {
+  const t = target.replace(/^dns:\/\/\//, "");
+  const i = t.lastIndexOf(":");
+  return { host: t.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(t.slice(i + 1)) };
+}
+
 /** One HTTP/2 session per upstream target, reopened when it closes. */
 export class UpstreamSessions {
   private readonly sessions = new Map<string, ClientHttp2Session>();
   get(target: string): ClientHttp2Session {
     let s = this.sessions.get(target);
     if (s && !s.closed && !s.destroyed) return s;
-    s = http2.connect(`http://${target}`);
+    // No Nagle: small frames (a unary request is one) must not wait for an ACK.
+    s = http2.connect(`http://${target}`, {
+      createConnection: () => {
+        const { host, port } = splitTarget(target);
+        return net.connect({ host, port, noDelay: true });
+      },
+    });
     const session = s;
     session.on("error", () => {});
     session.on("close", () => {
@@ -90,10 +103,17 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
     m: GatewayMethod,
     ip: string,
   ): Promise<void> {
-    const h = new Headers();
-    for (const [k, v] of Object.entries(headers)) {
-      if (!k.startsWith(":") && v !== undefined) h.set(k, Array.isArray(v) ? v.join(", ") : v);
-    }
+    // The pipeline only reads a few headers: look them up in place instead of
+    // copying every header into a Headers object on this hot path.
+    const h = {
+      get(name: string): string | null {
+        const v = headers[name];
+        return v === undefined ? null : Array.isArray(v) ? v.join(", ") : String(v);
+      },
+      has(name: string): boolean {
+        return headers[name] !== undefined;
+      },
+    } as unknown as Headers;
     let a: Admission;
     try {
       a = await o.pipeline.admit(
@@ -137,14 +157,16 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
       if (current && !current.closed) current.close(NGHTTP2_CANCEL);
     };
     stream.once("close", onClientClose);
-    const timedOut = new Promise<Outcome>((resolve) => {
-      if (a.deadline === undefined) return;
+    // The upstream enforces grpc-timeout itself; this timer is the edge's own
+    // guarantee, settling whichever attempt is running.
+    let settleCurrent: ((o: Outcome) => void) | undefined;
+    if (a.deadline !== undefined) {
       timer = setTimeout(() => {
         if (current && !current.closed) current.close(NGHTTP2_CANCEL);
         respondError(stream, new ConnectError("deadline exceeded", Code.DeadlineExceeded));
-        resolve({ code: Code.DeadlineExceeded, sentAnything: true });
+        settleCurrent?.({ code: Code.DeadlineExceeded, sentAnything: true });
       }, Math.max(1, a.deadline - Date.now()));
-    });
+    }
 
     const attempt = (last: boolean): Promise<Outcome> =>
       new Promise<Outcome>((settle) => {
@@ -154,6 +176,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           settled = true;
           settle(r);
         };
+        settleCurrent = resolve;
         if (a.deadline !== undefined) out["grpc-timeout"] = formatGrpcTimeout(a.deadline - Date.now());
         let up: ClientHttp2Stream;
         try {
@@ -243,7 +266,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
       a.budget.deposit();
       for (let n = 1; ; n++) {
         const last = !canRetry || n >= 3;
-        const r = await Promise.race([attempt(last), timedOut]);
+        const r = await attempt(last);
         if (r.sentAnything || last) return r;
         if (!isRetryable(new ConnectError("", r.code as Code)) || !a.budget.tryWithdraw()) {
           // Out of budget: answer with the failure we have.
