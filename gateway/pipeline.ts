@@ -14,6 +14,7 @@ import { RateLimiter, rateLimitHeaders, rateLimitKey } from "./policy/rate-limit
 import { RetryBudget, withRetries } from "./policy/retry.js";
 import { effectiveTimeout } from "./policy/timeout.js";
 import type { RouteDecision, TrafficPolicy } from "./traffic/policy.js";
+import { injectTraceparent } from "../mesh/telemetry/trace-context.js";
 
 /** Request headers passed upstream as they are; everything else stays at the edge. */
 const propagated = ["x-request-id", "traceparent", "tracestate", "baggage", "idempotency-key", "accept-language"];
@@ -133,6 +134,8 @@ export class Pipeline {
       if (v) upstreamHeaders.set(k, v);
     }
     upstreamHeaders.set("x-request-id", requestId);
+    // The upstream call continues the edge's trace (the HTTP server span when telemetry is on).
+    injectTraceparent(upstreamHeaders);
     const xff = req.headers.get("x-forwarded-for");
     upstreamHeaders.set("x-forwarded-for", xff && config.trustForwardedFor ? `${xff}, ${req.ip}` : req.ip);
     // Identity only from a verified token: never what the client sent.
