@@ -7,7 +7,7 @@
  * Prints events per second of each phase, p50/p99 latencies, and the count of events lost
  * or handled twice (must both be 0).
  *
- *   npx tsx bench/events.ts [--events 3000] [--writers 16] [--concurrency 2] [--batch 32] [--relays 1] [--notify-in-tx]
+ *   npx tsx bench/events.ts [--events 3000] [--writers 16] [--concurrency 2] [--batch 32] [--relays 1] [--notify-in-tx] [--rate 300]
  *
  * DATABASE_URL (default 127.0.0.1) gets a throwaway database, NATS_URL (default
  * 127.0.0.1:4222) a throwaway prefix. Writers, relay and consumer share this one process.
@@ -35,6 +35,8 @@ const { values } = parseArgs({
     relays: { type: "string", default: "1" },
     // Plain db.transaction: enqueueEvent NOTIFYs inside the writer's transaction.
     "notify-in-tx": { type: "boolean", default: false },
+    // Phase 3 offered load in events/s (0: as fast as the writers go). Latency means something only below capacity.
+    rate: { type: "string", default: "300" },
   },
 });
 const perPhase = Number(values.events);
@@ -68,12 +70,19 @@ try {
   const backlog = async () => (await env.db.select({ id: s.outbox.id }).from(s.outbox).where(isNull(s.outbox.publishedAt))).length;
 
   let next = 0;
-  const write = async (upTo: number) => {
+  const offered = Number(values.rate);
+  const write = async (upTo: number, paced = false) => {
     const t0 = now();
+    const startIndex = next;
     await Promise.all(
       Array.from({ length: writers }, async () => {
         while (next < upTo) {
-          const orderId = `bench-${next++}`;
+          const index = next++;
+          const orderId = `bench-${index}`;
+          if (paced && offered > 0) {
+            const due = t0 + ((index - startIndex) * 1000) / offered;
+            if (due > now()) await new Promise((r) => setTimeout(r, due - now()));
+          }
           const inTransaction = values["notify-in-tx"] ? (fn: (tx: EventsTx) => Promise<string>) => env.db.transaction(fn) : (fn: (tx: EventsTx) => Promise<string>) => transactionWithEvents(env.db, fn);
           await inTransaction((tx) =>
             enqueueEvent(tx, s.outbox, OrderPlacedSchema, create(OrderPlacedSchema, { orderId, userId: "u" }), { aggregateId: orderId, prefix: env.prefix }),
@@ -116,13 +125,13 @@ try {
   // 3. end to end
   publishLags = [];
   const t3 = now();
-  const writeMs3 = await write(2 * perPhase);
+  const writeMs3 = await write(2 * perPhase, true);
   await eventually("every event handled", () => consumer.stats().handled >= 2 * perPhase, 300_000, 20);
   const e2eMs = now() - t3;
   const rows = rowsOf<{ order_id: string; committed_ms: number; handled_ms: number }>(await env.db.execute(sql`select * from bench_events.effects`));
   const phase3 = rows.filter((r) => Number(r.order_id.slice(6)) >= perPhase);
   const latencies = phase3.map((r) => r.handled_ms - r.committed_ms);
-  console.log(`3. end to end: enqueue ${rate(perPhase, writeMs3)}, handled ${rate(perPhase, e2eMs)}; commit -> handled p50 ${pct(latencies, 50).toFixed(1)} ms p99 ${pct(latencies, 99).toFixed(1)} ms; outbox wait p50 ${pct(publishLags, 50).toFixed(0)} ms p99 ${pct(publishLags, 99).toFixed(0)} ms`);
+  console.log(`3. end to end at ${offered > 0 ? `${offered} events/s offered` : "full speed"}: enqueue ${rate(perPhase, writeMs3)}, handled ${rate(perPhase, e2eMs)}; commit -> handled p50 ${pct(latencies, 50).toFixed(1)} ms p99 ${pct(latencies, 99).toFixed(1)} ms; outbox wait p50 ${pct(publishLags, 50).toFixed(0)} ms p99 ${pct(publishLags, 99).toFixed(0)} ms`);
 
   const distinct = new Set(rows.map((r) => r.order_id));
   console.log(`lost: ${2 * perPhase - distinct.size}, handled twice: ${rows.length - distinct.size}, relay duplicates: ${relays.reduce((n, r) => n + r.stats().duplicates, 0)}; load average ${loadavg()[0].toFixed(1)}`);
