@@ -102,7 +102,8 @@ export function createH2GrpcTransport(sessions: UpstreamSessions, target: string
       "content-type": "application/grpc",
       te: "trailers",
     };
-    new Headers(header).forEach((v, k) => (out[k] = v));
+    if (header instanceof Headers) header.forEach((v, k) => (out[k] = v));
+    else if (header) new Headers(header).forEach((v, k) => (out[k] = v));
     if (timeoutMs !== undefined) out["grpc-timeout"] = formatGrpcTimeout(timeoutMs);
     if (signal?.aborted) throw new ConnectError("request canceled", Code.Canceled);
     return sessions.get(targetOf()).request(out);
@@ -184,13 +185,21 @@ export function createH2GrpcTransport(sessions: UpstreamSessions, target: string
           }
           done = true;
           dispose();
+          const received = trailers ?? {};
+          let header: Headers | undefined;
+          let trailer: Headers | undefined;
           resolve({
             stream: false,
             service: method.parent,
             method,
-            header: toHeaders(responseHeaders),
+            // Built on first use: the edge rarely reads them.
+            get header() {
+              return (header ??= toHeaders(responseHeaders));
+            },
             message: fromBinary(method.output, messages[0]),
-            trailer: toHeaders(trailers ?? {}),
+            get trailer() {
+              return (trailer ??= toHeaders(received));
+            },
           });
         });
         s.end(frame(toBinary(method.input, toMessage(method.input, input))));
