@@ -250,14 +250,20 @@ export class OutboxRelay {
       if (done.length > 0) {
         await tx.update(outbox).set({ publishedAt: sql`now()` }).where(inArray(outbox.id, done));
       }
-      const [left] = await tx.select({ n: count() }).from(outbox).where(isNull(outbox.publishedAt));
+      // A partial batch left nothing behind except its failures (rows committed since are the
+      // next round's); only a full batch needs a count.
+      let backlog = rows.length - done.length;
+      if (rows.length === batchSize) {
+        const [left] = await tx.select({ n: count() }).from(outbox).where(isNull(outbox.publishedAt));
+        backlog = Number(left?.n ?? 0);
+      }
       return {
         locked: true,
         published: done.length,
         duplicates,
         error,
         full: rows.length === batchSize && error === undefined,
-        backlog: Number(left?.n ?? 0),
+        backlog,
       } satisfies BatchResult;
     });
     if (result.locked) {
