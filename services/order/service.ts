@@ -53,20 +53,26 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
 
   return {
     /**
-     * Idempotent by (user, idempotency_key): a repeat finds the first order
-     * before pricing; two concurrent firsts meet at the unique index, the
-     * loser's transaction writes nothing and it answers the winner's order.
+     * Idempotent by (user, idempotency_key): the insert is skipped when the
+     * key exists (unique index, ON CONFLICT DO NOTHING), and then the first
+     * order is read and answered. Two concurrent firsts meet at the index:
+     * the second waits for the first to commit, writes nothing, and answers
+     * the first's order.
      */
     async placeOrder(req, ctx) {
       const caller = requireUser(ctx);
       const input = validatePlaceOrder({ idempotencyKey: req.idempotencyKey, lines: req.lines, paymentToken: req.paymentToken });
-      // The repeat check and the pricing run side by side: a repeat is answered
-      // from the first order (the pricing is dropped); a new order needs both.
-      const pricing = price(deps.catalog, input.lines);
-      pricing.catch(() => {}); // awaited below when it matters
-      const existing = await findByKey(db, caller.userId, input.idempotencyKey);
-      if (existing) return { order: existing };
-      const priced = await pricing;
+      // New orders are the common case: price, then insert-unless-the-key-exists
+      // in one statement. A repeat is answered from the first order; when the
+      // pricing fails, a repeat is still answered (its order needs no pricing).
+      let priced: PricedOrder;
+      try {
+        priced = await price(deps.catalog, input.lines);
+      } catch (err) {
+        const existing = await findByKey(db, caller.userId, input.idempotencyKey);
+        if (existing) return { order: existing };
+        throw err;
+      }
 
       const id = randomUUID();
       const leaseToken = randomUUID();
@@ -99,6 +105,7 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
       });
 
       if (!inserted) {
+        // The key was used before (or a concurrent request with it won): answer the first order.
         const first = await findByKey(db, caller.userId, input.idempotencyKey);
         if (!first) throw new ConnectError('the first order with this idempotency_key vanished', Code.Aborted);
         return { order: first };
