@@ -186,3 +186,16 @@ function subset(got: unknown, want: unknown): boolean {
   }
   return got === want;
 }
+
+test("REST with jsonStyle.useProtoFieldName: responses use the proto field names", async (t) => {
+  const { parseConfig } = await import("./config.js");
+  const g = await startEchoGateway(upstream.port, { config: parseConfig({ jsonStyle: { useProtoFieldName: true, emitDefaults: true } }) });
+  try {
+    const j = (await (await fetch(`${g.url}/v1/payload/p?snakeCaseField=v`)).json()) as Record<string, unknown>;
+    t.is(j.snake_case_field, "v");
+    t.is(j.fail_times, 0, "defaults emitted");
+    t.false("snakeCaseField" in j);
+  } finally {
+    await g.close();
+  }
+});
