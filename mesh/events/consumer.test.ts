@@ -1,9 +1,10 @@
 import test from "ava";
 import { create } from "@bufbuild/protobuf";
-import { sql } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../../gen/shop/order/v1/order_pb.js";
 import { PermanentEventError, startConsumer, type ConsumerOptions } from "./consumer.js";
 import { listDeadLetters, replayDeadLetter } from "./dead-letter.js";
+import { pruneInbox } from "./inbox.js";
 import { rowsOf, type EventsTx } from "./db.js";
 import { EVENT_ID, EVENT_TYPE, toMsgHdrs } from "./headers.js";
 import { eventSubject, packageStream } from "./naming.js";
@@ -247,4 +248,14 @@ test.serial("two copies of one event in the same batch have one effect", async (
   await eventually("three deliveries settled", () => c.stats().handled + c.stats().duplicates === 3);
   t.deepEqual(await effects(name), ["bd-1", "bd-2"]);
   t.like(c.stats(), { handled: 2, duplicates: 1 });
+});
+
+test.serial("pruneInbox removes only entries older than the cutoff", async (t) => {
+  await env.db.insert(s.inbox).values([
+    { consumer: "prune", eventId: "old", eventType: "x", processedAt: new Date(Date.now() - 40 * 86_400_000) },
+    { consumer: "prune", eventId: "new", eventType: "x" },
+  ]);
+  t.is(await pruneInbox(env.db, s.inbox, 30 * 86_400_000), 1);
+  const left = await env.db.select({ id: s.inbox.eventId }).from(s.inbox).where(eq(s.inbox.consumer, "prune"));
+  t.deepEqual(left.map((r) => r.id), ["new"]);
 });

@@ -1,6 +1,7 @@
 // The consumer side of exactly-once effects: record (consumer, event id) in the same
 // transaction as the handler's writes.
-import type { EventsTx } from "./db.js";
+import { lt } from "drizzle-orm";
+import type { EventsDb, EventsTx } from "./db.js";
 import type { InboxTable } from "./tables.js";
 
 /**
@@ -30,4 +31,16 @@ export async function recordInboxMany(
   if (entries.length === 0) return new Set();
   const inserted = await tx.insert(inbox).values(entries).onConflictDoNothing().returning({ eventId: inbox.eventId });
   return new Set(inserted.map((r) => r.eventId));
+}
+
+/**
+ * Deletes inbox rows older than `olderThanMs`; returns how many went. Keep them longer than
+ * any redelivery or replay can come back: at least the streams' max age, in practice weeks.
+ */
+export async function pruneInbox(db: EventsDb, inbox: InboxTable, olderThanMs: number): Promise<number> {
+  const gone = await db
+    .delete(inbox)
+    .where(lt(inbox.processedAt, new Date(Date.now() - olderThanMs)))
+    .returning({ eventId: inbox.eventId });
+  return gone.length;
 }

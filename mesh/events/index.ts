@@ -24,7 +24,7 @@ export {
 } from "./dead-letter.js";
 export { rowsOf, type EventsDb, type EventsTx } from "./db.js";
 export * as eventHeaders from "./headers.js";
-export { recordInbox, recordInboxMany } from "./inbox.js";
+export { pruneInbox, recordInbox, recordInboxMany } from "./inbox.js";
 export { listenFromDb, listenVia, type Listen } from "./listen.js";
 export {
   deadLetterStream,
