@@ -5,7 +5,7 @@
  * alike.
  *
  *   npx tsx bench/telemetry-overhead.ts            # 3 rounds x 5 s per mode, 32 calls in flight
- *   ROUNDS=5 SECONDS=8 CONCURRENCY=64 npx tsx bench/telemetry-overhead.ts
+ *   ROUNDS=5 SECONDS=8 CONCURRENCY=64 PARALLEL=0 npx tsx bench/telemetry-overhead.ts
  *
  * Each round runs a fresh child process (`node --import=tsx --import=./mesh/telemetry/register.ts
  * bench/telemetry-overhead.ts` with BENCH_ROLE=worker) that serves CatalogService.GetProduct
@@ -25,11 +25,14 @@ interface WorkerResult {
   rssMb: number;
   heapUsedMb: number;
   rssBeforeMb: number;
+  /** CPU time (user + system) of the process per completed call: steadier than calls/s on a shared machine. */
+  cpuUsPerCall: number;
 }
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const SECONDS = Number(process.env.SECONDS ?? 5);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 32);
+const PARALLEL = (process.env.PARALLEL ?? "1") !== "0";
 
 async function worker(): Promise<void> {
   const { create } = await import("@bufbuild/protobuf");
@@ -75,7 +78,9 @@ async function worker(): Promise<void> {
   await run(1_000); // warm-up: JIT, connections
   const latencies: number[] = [];
   const started = performance.now();
+  const cpuBefore = process.cpuUsage();
   const { calls, errors } = await run(SECONDS * 1_000, latencies);
+  const cpu = process.cpuUsage(cpuBefore);
   const seconds = (performance.now() - started) / 1000;
   latencies.sort((a, b) => a - b);
   const pick = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0;
@@ -90,6 +95,7 @@ async function worker(): Promise<void> {
     rssMb: mem.rss / 2 ** 20,
     heapUsedMb: mem.heapUsed / 2 ** 20,
     rssBeforeMb: rssBefore / 2 ** 20,
+    cpuUsPerCall: (cpu.user + cpu.system) / Math.max(1, calls),
   };
   closeMeshClients();
   await server.close(1_000);
@@ -153,13 +159,21 @@ async function main(): Promise<void> {
 
   const modes: Mode[] = ["off", "on", "on+otlp"];
   const results: Record<Mode, WorkerResult[]> = { off: [], on: [], "on+otlp": [] };
-  console.log(`unary CatalogService.GetProduct over mesh/server + mesh/client, ${CONCURRENCY} in flight, ${ROUNDS} rounds x ${SECONDS} s per mode`);
+  console.log(
+    `unary CatalogService.GetProduct over mesh/server + mesh/client, ${CONCURRENCY} in flight, ${ROUNDS} rounds x ${SECONDS} s per mode, modes ${PARALLEL ? "side by side" : "one after another"}`,
+  );
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const mode of round % 2 ? modes : [...modes].reverse()) {
-      const r = await runWorker(mode, endpoint);
+    const order = round % 2 ? modes : [...modes].reverse();
+    // PARALLEL (default): the modes run at the same time, so a busy machine slows them alike;
+    // PARALLEL=0 runs them one after the other (a quiet machine, one core each is not needed).
+    const rs = PARALLEL
+      ? await Promise.all(order.map((mode) => runWorker(mode, endpoint)))
+      : await order.reduce<Promise<WorkerResult[]>>(async (acc, mode) => [...(await acc), await runWorker(mode, endpoint)], Promise.resolve([]));
+    for (const [i, mode] of order.entries()) {
+      const r = rs[i]!;
       results[mode].push(r);
       console.log(
-        `round ${round} ${mode.padEnd(8)} ${(r.calls / r.seconds).toFixed(0).padStart(6)} calls/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms  rss ${r.rssMb.toFixed(1)} MB  heap ${r.heapUsedMb.toFixed(1)} MB  errors ${r.errors}`,
+        `round ${round} ${mode.padEnd(8)} ${(r.calls / r.seconds).toFixed(0).padStart(6)} calls/s  ${r.cpuUsPerCall.toFixed(0).padStart(5)} µs CPU/call  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms  rss ${r.rssMb.toFixed(1)} MB  heap ${r.heapUsedMb.toFixed(1)} MB  errors ${r.errors}`,
       );
     }
   }
@@ -175,20 +189,21 @@ async function main(): Promise<void> {
       rss: median(rs.map((r) => r.rssMb)),
       rssBefore: median(rs.map((r) => r.rssBeforeMb)),
       heap: median(rs.map((r) => r.heapUsedMb)),
+      cpu: median(rs.map((r) => r.cpuUsPerCall)),
     };
   });
   const off = summary[0]!;
   console.log("\nmedians");
-  console.log("mode      calls/s   vs off   p50 ms  p99 ms  rss at start  rss at end  heap used (after gc)");
+  console.log("mode      calls/s   vs off  µs CPU/call  vs off   p50 ms  p99 ms  rss at start  rss at end  heap used (after gc)");
   for (const s of summary) {
     const delta = ((s.rps / off.rps - 1) * 100).toFixed(1);
     console.log(
-      `${s.mode.padEnd(8)} ${s.rps.toFixed(0).padStart(8)}  ${(s === off ? "" : `${delta}%`).padStart(7)}  ${s.p50.toFixed(2).padStart(6)}  ${s.p99.toFixed(2).padStart(6)}  ${s.rssBefore.toFixed(1).padStart(9)} MB  ${s.rss.toFixed(1).padStart(7)} MB  ${s.heap.toFixed(1).padStart(6)} MB`,
+      `${s.mode.padEnd(8)} ${s.rps.toFixed(0).padStart(8)}  ${(s === off ? "" : `${delta}%`).padStart(7)}  ${s.cpu.toFixed(0).padStart(11)}  ${(s === off ? "" : `+${((s.cpu / off.cpu - 1) * 100).toFixed(1)}%`).padStart(7)}  ${s.p50.toFixed(2).padStart(6)}  ${s.p99.toFixed(2).padStart(6)}  ${s.rssBefore.toFixed(1).padStart(9)} MB  ${s.rss.toFixed(1).padStart(7)} MB  ${s.heap.toFixed(1).padStart(6)} MB`,
     );
   }
   for (const s of summary.slice(1)) {
     console.log(
-      `telemetry ${s.mode}: ${((1 - s.rps / off.rps) * 100).toFixed(1)} % fewer calls/s, +${(s.rss - off.rss).toFixed(1)} MB RSS, +${(s.heap - off.heap).toFixed(1)} MB heap`,
+      `telemetry ${s.mode}: ${((1 - s.rps / off.rps) * 100).toFixed(1)} % fewer calls/s, +${((s.cpu / off.cpu - 1) * 100).toFixed(1)} % CPU per call, +${(s.rss - off.rss).toFixed(1)} MB RSS, +${(s.heap - off.heap).toFixed(1)} MB heap`,
     );
   }
   console.log(`OTLP sink received ${exportRequests} export requests, ${(exportedBytes / 2 ** 20).toFixed(1)} MB`);

@@ -78,16 +78,29 @@ const grpcClientHandling = new Histogram({
 
 export type RpcSide = "server" | "client";
 
+// prom-client hashes a label object on every inc/observe; an RPC is recorded on the hot
+// path, so keep the bound children per (side, service, method, code) instead.
+interface RpcSeries {
+  handled: { inc(): void };
+  handling: { observe(v: number): void };
+}
+const rpcSeries = new Map<string, RpcSeries>();
+
 /** Record one finished RPC. Called by the span processor; call directly only without tracing. */
 export function observeRpc(side: RpcSide, service: string, method: string, code: number | string, seconds: number): void {
-  const labels = { grpc_service: service, grpc_method: method, grpc_code: grpcCodeName(code) };
-  if (side === "server") {
-    grpcServerHandled.inc(labels);
-    grpcServerHandling.observe(labels, seconds);
-  } else {
-    grpcClientHandled.inc(labels);
-    grpcClientHandling.observe(labels, seconds);
+  const codeName = grpcCodeName(code);
+  const key = `${side} ${service} ${method} ${codeName}`;
+  let series = rpcSeries.get(key);
+  if (!series) {
+    const labels = { grpc_service: service, grpc_method: method, grpc_code: codeName };
+    series =
+      side === "server"
+        ? { handled: grpcServerHandled.labels(labels), handling: grpcServerHandling.labels(labels) }
+        : { handled: grpcClientHandled.labels(labels), handling: grpcClientHandling.labels(labels) };
+    rpcSeries.set(key, series);
   }
+  series.handled.inc();
+  series.handling.observe(seconds);
 }
 
 /** Turns finished gRPC spans (from @opentelemetry/instrumentation-grpc) into the RPC metrics. */
