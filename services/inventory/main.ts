@@ -12,6 +12,7 @@ import { InventoryService, StockReservedSchema } from '../../gen/shop/inventory/
 import { boolean, duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
 import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
+import { withEventSignals } from '../../mesh/events/commit-signal.js';
 import { startRelay, type OutboxRelay, type RelayHooks } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
@@ -67,19 +68,22 @@ export async function startInventory(config: InventoryConfig, host?: string): Pr
     migrationsFolder: inventoryMigrations,
     maxConnections: config.DB_POOL,
   });
+  // Transactions that write outbox rows wake this process's relay right after commit
+  // (one coalesced NOTIFY for other replicas), instead of a NOTIFY inside each transaction.
+  const db = withEventSignals(database.db);
   const closers: Array<() => Promise<unknown>> = [() => database.close()];
   const closeAll = async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => {});
   };
   try {
-    const store = new InventoryStore({ db: database.db, reservationTtlMs: config.RESERVATION_TTL, subjectPrefix: prefix });
+    const store = new InventoryStore({ db, reservationTtlMs: config.RESERVATION_TTL, subjectPrefix: prefix });
     if (config.SEED_INVENTORY) log.info(await seedInventory(store), 'seeded the catalog seed SKUs');
 
     const nats = await connect({ servers: config.NATS_URL ?? DEFAULT_NATS_URL, name: 'inventory' });
     closers.push(() => nats.drain());
     await ensureStreams(await nats.jetstreamManager(), [streamForType(StockReservedSchema.typeName, prefix)], { prefix });
     const relay = await startRelay({
-      db: database.db,
+      db,
       outbox,
       js: nats.jetstream(),
       nc: nats,

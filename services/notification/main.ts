@@ -19,6 +19,7 @@ import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from 
 import type { ConsumerHooks, RunningConsumer } from '../../mesh/events/consumer.js';
 import { listenFromDb } from '../../mesh/events/listen.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
+import { withEventSignals } from '../../mesh/events/commit-signal.js';
 import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
@@ -77,12 +78,15 @@ export async function startNotification(config: NotificationConfig, host?: strin
     dataDir: config.DATA_DIR,
     migrationsFolder: notificationMigrations,
   });
+  // Transactions that write outbox rows wake this process's relay right after commit
+  // (one coalesced NOTIFY for other replicas), instead of a NOTIFY inside each transaction.
+  const db = withEventSignals(database.db);
   const closers: Array<() => Promise<unknown>> = [() => database.close()];
   const closeAll = async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => {});
   };
   try {
-    const repo = new NotificationRepository(database.db);
+    const repo = new NotificationRepository(db);
     const listen = listenFromDb(database.db);
     if (!listen) throw new Error('the database client cannot LISTEN: WatchNotifications needs postgres.js or PGlite');
     const feed = new NotificationFeed({
@@ -103,10 +107,10 @@ export async function startNotification(config: NotificationConfig, host?: strin
       [NotificationSentSchema, ...CONSUMED_EVENTS].map((e) => streamForType(e.typeName, prefix)),
       { prefix },
     );
-    const relay = await startRelay({ db: database.db, outbox, js, nc: nats, hooks: relayHooks });
+    const relay = await startRelay({ db, outbox, js, nc: nats, hooks: relayHooks });
     closers.push(() => relay.stop());
     const consumers = await startNotificationConsumers({
-      db: database.db,
+      db,
       js,
       prefix,
       maxDeliver: config.EVENT_MAX_DELIVER,

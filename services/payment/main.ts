@@ -15,6 +15,7 @@ import { PaymentAuthorizedSchema, PaymentService } from '../../gen/shop/payment/
 import { duration, integer, loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
 import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
+import { withEventSignals } from '../../mesh/events/commit-signal.js';
 import { startRelay, type OutboxRelay, type RelayHooks } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
@@ -71,18 +72,21 @@ export async function startPayment(
     migrationsFolder: paymentMigrations,
     maxConnections: config.DB_POOL,
   });
+  // Transactions that write outbox rows wake this process's relay right after commit
+  // (one coalesced NOTIFY for other replicas), instead of a NOTIFY inside each transaction.
+  const db = withEventSignals(database.db);
   const closers: Array<() => Promise<unknown>> = [() => database.close()];
   const closeAll = async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => {});
   };
   try {
-    const store = new PaymentStore({ db: database.db, processor, subjectPrefix: prefix });
+    const store = new PaymentStore({ db, processor, subjectPrefix: prefix });
 
     const nats = await connect({ servers: config.NATS_URL ?? DEFAULT_NATS_URL, name: 'payment' });
     closers.push(() => nats.drain());
     await ensureStreams(await nats.jetstreamManager(), [streamForType(PaymentAuthorizedSchema.typeName, prefix)], { prefix });
     const relay = await startRelay({
-      db: database.db,
+      db,
       outbox,
       js: nats.jetstream(),
       nc: nats,

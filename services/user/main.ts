@@ -17,6 +17,7 @@ import { duration, integer, loadConfig, meshSettings, port, servicePorts, type C
 import { databaseUnavailableInterceptor, openDatabase, type MeshDatabase } from '../../mesh/db.js';
 import type { ConsumerHooks, RunningConsumer } from '../../mesh/events/consumer.js';
 import { normalizeSubjectPrefix, streamForType } from '../../mesh/events/naming.js';
+import { withEventSignals } from '../../mesh/events/commit-signal.js';
 import { startRelay, type OutboxRelay } from '../../mesh/events/relay.js';
 import { ensureStreams } from '../../mesh/events/streams.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
@@ -79,6 +80,9 @@ export async function startUser(config: UserConfig, host?: string): Promise<User
     dataDir: config.DATA_DIR,
     migrationsFolder: userMigrations,
   });
+  // Transactions that write outbox rows wake this process's relay right after commit
+  // (one coalesced NOTIFY for other replicas), instead of a NOTIFY inside each transaction.
+  const db = withEventSignals(database.db);
   const closers: Array<() => Promise<unknown>> = [() => database.close()];
   const closeAll = async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => {});
@@ -93,10 +97,10 @@ export async function startUser(config: UserConfig, host?: string): Promise<User
       [UserRegisteredSchema, ...CONSUMED_EVENTS].map((e) => streamForType(e.typeName, prefix)),
       { prefix },
     );
-    const relay = await startRelay({ db: database.db, outbox, js, nc: nats, hooks: relayHooks });
+    const relay = await startRelay({ db, outbox, js, nc: nats, hooks: relayHooks });
     closers.push(() => relay.stop());
     const consumers = await startUserConsumers({
-      db: database.db,
+      db,
       js,
       prefix,
       maxDeliver: config.EVENT_MAX_DELIVER,
@@ -105,7 +109,7 @@ export async function startUser(config: UserConfig, host?: string): Promise<User
     });
     closers.push(() => Promise.all(consumers.map((c) => c.stop())));
 
-    const repo = new UserRepository(database.db, prefix);
+    const repo = new UserRepository(db, prefix);
     await prepareDecoy();
     const server = await startMeshServer({
       name: 'user',
