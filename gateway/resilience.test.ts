@@ -113,11 +113,15 @@ test.serial("hot reload: a new limit applies while a load runs, and no request i
   gw.setConfig(parseConfig({ methods: { [method]: { rateLimit: { requests: 1000, periodMs: 60_000 } } } }));
   try {
     const statuses: number[] = [];
+    const afterReload: number[] = []; // statuses of requests started once the new limit was in force
+    let applied = false;
     let running = true;
     const worker = async () => {
       while (running) {
+        const startedAfter = applied;
         const r = await fetch(`${gw.url}/v1/limited?delay=0.02s`).catch(() => undefined);
         statuses.push(r ? r.status : 0);
+        if (startedAfter) afterReload.push(r ? r.status : 0);
         await r?.text();
       }
     };
@@ -126,13 +130,21 @@ test.serial("hot reload: a new limit applies while a load runs, and no request i
     t.true(statuses.every((s) => s === 200), "all pass under the high limit");
     // Tighten it: a burst of 5 per minute for everyone from this IP.
     writeFileSync(file, JSON.stringify({ methods: { [method]: { rateLimit: { requests: 5, periodMs: 60_000 } } } }));
-    const until = Date.now() + 5000;
-    while (!statuses.slice(-10).every((s) => s === 429) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    const until = Date.now() + 10_000;
+    while (gw.pipeline.currentConfig.methods[method]?.rateLimit?.requests !== 5 && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    applied = true;
+    while (afterReload.length < 20 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
     running = false;
     await Promise.all(workers);
-    t.true(statuses.slice(-10).every((s) => s === 429), "the reloaded limit applies");
+    t.true(afterReload.length >= 20, "the reload was seen");
+    // Requests admitted before the reload keep their policy; those after it
+    // share the new bucket: at most its burst passes, the rest get 429.
+    t.true(afterReload.filter((s) => s === 200).length <= 5, afterReload.join(","));
+    // (In completion order a 200 may follow 429s: responses overtake each other.)
+    t.is(afterReload.filter((s) => s === 429).length, afterReload.length - afterReload.filter((s) => s === 200).length, afterReload.join(","));
     t.false(statuses.includes(0), "no request dropped (no connection error)");
-    t.deepEqual([...new Set(statuses)].sort(), [200, 429]);
   } finally {
     await gw.close();
     await up.close(0);
