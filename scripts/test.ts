@@ -7,6 +7,7 @@
  * e.g. `npm test -- services/catalog`.
  */
 import { spawn } from 'node:child_process';
+import { dropLeftoverTestDatabases, dropLeftoverTestStreams } from '../mesh/testing/index.js';
 import { ensureNats, ensurePostgres, InfraError } from './infra.js';
 
 async function main(): Promise<number> {
@@ -24,6 +25,13 @@ async function main(): Promise<number> {
   }
   console.log(`test: Postgres at ${redact(databaseUrl)}, NATS at ${nats.url}${nats.child ? ' (started for this run)' : ''}`);
   const env = { ...process.env, DATABASE_URL: databaseUrl, NATS_URL: nats.url };
+  // Leftovers of killed runs (over an hour old) would only crowd the servers.
+  process.env.DATABASE_URL = databaseUrl;
+  const [dbs, streams] = await Promise.all([
+    dropLeftoverTestDatabases(60).catch(() => []),
+    dropLeftoverTestStreams(nats.url, 60).catch(() => []),
+  ]);
+  if (dbs.length + streams.length > 0) console.log(`test: removed ${dbs.length} leftover test databases and ${streams.length} leftover test streams`);
   const extra = process.argv.slice(2);
   const passes = extra.length > 0 ? [extra] : [['mesh', 'services', 'gateway'], ['test', '--concurrency=1']];
   let code = 0;

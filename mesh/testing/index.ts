@@ -8,5 +8,5 @@ export {
   type TestDatabase,
   type Teardownable,
 } from './database.js';
-export { testNatsPrefix, testNatsUrl, type TestNatsPrefix } from './nats.js';
+export { dropLeftoverTestStreams, testNatsPrefix, testNatsUrl, type TestNatsPrefix } from './nats.js';
 export { freePort } from './ports.js';

@@ -28,3 +28,30 @@ export function testNatsPrefix(): TestNatsPrefix {
 export function testNatsUrl(): string {
   return process.env.NATS_URL || 'nats://127.0.0.1:4222';
 }
+
+/**
+ * Deletes JetStream streams (KV buckets included) of test runs that started
+ * more than `olderThanMinutes` ago: leftovers of killed runs, or of tests that
+ * did not clean up. Names carry the run's start time (see testNatsPrefix).
+ */
+export async function dropLeftoverTestStreams(url = testNatsUrl(), olderThanMinutes = 60): Promise<string[]> {
+  const { connect } = await import('nats');
+  const nc = await connect({ servers: url, name: 'test-cleanup' });
+  try {
+    const jsm = await nc.jetstreamManager();
+    const cutoff = Date.now() - olderThanMinutes * 60_000;
+    const dropped: string[] = [];
+    for await (const info of jsm.streams.list()) {
+      const match = /^(?:KV_)?T_([0-9A-Z]+)_[0-9A-F]{6}_/i.exec(info.config.name);
+      if (!match) continue;
+      const created = parseInt(match[1].toLowerCase(), 36);
+      if (Number.isFinite(created) && created < cutoff) {
+        await jsm.streams.delete(info.config.name);
+        dropped.push(info.config.name);
+      }
+    }
+    return dropped;
+  } finally {
+    await nc.close();
+  }
+}
