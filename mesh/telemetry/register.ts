@@ -22,10 +22,11 @@ if (enabled) {
   await startTracing({ spanProcessors: [new RpcMetricsSpanProcessor()] });
   collectProcessMetrics();
   if ((process.env.METRICS_PORT ?? "").toLowerCase() !== "off") {
-    startMetricsServer().catch(async (err) => {
-      const { logger } = await import("./logger.js");
-      logger.warn({ err }, `metrics server did not start: ${(err as Error).message}`);
-    });
+    const { logger } = await import("./logger.js");
+    startMetricsServer().then(
+      (m) => logger.info({ metrics_port: m.port }, `metrics at http://127.0.0.1:${m.port}/metrics`),
+      (err: Error) => logger.warn({ err: err.message }, `metrics server did not start: ${err.message}`),
+    );
   }
   // The loader thread must know every hooked module before the application imports one.
   await waitForAllMessagesAcknowledged();
