@@ -26,7 +26,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
-import { createClient, type Client } from '@connectrpc/connect';
+import { Code, ConnectError, createClient, type Client } from '@connectrpc/connect';
 import type { DescService } from '@bufbuild/protobuf';
 import { CatalogService } from '../gen/shop/catalog/v1/catalog_pb.js';
 import { InventoryService } from '../gen/shop/inventory/v1/inventory_pb.js';
@@ -99,6 +99,8 @@ interface Shopper {
   userId: string;
   as: { headers: Record<string, string> };
   placed: Map<string, { lines: { sku: string; quantity: bigint }[]; total: bigint }>;
+  /** Idempotency keys tried (answered or not): more listed orders than this would be duplicates. */
+  attempted: number;
 }
 // Registration hashes a password (scrypt, deliberately slow): a few at a time, with room to finish.
 const shoppers: Shopper[] = [];
@@ -110,7 +112,7 @@ while (shoppers.length < CLIENTS) {
         const email = `bench-${randomUUID()}@example.test`;
         await users.register({ email, password: 'bench password 123', displayName: 'Bench' }, { timeoutMs: 30_000 });
         const { user } = await users.login({ email, password: 'bench password 123' }, { timeoutMs: 30_000 });
-        return { userId: user!.id, as: { headers: identityHeaders({ userId: user!.id, role: 'user' }) }, placed: new Map() };
+        return { userId: user!.id, as: { headers: identityHeaders({ userId: user!.id, role: 'user' }) }, placed: new Map(), attempted: 0 };
       }),
     )),
   );
@@ -123,18 +125,35 @@ const placeLatency: number[] = [];
 let confirmed = 0;
 let cancelled = 0;
 let errors = 0;
+let retries = 0;
 const errorSamples = new Set<string>();
 let measuring = false;
 let stop = false;
 
+/** A real client's retry: the same idempotency key again, so a lost answer never makes a second order. */
+async function placeWithRetry(s: Shopper, req: { idempotencyKey: string; lines: { sku: string; quantity: bigint }[]; paymentToken: string }) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await orders.placeOrder(req, { ...s.as, timeoutMs: 10_000 })).order!;
+    } catch (err) {
+      const code = ConnectError.from(err).code;
+      if (attempt >= 5 || (code !== Code.Unavailable && code !== Code.DeadlineExceeded)) throw err;
+      retries++;
+      await sleep(100 * attempt);
+    }
+  }
+}
+
 async function oneOrder(s: Shopper, i: number): Promise<void> {
   const lines = Array.from({ length: LINES }, (_, k) => ({ sku: products[(i + k) % products.length]!.sku, quantity: 1n }));
+  const idempotencyKey = `bench-${randomUUID()}`;
+  s.attempted++;
   const t0 = performance.now();
   let id: string;
   try {
-    const { order } = await orders.placeOrder({ idempotencyKey: `bench-${randomUUID()}`, lines, paymentToken: 'tok_visa' }, s.as);
-    id = order!.id;
-    s.placed.set(id, { lines, total: order!.total!.amountMinor });
+    const order = await placeWithRetry(s, { idempotencyKey, lines, paymentToken: 'tok_visa' });
+    id = order.id;
+    s.placed.set(id, { lines, total: order.total!.amountMinor });
   } catch (err) {
     errors++;
     errorSamples.add(String((err as Error).message).slice(0, 120));
@@ -192,6 +211,7 @@ let placedTotal = 0;
 let lost = 0;
 let duplicated = 0;
 let notConfirmed = 0;
+let unanswered = 0;
 const soldBySku = new Map<string, bigint>();
 for (const s of shoppers) {
   placedTotal += s.placed.size;
@@ -208,7 +228,9 @@ for (const s of shoppers) {
     else if (st !== OrderStatus.CONFIRMED) notConfirmed++;
     else for (const l of p.lines) soldBySku.set(l.sku, (soldBySku.get(l.sku) ?? 0n) + l.quantity);
   }
-  for (const id of listed.keys()) if (!s.placed.has(id)) duplicated++;
+  // An order the client never heard about (every retry timed out) is not a duplicate; more orders than keys is.
+  for (const id of listed.keys()) if (!s.placed.has(id)) unanswered++;
+  duplicated += Math.max(0, listed.size - s.attempted);
 }
 let stockMismatch = 0;
 for (const p of products) {
@@ -251,6 +273,8 @@ const report = {
   confirmed,
   cancelled,
   errors,
+  retries,
+  unanswered,
   lost: lost + notConfirmed,
   duplicated: duplicated + pointsOver,
   points_short_users: pointsShort,
@@ -260,7 +284,7 @@ console.log(
   `\norders/s (PlaceOrder -> CONFIRMED): ${report.orders_per_second}\n` +
     `place -> confirmed: p50 ${report.place_to_confirmed_ms.p50} ms, p99 ${report.place_to_confirmed_ms.p99} ms (max ${report.place_to_confirmed_ms.max})\n` +
     `PlaceOrder RPC:     p50 ${report.place_order_rpc_ms.p50} ms, p99 ${report.place_order_rpc_ms.p99} ms\n` +
-    `placed ${placedTotal}, confirmed ${confirmed}, cancelled ${cancelled}, errors ${errors}\n` +
+    `placed ${placedTotal}, confirmed ${confirmed}, cancelled ${cancelled}, errors ${errors}, PlaceOrder retries ${retries}, unanswered-but-created ${unanswered}\n` +
     `lost ${report.lost}, duplicated ${report.duplicated}, users with points short ${pointsShort}, SKUs with stock mismatch ${stockMismatch}`,
 );
 if (errorSamples.size) console.log(`error samples: ${[...errorSamples].slice(0, 5).join(' | ')}`);
