@@ -169,3 +169,26 @@ test.serial("hot reload: an invalid file keeps the current config", async (t) =>
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test.serial("breaker: clients canceling calls never open it (gRPC fast path, REST)", async (t) => {
+  const up = await startEcho();
+  const gw = await startEchoGateway(up.port);
+  try {
+    const grpc = createClient(EchoService, createGrpcTransport({ baseUrl: gw.url }));
+    for (let i = 0; i < 12; i++) {
+      const ac = new AbortController();
+      const call = grpc.echo({ id: `c${i}`, delay: { seconds: 5n } }, { signal: ac.signal });
+      setTimeout(() => ac.abort(), 50);
+      await call.catch(() => undefined);
+    }
+    for (let i = 0; i < 12; i++) {
+      await fetch(`${gw.url}/v1/echo/r${i}?delay=5s`, { signal: AbortSignal.timeout(50) }).catch(() => undefined);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    t.is(gw.breakers.state("echo"), "closed");
+    t.is((await grpc.echo({ id: "after" })).request?.id, "after");
+  } finally {
+    await gw.close();
+    await up.close(0);
+  }
+});

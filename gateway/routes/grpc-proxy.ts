@@ -227,6 +227,11 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         up.on("trailers", (t) => (trailers = t));
         up.on("end", () => {
           if (settled) return; // answered already (trailers-only)
+          if (!trailers && (stream.destroyed || stream.closed)) {
+            // Ended because the client went away and we canceled upstream.
+            resolve({ code: Code.Canceled, sentAnything: true });
+            return;
+          }
           const status = Number(trailers?.["grpc-status"] ?? Code.Unknown);
           if (!responded && status === Code.Unavailable && !last) {
             resolve({ code: status, sentAnything: false });
@@ -244,6 +249,11 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         });
         up.on("error", () => {
           if (settled) return;
+          if (stream.destroyed || stream.closed) {
+            // The client went away and we canceled upstream: not an upstream failure.
+            resolve({ code: Code.Canceled, sentAnything: true });
+            return;
+          }
           if (!responded && !last) {
             resolve({ code: Code.Unavailable, sentAnything: false });
             return;
