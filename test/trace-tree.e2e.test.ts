@@ -118,6 +118,11 @@ test('a placed order is one trace: gateway > order > catalog, inventory, payment
   for (const service of ['catalog', 'inventory', 'payment', 'notification', 'user']) {
     t.true(byService.has(service), `${service} has spans in the order's trace`);
   }
+  // The events hop: notification and user handle them as CONSUMER spans of this trace.
+  for (const service of ['notification', 'user']) {
+    const consumed = (byService.get(service) ?? []).filter((s) => s.kind === 4 && s.name.startsWith('process '));
+    t.true(consumed.length > 0, `${service} consumed an event of this trace`);
+  }
   const servedBy = (service: string) => (byService.get(service) ?? []).filter((s) => s.kind === SERVER && s.attributes['rpc.system'] === 'grpc');
   t.true(servedBy('catalog').length > 0, 'catalog served an RPC of this trace');
   t.true(servedBy('inventory').length > 0, 'inventory served an RPC of this trace');

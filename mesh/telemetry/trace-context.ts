@@ -6,6 +6,7 @@ import {
   context,
   propagation,
   trace,
+  ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
   type Attributes,
@@ -78,7 +79,9 @@ export function currentTraceparent(): string | undefined {
  */
 export function withExtractedContext<T>(headers: HeaderCarrier | undefined, fn: () => T): T {
   if (!headers) return fn();
-  const ctx = propagation.extract(context.active(), headers, getter);
+  // From the root: a message's trace is the one it carries, never whatever happened to be
+  // active in the consumer loop.
+  const ctx = propagation.extract(ROOT_CONTEXT, headers, getter);
   const requestId = readHeader(headers, REQUEST_ID_HEADER);
   return context.with(ctx, () => (requestId ? runWithRequestContext(requestId, fn) : fn()));
 }
