@@ -20,7 +20,7 @@
 // has buffered, whereas our own queue lets stop() finish the handlers in flight and hand
 // every unstarted message straight back to the server (nak) for another replica.
 import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { context, propagation, ROOT_CONTEXT } from "@opentelemetry/api";
+import { withConsumerSpan } from "../telemetry/trace-context.js";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -239,9 +239,11 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
     }
     if (items.length === 0) return;
     const handleIn = (tx: EventsTx, item: Prepared<Desc>) => {
-      // Run the handler in the publisher's trace (a no-op until telemetry registers a propagator).
-      const traceCtx = propagation.extract(ROOT_CONTEXT, item.meta.headers);
-      return context.with(traceCtx, () => opts.handler(tx, item.event, item.meta));
+      // Run the handler in the publisher's trace, as a CONSUMER span `process <subject>` with
+      // the request id restored (no-ops until telemetry registers a tracer and propagator).
+      return withConsumerSpan(item.meta.subject, item.meta.headers, { "messaging.consumer.group.name": opts.name, "messaging.message.id": item.meta.eventId }, () =>
+        opts.handler(tx, item.event, item.meta),
+      );
     };
     const run = async (tx: EventsTx, item: Prepared<Desc>) => {
       const entry = { consumer: opts.name, eventId: item.meta.eventId, eventType: item.meta.eventType };

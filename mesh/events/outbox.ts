@@ -1,6 +1,6 @@
 // Writing events into the outbox, inside the caller's transaction.
 import { randomUUID } from "node:crypto";
-import { context, propagation } from "@opentelemetry/api";
+import { injectTraceparent } from "../telemetry/trace-context.js";
 import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { and, isNotNull, lt, sql } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
@@ -67,9 +67,8 @@ export async function enqueueEvent<Desc extends DescMessage>(
 
 /** traceparent/tracestate of the active OpenTelemetry context (empty when none is set up). */
 function currentTraceHeaders(): EventHeaders {
-  const carrier: EventHeaders = {};
-  propagation.inject(context.active(), carrier);
-  return carrier;
+  // traceparent/tracestate, and x-request-id so consumers' log lines name the request.
+  return injectTraceparent<EventHeaders>({});
 }
 
 /** Deletes published rows older than `olderThanMs`; returns how many went. */
