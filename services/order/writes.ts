@@ -10,8 +10,11 @@
  * are data-modifying CTEs is one transaction by itself (all or nothing, one
  * snapshot), so the outbox rule still holds: the state change and its event
  * commit together. The outbox row has exactly the columns mesh/events'
- * enqueueEvent writes (same subject, payload and headers), and the same
- * pg_notify wakes the relay on commit.
+ * enqueueEvent writes (same subject, payload and headers). The relay is woken
+ * after the commit (announceCommitted: this process's relay directly, others
+ * by one coalesced NOTIFY), not by a NOTIFY inside the statement: that would
+ * take Postgres' server-wide notify lock across the commit's WAL flush and
+ * line up every writer behind it.
  */
 import { randomUUID } from 'node:crypto';
 import { toBinary, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
@@ -20,7 +23,7 @@ import { sql, type SQL } from 'drizzle-orm';
 import type { Database } from '../../mesh/db.js';
 import { resultRows } from '../../mesh/db.js';
 import { eventSubject } from '../../mesh/events/naming.js';
-import { outboxChannel } from '../../mesh/events/outbox.js';
+import { announceCommitted } from '../../mesh/events/commit-signal.js';
 import type { PricedLine } from './domain.js';
 
 /** The schema these statements write (the tables of schema.ts). */
@@ -80,7 +83,7 @@ export async function insertOrder(
     ),
     sql`, `,
   );
-  const rows = resultRows<{ seq: string | number; create_time: string | Date; update_time: string | Date; deadline_at: string | Date; notified: unknown }>(
+  const rows = resultRows<{ seq: string | number; create_time: string | Date; update_time: string | Date; deadline_at: string | Date; }>(
     await db.execute(sql`
       with o as (
         insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)
@@ -99,14 +102,13 @@ export async function insertOrder(
         returning deadline_at
       ), e as (
         ${insertOutbox(o.event, sql`o`)}
-      ), n as (
-        select pg_notify(${outboxChannel(SCHEMA)}, '') from o
       )
-      select o.seq, o.create_time, o.update_time, s.deadline_at, (select count(*) from n) as notified
+      select o.seq, o.create_time, o.update_time, s.deadline_at
       from o, s`),
   );
   const row = rows[0];
   if (!row) return undefined;
+  announceCommitted(db, SCHEMA);
   return { seq: BigInt(row.seq), createTime: new Date(row.create_time), updateTime: new Date(row.update_time), deadlineAt: new Date(row.deadline_at) };
 }
 
@@ -140,12 +142,11 @@ export async function finishSaga(db: Database, f: FinishSaga): Promise<{ lease: 
         returning id, update_time
       ), e as (
         ${insertOutbox(f.event, sql`o`)}
-      ), n as (
-        select pg_notify(${outboxChannel(SCHEMA)}, '') from o
       )
-      select (select count(*) from s) as saga, (select update_time from o) as update_time, (select count(*) from n) as notified`),
+      select (select count(*) from s) as saga, (select update_time from o) as update_time`),
   );
   const row = rows[0]!;
+  if (row.update_time !== null) announceCommitted(db, SCHEMA);
   const lease = Number(row.saga) > 0;
   return { lease, moved: row.update_time !== null, updateTime: row.update_time === null ? undefined : new Date(row.update_time) };
 }
