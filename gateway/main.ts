@@ -111,7 +111,8 @@ const stop = (signal: string) => {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, "gateway stopping");
-  void gateway.close().then(
+  // Readiness turns 503 at once; calls in flight get up to 10 s to finish.
+  void gateway.close(Number(env.SHUTDOWN_GRACE_MS ?? 10_000)).then(
     () => process.exit(0),
     () => process.exit(1),
   );

@@ -192,3 +192,20 @@ test.serial("breaker: clients canceling calls never open it (gRPC fast path, RES
     await up.close(0);
   }
 });
+
+test.serial("graceful close: calls in flight finish (REST over HTTP/1.1, gRPC over HTTP/2)", async (t) => {
+  const up = await startEcho();
+  const gw = await startEchoGateway(up.port);
+  const grpc = createClient(EchoService, createGrpcTransport({ baseUrl: gw.url }));
+  try {
+    const rest = fetch(`${gw.url}/v1/echo/slow?delay=0.5s`);
+    const rpc = grpc.echo({ id: "slow-rpc", delay: { nanos: 500_000_000 } });
+    await new Promise((r) => setTimeout(r, 100));
+    const closing = gw.close(5000);
+    t.is((await rest).status, 200);
+    t.is((await rpc).request?.id, "slow-rpc");
+    await closing;
+  } finally {
+    await up.close(0);
+  }
+});

@@ -54,7 +54,12 @@ export interface Gateway {
   readonly breakers: Breakers;
   readonly methods: readonly GatewayMethod[];
   setConfig(c: GatewayConfig): void;
-  close(): Promise<void>;
+  /**
+   * Stops accepting connections, lets calls in flight finish for up to
+   * `graceMs` (HTTP/2 clients get a GOAWAY, idle HTTP/1.1 connections are
+   * closed), then cuts what is left.
+   */
+  close(graceMs?: number): Promise<void>;
 }
 
 const log = createLogger({ component: "gateway" });
@@ -224,6 +229,11 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
   }
 
   const sockets = new Set<Socket>();
+  const h2Sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (s) => {
+    h2Sessions.add(s);
+    s.once("close", () => h2Sessions.delete(s));
+  });
   const front = net.createServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
@@ -265,14 +275,22 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     breakers,
     methods,
     setConfig,
-    async close() {
+    async close(graceMs = 0) {
       closing = true;
       watcher?.close();
-      await new Promise<void>((resolve) => {
-        front.close(() => resolve());
-        h1.closeAllConnections?.();
-        for (const s of sockets) s.destroy();
-      });
+      const closed = new Promise<void>((resolve) => front.close(() => resolve()));
+      if (graceMs > 0) {
+        for (const s of h2Sessions) s.close();
+        h1.closeIdleConnections?.();
+        const until = Date.now() + graceMs;
+        while (sockets.size > 0 && Date.now() < until) {
+          await new Promise((r) => setTimeout(r, 50));
+          h1.closeIdleConnections?.();
+        }
+      }
+      h1.closeAllConnections?.();
+      for (const s of sockets) s.destroy();
+      await closed;
       sessions.close();
       traffic.close();
       for (const t of transports.values()) t.close?.();
