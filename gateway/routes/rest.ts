@@ -195,6 +195,8 @@ export function createRestHandler(o: RestRoutesOptions) {
           });
         }
       };
+      // SSE comments keep idle proxies from cutting a quiet stream.
+      const heartbeat = sse ? setInterval(() => (res as ServerResponse).write(": keep-alive\n\n"), 15_000) : undefined;
       try {
         for await (const msg of stream) {
           if (ac.signal.aborted) break;
@@ -208,6 +210,7 @@ export function createRestHandler(o: RestRoutesOptions) {
           await write(sse ? `event: error\ndata: ${JSON.stringify(err)}\n\n` : `${JSON.stringify({ error: err })}\n`);
         }
       }
+      clearInterval(heartbeat);
       res.end();
       return true;
     } catch (e) {
