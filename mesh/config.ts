@@ -274,7 +274,7 @@ export const meshSettings = {
   ]),
   NATS_SUBJECT_PREFIX: optionalString('Prefix for every NATS subject and stream name (tests use a unique one)'),
   LOG_LEVEL: oneOf(LOG_LEVELS, 'info', 'Minimum level of the JSON logs'),
-  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl('OTLP/HTTP endpoint for traces; unset = tracing off'),
+  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl('OTLP/HTTP endpoint for traces; unset = spans are not exported (trace ids still reach logs and headers)'),
   SHUTDOWN_GRACE: duration('10s', 'How long shutdown waits for in-flight calls before cancelling them'),
 } satisfies SettingsSpec;
 
