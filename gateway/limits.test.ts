@@ -68,3 +68,15 @@ test("a client that sends its body too slowly is cut off with 408", async (t) =>
   });
   t.is(status, 408);
 });
+
+test("gRPC fast path: a message over the body limit is RESOURCE_EXHAUSTED (buffered and streamed requests)", async (t) => {
+  const { createClient, ConnectError, Code } = await import("@connectrpc/connect");
+  const { createGrpcTransport } = await import("@connectrpc/connect-node");
+  const { EchoService } = await import("../gen/protomesh/testing/v1/echo_pb.js");
+  const client = createClient(EchoService, createGrpcTransport({ baseUrl: gw.url }));
+  const big = "x".repeat(4000);
+  // Echo is idempotent (its request is buffered for retries); Fail is not (streamed through).
+  t.is(ConnectError.from(await t.throwsAsync(client.echo({ id: big }))).code, Code.ResourceExhausted);
+  t.is(ConnectError.from(await t.throwsAsync(client.fail({ id: big }))).code, Code.ResourceExhausted);
+  t.is((await client.echo({ id: "small" })).request?.id, "small");
+});

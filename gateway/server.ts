@@ -129,7 +129,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     pipeline,
     sessions,
     targetFor: (u) => o.upstreams[u],
-    maxBodyBytes: config.limits.maxBodyBytes,
+    limits: () => config.limits,
   });
   const openapi = JSON.stringify(buildOpenApi(methods));
   let closing = false;

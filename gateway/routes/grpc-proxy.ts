@@ -67,7 +67,8 @@ export interface GrpcProxyOptions {
   readonly pipeline: Pipeline;
   readonly sessions: UpstreamSessions;
   readonly targetFor: (upstream: string) => string;
-  readonly maxBodyBytes: number;
+  /** Current limits (they follow config reloads). */
+  readonly limits: () => { readonly maxBodyBytes: number; readonly bodyTimeoutMs: number };
 }
 
 type Outcome = { code: number; sentAnything: boolean };
@@ -144,9 +145,10 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
     let buffered: Buffer | undefined;
     if (canRetry || traffic) {
       try {
-        buffered = await readAll(stream, o.maxBodyBytes);
+        buffered = await readAll(stream, o.limits().maxBodyBytes, o.limits().bodyTimeoutMs);
       } catch (e) {
         respondError(stream, e);
+        stream.resume();
         return;
       }
     }
@@ -266,9 +268,9 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           if (!up.readableEnded) up.emit("error", new Error("upstream stream reset"));
         });
         if (buffered) up.end(buffered);
-        else pipeLimited(stream, up, o.maxBodyBytes, () => {
+        else pipeLimited(stream, up, o.limits().maxBodyBytes, () => {
           up.close(NGHTTP2_CANCEL);
-          respondError(stream, new ConnectError(`request exceeds ${o.maxBodyBytes} bytes`, Code.ResourceExhausted));
+          respondError(stream, new ConnectError(`request exceeds ${o.limits().maxBodyBytes} bytes`, Code.ResourceExhausted));
         });
       });
 
@@ -318,21 +320,37 @@ function stripHop(h: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
   return out;
 }
 
-function readAll(stream: ServerHttp2Stream, max: number): Promise<Buffer> {
+function readAll(stream: ServerHttp2Stream, max: number, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    stream.on("data", (c: Buffer) => {
+    // A slow sender cannot hold a buffered request (and its memory) forever.
+    // The caller answers the rejection; whatever the client still sends is discarded.
+    const timer = setTimeout(() => {
+      stream.off("data", onData);
+      reject(new ConnectError("request not received in time", Code.DeadlineExceeded));
+    }, timeoutMs);
+    stream.once("close", () => clearTimeout(timer));
+    const onData = (c: Buffer) => {
       size += c.length;
       if (size > max) {
+        clearTimeout(timer);
+        stream.off("data", onData);
+        chunks.length = 0;
         reject(new ConnectError(`request exceeds ${max} bytes`, Code.ResourceExhausted));
-        stream.close(NGHTTP2_CANCEL);
         return;
       }
       chunks.push(c);
+    };
+    stream.on("data", onData);
+    stream.on("end", () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(chunks, size));
     });
-    stream.on("end", () => resolve(Buffer.concat(chunks, size)));
-    stream.on("error", reject);
+    stream.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
   });
 }
 
