@@ -1,7 +1,7 @@
 // Errors at the edge: gRPC code <-> HTTP status, and the JSON error body.
 import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { httpStatusFromCode } from "../mesh/errors.js";
+import { codeJsonName, httpStatusFromCode } from "../mesh/errors.js";
 
 /** gRPC code -> HTTP status, from the one table in mesh/errors (Connect and grpc-gateway). */
 export function httpStatusOf(code: Code): number {
@@ -9,9 +9,7 @@ export function httpStatusOf(code: Code): number {
 }
 
 /** Lower snake case code name as used by Connect ("not_found"). */
-export function codeName(code: Code): string {
-  return Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase();
-}
+export const codeName: (code: Code) => string = codeJsonName;
 
 /** Parses a gRPC code given as a name ("NOT_FOUND", "not_found") or number. */
 export function parseCode(s: string): Code | undefined {
