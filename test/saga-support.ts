@@ -57,7 +57,7 @@ export async function startShop(options: { natsUrl?: string; orderEnv?: Record<s
   const transports: MeshTransport[] = [];
   try {
     await runSeeds({ ...process.env, ...env });
-    stack = await startStack({ env, serviceEnv: { order: { ...FAST_SAGA_ENV, ...options.orderEnv } } });
+    stack = await startStack({ env, serviceEnv: { order: { ...FAST_SAGA_ENV, ...options.orderEnv } }, readyTimeoutMs: 90_000 });
     const s = stack;
     // Own transports (not the shared pool): each test file's shop has its own ports.
     const clientOf = <S extends DescService>(service: S, name: ShopService): Client<S> => {
