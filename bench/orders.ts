@@ -25,6 +25,7 @@
  * after the drain count as lost events.
  */
 import { randomUUID } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Code, ConnectError, createClient, type Client } from '@connectrpc/connect';
 import type { DescService } from '@bufbuild/protobuf';
@@ -191,14 +192,39 @@ async function client(s: Shopper, index: number): Promise<void> {
   await Promise.all(inFlight);
 }
 
+// Where the time goes: CPU seconds each service process spends per confirmed order
+// (Linux /proc; only for the stack this script started).
+function cpuMs(pid: number | undefined): number | undefined {
+  if (!pid || !existsSync(`/proc/${pid}/stat`)) return undefined;
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime + stime, in clock ticks of 10 ms
+}
+function cpuSnapshot(): Map<string, number> {
+  const snap = new Map<string, number>();
+  for (const [name, svc] of stack?.running ?? []) {
+    const ms = cpuMs(svc.process.pid);
+    if (ms !== undefined) snap.set(name, ms);
+  }
+  const own = process.cpuUsage();
+  snap.set('bench client', (own.user + own.system) / 1000);
+  return snap;
+}
+
 process.stderr.write(`load: ${CLIENTS} clients x pipeline ${PIPELINE}, ${WARMUP}s warm-up + ${SECONDS}s measured\n`);
 const running = shoppers.map((s, i) => client(s, i * 7));
 await sleep(WARMUP * 1000);
 measuring = true;
 const confirmedAtStart = confirmed;
+const cpuAtStart = cpuSnapshot();
 const tStart = performance.now();
 await sleep(SECONDS * 1000);
 const confirmedInWindow = confirmed - confirmedAtStart;
+const cpuAtEnd = cpuSnapshot();
+const cpuPerOrder: Record<string, number> = {};
+for (const [name, end] of cpuAtEnd) {
+  const start = cpuAtStart.get(name);
+  if (start !== undefined && confirmedInWindow > 0) cpuPerOrder[name] = Number(((end - start) / confirmedInWindow).toFixed(1));
+}
 const elapsed = (performance.now() - tStart) / 1000;
 measuring = false;
 stop = true;
@@ -279,6 +305,7 @@ const report = {
   duplicated: duplicated + pointsOver,
   points_short_users: pointsShort,
   stock_mismatched_skus: stockMismatch,
+  cpu_ms_per_order: cpuPerOrder,
 };
 console.log(
   `\norders/s (PlaceOrder -> CONFIRMED): ${report.orders_per_second}\n` +
@@ -287,6 +314,15 @@ console.log(
     `placed ${placedTotal}, confirmed ${confirmed}, cancelled ${cancelled}, errors ${errors}, PlaceOrder retries ${retries}, unanswered-but-created ${unanswered}\n` +
     `lost ${report.lost}, duplicated ${report.duplicated}, users with points short ${pointsShort}, SKUs with stock mismatch ${stockMismatch}`,
 );
+if (Object.keys(cpuPerOrder).length) {
+  const total = Object.values(cpuPerOrder).reduce((a, b) => a + b, 0);
+  console.log(
+    `CPU ms per confirmed order: ${Object.entries(cpuPerOrder)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')} (services + client ${total.toFixed(1)}; Postgres and NATS not counted)`,
+  );
+}
 if (errorSamples.size) console.log(`error samples: ${[...errorSamples].slice(0, 5).join(' | ')}`);
 console.log(JSON.stringify(report));
 
