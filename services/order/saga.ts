@@ -109,6 +109,7 @@ export class SagaOrchestrator {
   /** Runs in progress in this process, by order id. */
   readonly #running = new Map<string, Promise<void>>();
   #polled = 0;
+  #claimedTotal = 0;
   #timer: NodeJS.Timeout | undefined;
   #stopped = true;
 
@@ -122,6 +123,11 @@ export class SagaOrchestrator {
 
   get leaseMs(): number {
     return this.#settings.leaseMs;
+  }
+
+  /** Sagas this process claimed by polling since it started (kicked ones not counted). */
+  get claimedTotal(): number {
+    return this.#claimedTotal;
   }
 
   /** How many sagas this process is running now. */
@@ -162,6 +168,7 @@ export class SagaOrchestrator {
     const room = this.#settings.concurrency - this.#polled;
     if (room <= 0) return 0;
     const claimed = await this.#claimDue(room);
+    this.#claimedTotal += claimed.length;
     for (const { orderId, leaseToken } of claimed) {
       this.#polled++;
       void this.#track(orderId, () => this.#run(orderId, leaseToken)).finally(() => this.#polled--);

@@ -374,3 +374,41 @@ test('a saga left mid-way by a dead replica (lease ran out) is claimed by the po
   t.is(charges.get(stuck), 1);
   t.is(reservations.get(stuck)!.status, ReservationStatus.COMMITTED);
 });
+
+test('several replicas polling one database run each due saga exactly once (FOR UPDATE SKIP LOCKED claims)', async (t) => {
+  const user = `u-${randomUUID()}`;
+  const db = app.database.db;
+  const ids = Array.from({ length: 30 }, () => randomUUID());
+  for (const id of ids) {
+    await db.execute(sql`insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor) values (${id}, ${user}, ${key()}, 'PENDING', 'EUR', 40)`);
+    await db.execute(sql`insert into "order".order_lines (order_id, position, sku, name, quantity, unit_price_minor) values (${id}, 0, 'B-2', 'Banana', 1, 40)`);
+  }
+  // Two more replicas besides the app's own poller, on their own connections, all due at once.
+  const { SagaOrchestrator } = await import('./saga.js');
+  const { OrderChanges } = await import('./changes.js');
+  const { openDatabase } = await import('../../mesh/db.js');
+  const ports = {
+    inventory: createMeshClient(InventoryService, upstreams[1]!.address),
+    payment: createMeshClient(PaymentService, upstreams[2]!.address),
+  };
+  const others = await Promise.all([0, 1].map(() => openDatabase({ context: 'order', url: testDb.url, migrationsFolder: '', migrate: false })));
+  const replicas = others.map((d) => new SagaOrchestrator(d.db, ports, new OrderChanges(), { pollIntervalMs: 20, concurrency: 4 }));
+  const values = sql.join(
+    ids.map((id) => sql`(${id}::uuid, 'reserve', 'tok_visa', now() - interval '1 second', now() + interval '1 minute')`),
+    sql`, `,
+  );
+  await db.execute(sql`insert into "order".sagas (order_id, step, payment_token, next_run_at, deadline_at) values ${values}`);
+  for (const r of replicas) r.start();
+  try {
+    for (const id of ids) t.is((await watchToEnd(id, user)).at(-1)!.status, OrderStatus.CONFIRMED);
+  } finally {
+    await Promise.all(replicas.map((r) => r.stop()));
+    await Promise.all(others.map((d) => d.close()));
+  }
+  t.true(replicas.reduce((n, r) => n + r.claimedTotal, 0) > 0, 'the other replicas took part');
+  for (const id of ids) {
+    t.is(calls.filter((c) => c === `reserve ${id}`).length, 1, 'reserved once');
+    t.is(calls.filter((c) => c === `authorize ${id}`).length, 1, 'authorized once');
+    t.is(calls.filter((c) => c === `capture ${id}`).length, 1, 'captured once');
+  }
+});
