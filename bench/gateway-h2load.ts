@@ -13,7 +13,8 @@
  * times from h2load --log-file; p50/p99 minus the direct p50/p99.
  *
  * Needs h2load (apt-get install nghttp2-client) and nginx (apt-get install nginx).
- * Run: npx tsx bench/gateway-h2load.ts   (env: DURATION=10 CONNS=8 STREAMS=16 RPS=500)
+ * Run: npx tsx bench/gateway-h2load.ts   (env: DURATION=10 CONNS=8 STREAMS=16 RPS=500 ROUNDS=3
+ *      WORKERS=1: processes for nginx (worker_processes) and the gateway (GATEWAY_WORKERS) alike)
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -35,6 +36,8 @@ const LATENCY_SECONDS = Number(process.env.LATENCY_SECONDS ?? 6);
 // Targets run interleaved, ROUNDS times, and the median is reported, so a
 // busy machine skews every target alike rather than whichever ran last.
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
+// Processes on each proxy (the same number for a fair comparison).
+const WORKERS = Number(process.env.WORKERS ?? 1);
 const work = mkdtempSync(join(tmpdir(), "gw-bench-"));
 const children: ChildProcess[] = [];
 
@@ -64,11 +67,11 @@ async function startNode(script: string, env: Record<string, string>, readyUrl?:
   return child;
 }
 
-async function startNginx(port: number, upstream: number): Promise<void> {
+async function startNginx(port: number, upstream: number): Promise<ChildProcess> {
   const conf = join(work, "nginx.conf");
   writeFileSync(
     conf,
-    `worker_processes 1;
+    `worker_processes ${WORKERS};
 daemon off;
 pid ${work}/nginx.pid;
 error_log ${work}/nginx-error.log warn;
@@ -91,6 +94,27 @@ http {
   const child = spawn("nginx", ["-c", conf, "-p", work], { stdio: ["ignore", "inherit", "inherit"] });
   children.push(child);
   await new Promise((r) => setTimeout(r, 500));
+  return child;
+}
+
+/** CPU seconds (user + system) used so far by a process and its children (nginx workers). */
+function cpuSeconds(pid: number): number {
+  const ids = [pid];
+  try {
+    for (const line of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/)) if (line) ids.push(Number(line));
+  } catch {
+    /* no children */
+  }
+  let ticks = 0;
+  for (const id of ids) {
+    try {
+      const f = readFileSync(`/proc/${id}/stat`, "utf8").split(") ")[1].split(" ");
+      ticks += Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+    } catch {
+      /* exited */
+    }
+  }
+  return ticks / 100; // USER_HZ
 }
 
 interface H2loadResult {
@@ -117,6 +141,8 @@ interface Target {
   name: string;
   url: string;
   args: string[];
+  /** The process whose CPU the request costs (the proxy; the upstream for "direct"). */
+  pid: number;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -140,13 +166,19 @@ async function latency(t: Target): Promise<{ p50: number; p99: number; n: number
 
 async function main() {
   const [upPort, gwPort, nginxPort] = [await freePort(), await freePort(), await freePort()];
-  await startNode("gateway/testing/echo-main.ts", { PORT: String(upPort) });
-  await startNode(
+  const upstream = await startNode("gateway/testing/echo-main.ts", { PORT: String(upPort) });
+  const gateway = await startNode(
     "gateway/main.ts",
-    { PORT: String(gwPort), GATEWAY_EXPOSE_TESTING: "1", UPSTREAMS: `echo=127.0.0.1:${upPort}`, LOG_LEVEL: "error" },
+    {
+      PORT: String(gwPort),
+      GATEWAY_EXPOSE_TESTING: "1",
+      UPSTREAMS: `echo=127.0.0.1:${upPort}`,
+      LOG_LEVEL: "error",
+      GATEWAY_WORKERS: String(WORKERS),
+    },
     `http://127.0.0.1:${gwPort}/readyz`,
   );
-  await startNginx(nginxPort, upPort);
+  const nginx = await startNginx(nginxPort, upPort);
 
   const body = toBinary(EchoRequestSchema, create(EchoRequestSchema, { id: "bench", count: 1 }));
   const framed = Buffer.alloc(5 + body.length);
@@ -159,31 +191,42 @@ async function main() {
 
   const grpcArgs = ["-d", grpcFile, "-H", "content-type: application/grpc", "-H", "te: trailers"];
   const targets: Target[] = [
-    { name: "direct", url: `http://127.0.0.1:${upPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs },
-    { name: "nginx", url: `http://127.0.0.1:${nginxPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs },
-    { name: "gw-grpc", url: `http://127.0.0.1:${gwPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs },
-    { name: "gw-rest", url: `http://127.0.0.1:${gwPort}/v1/echo/bench?count=1`, args: [] },
+    { name: "direct", url: `http://127.0.0.1:${upPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: upstream.pid! },
+    { name: "nginx", url: `http://127.0.0.1:${nginxPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: nginx.pid! },
+    { name: "gw-grpc", url: `http://127.0.0.1:${gwPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: gateway.pid! },
+    { name: "gw-rest", url: `http://127.0.0.1:${gwPort}/v1/echo/bench?count=1`, args: [], pid: gateway.pid! },
     {
       name: "gw-connect",
       url: `http://127.0.0.1:${gwPort}/protomesh.testing.v1.EchoService/Echo`,
       args: ["-d", jsonFile, "-H", "content-type: application/json"],
+      pid: gateway.pid!,
     },
   ];
 
+  // CPU per request of the proxying process: robust on a busy machine, where
+  // req/s mostly measures how much CPU the scheduler handed out.
+  const cpuUs: Record<string, number[]> = {};
   const samples: Record<string, H2loadResult[]> = {};
   for (const t of targets) await h2load(t.url, [...t.args, "-c", String(CONNS), "-m", String(STREAMS), "-D", "2"]); // warm-up
   for (let round = 0; round < ROUNDS; round++) {
     for (const t of targets) {
+      const before = cpuSeconds(t.pid);
       const r = await h2load(t.url, [...t.args, "-c", String(CONNS), "-m", String(STREAMS), "-D", String(DURATION)]);
+      (cpuUs[t.name] ??= []).push(((cpuSeconds(t.pid) - before) * 1e6) / Math.max(1, r.succeeded));
       (samples[t.name] ??= []).push(r);
     }
   }
   const results: Record<string, H2loadResult> = {};
+  const cpuMedian: Record<string, number> = {};
   for (const t of targets) {
     const sorted = [...samples[t.name]].sort((a, b) => a.rps - b.rps);
     const r = (results[t.name] = sorted[Math.floor(sorted.length / 2)]);
     const all = samples[t.name].map((x) => x.rps.toFixed(0)).join("/");
-    console.log(`${t.name.padEnd(11)} ${r.rps.toFixed(0).padStart(7)} req/s median of ${all}  (ok ${r.succeeded}, failed ${r.failed}, non-2xx ${r.non2xx})`);
+    const cpu = [...cpuUs[t.name]].sort((a, b) => a - b)[Math.floor(cpuUs[t.name].length / 2)];
+    cpuMedian[t.name] = cpu;
+    console.log(
+      `${t.name.padEnd(11)} ${r.rps.toFixed(0).padStart(7)} req/s median of ${all}  cpu ${cpu.toFixed(0)} us/req  (ok ${r.succeeded}, failed ${r.failed}, non-2xx ${r.non2xx})`,
+    );
   }
   const lat: Record<string, { p50: number; p99: number; n: number }> = {};
   for (const t of targets) {
@@ -195,13 +238,15 @@ async function main() {
   console.log(`gateway gRPC / nginx grpc_pass : ${ratio("gw-grpc", "nginx")}x   (goal >= 1.0)`);
   console.log(`gateway REST / gateway gRPC    : ${ratio("gw-rest", "gw-grpc")}x   (goal >= 0.8)`);
   console.log(`gateway Connect / gateway gRPC : ${ratio("gw-connect", "gw-grpc")}x`);
+  const cpuRatio = (a: string, b: string) => (cpuMedian[b] / cpuMedian[a]).toFixed(2);
+  console.log(`by CPU per request (capacity ratio, b/a): gw-grpc vs nginx ${cpuRatio("gw-grpc", "nginx")}x, gw-rest vs gw-grpc ${cpuRatio("gw-rest", "gw-grpc")}x`);
   for (const n of ["nginx", "gw-grpc", "gw-rest", "gw-connect"]) {
     console.log(
       `added latency ${n.padEnd(10)}: p50 ${(lat[n].p50 - lat.direct.p50).toFixed(3)} ms, p99 ${(lat[n].p99 - lat.direct.p99).toFixed(3)} ms   (goal p99 < 1 ms)`,
     );
   }
   console.log(
-    `\nsettings: ${CONNS} connections x ${STREAMS} streams, ${DURATION} s per target x ${ROUNDS} rounds (interleaved); latency at ${RPS} req/s, 1 connection; load average ${loadavg().map((l) => l.toFixed(1)).join(" ")}`,
+    `\nsettings: ${CONNS} connections x ${STREAMS} streams, ${DURATION} s per target x ${ROUNDS} rounds (interleaved); latency at ${RPS} req/s, 1 connection; ${WORKERS} worker(s) per proxy; load average ${loadavg().map((l) => l.toFixed(1)).join(" ")}`,
   );
 }
 

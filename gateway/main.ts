@@ -19,7 +19,10 @@
  *   JWT_PUBLIC_KEY_FILE    verify RS/ES/EdDSA tokens with this PEM instead of a secret
  *   GATEWAY_EXPOSE_TESTING=1  also expose the test-only protomesh.testing services
  *   GATEWAY_UPSTREAM_CLIENT   h2 (default) | mesh (mesh/client, grpc-js) | connect
+ *   GATEWAY_WORKERS (1)    processes sharing the port (node:cluster); each is a
+ *                          replica for the rate-limit share (limit / (replicas x workers))
  */
+import cluster from "node:cluster";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { servicePorts } from "../mesh/config.js";
@@ -46,76 +49,103 @@ function upstreamAddress(name: string): string | undefined {
   return port ? `127.0.0.1:${port}` : undefined;
 }
 
-const genDir = fileURLToPath(new URL("../gen", import.meta.url));
-const exposeTesting = env.GATEWAY_EXPOSE_TESTING === "1";
-const all = await loadServicesFromGen(
-  genDir,
-  (typeName) => !typeName.startsWith("grpc.") && (exposeTesting || !typeName.startsWith("protomesh.testing.")),
-);
-const upstreams: Record<string, string> = {};
-const services = all.filter((s) => {
-  const d = describeService(s);
-  if (d.methods.length === 0) return false;
-  const addr = upstreamAddress(d.upstream);
-  if (!addr) {
-    log.warn({ service: s.typeName, upstream: d.upstream }, `no address for upstream "${d.upstream}": not exposed`);
-    return false;
-  }
-  upstreams[d.upstream] = addr;
-  return true;
-});
+const workers = Math.max(1, Number(env.GATEWAY_WORKERS ?? 1));
 
-let config: GatewayConfig = defaultConfig;
-if (env.GATEWAY_CONFIG) config = readConfigFile(env.GATEWAY_CONFIG);
-const withEnv = (c: GatewayConfig): GatewayConfig => ({
-  ...c,
-  rateLimit: { ...c.rateLimit, replicas: env.GATEWAY_REPLICAS ? Number(env.GATEWAY_REPLICAS) : c.rateLimit.replicas },
-  cors: {
-    ...c.cors,
-    allowedOrigins: [...c.cors.allowedOrigins, ...(env.CORS_ORIGINS ?? "").split(",").map((s) => s.trim()).filter(Boolean)],
-  },
-});
-config = withEnv(config);
+if (workers > 1 && cluster.isPrimary) {
+  // The primary only supervises: workers share the listening port.
+  let stopping = false;
+  for (let i = 0; i < workers; i++) cluster.fork();
+  cluster.on("exit", (w, code, signal) => {
+    if (stopping) {
+      if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(0);
+      return;
+    }
+    log.error({ pid: w.process.pid, code, signal }, "gateway worker exited; starting another");
+    cluster.fork();
+  });
+  const stop = () => {
+    stopping = true;
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill("SIGTERM");
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+} else {
+  await runGateway();
+}
 
-if (!env.JWT_SECRET && !env.JWT_PUBLIC_KEY_FILE) log.warn("JWT_SECRET unset: using the development default");
-const gateway = await startGateway(
-  {
-    services,
-    upstreams,
-    config,
-    configPath: env.GATEWAY_CONFIG,
-    staticDir: env.STATIC_DIR,
-    // Upstream client for REST, Connect and gRPC-Web calls: the gateway's
-    // lean HTTP/2 transport (default), mesh/client ("mesh", grpc-js) or
-    // connect-node's gRPC transport ("connect").
-    transportFor:
-      env.GATEWAY_UPSTREAM_CLIENT === "connect"
-        ? (_name, target) => createGrpcTransport({ baseUrl: `http://${target}` })
-        : env.GATEWAY_UPSTREAM_CLIENT === "mesh"
-          ? "mesh"
-          : undefined,
-    jwt: {
-      secret: env.JWT_PUBLIC_KEY_FILE ? undefined : (env.JWT_SECRET ?? DEV_JWT_SECRET),
-      publicKeyPem: env.JWT_PUBLIC_KEY_FILE ? readFileSync(env.JWT_PUBLIC_KEY_FILE, "utf8") : undefined,
-      issuer: env.JWT_ISSUER ?? "protomesh",
-      audience: env.JWT_AUDIENCE ?? "protomesh-shop",
-    },
-  },
-  Number(env.PORT ?? 8080),
-  env.HOST ?? "0.0.0.0",
-);
-log.info({ upstreams }, `gateway ready on :${gateway.port}`);
-
-let stopping = false;
-const stop = (signal: string) => {
-  if (stopping) return;
-  stopping = true;
-  log.info({ signal }, "gateway stopping");
-  // Readiness turns 503 at once; calls in flight get up to 10 s to finish.
-  void gateway.close(Number(env.SHUTDOWN_GRACE_MS ?? 10_000)).then(
-    () => process.exit(0),
-    () => process.exit(1),
+async function runGateway(): Promise<void> {
+  const genDir = fileURLToPath(new URL("../gen", import.meta.url));
+  const exposeTesting = env.GATEWAY_EXPOSE_TESTING === "1";
+  const all = await loadServicesFromGen(
+    genDir,
+    (typeName) => !typeName.startsWith("grpc.") && (exposeTesting || !typeName.startsWith("protomesh.testing.")),
   );
-};
-process.on("SIGTERM", () => stop("SIGTERM"));
-process.on("SIGINT", () => stop("SIGINT"));
+  const upstreams: Record<string, string> = {};
+  const services = all.filter((s) => {
+    const d = describeService(s);
+    if (d.methods.length === 0) return false;
+    const addr = upstreamAddress(d.upstream);
+    if (!addr) {
+      log.warn({ service: s.typeName, upstream: d.upstream }, `no address for upstream "${d.upstream}": not exposed`);
+      return false;
+    }
+    upstreams[d.upstream] = addr;
+    return true;
+  });
+
+  let config: GatewayConfig = defaultConfig;
+  if (env.GATEWAY_CONFIG) config = readConfigFile(env.GATEWAY_CONFIG);
+  const withEnv = (c: GatewayConfig): GatewayConfig => ({
+    ...c,
+    // Every worker process enforces its share too.
+    rateLimit: { ...c.rateLimit, replicas: (env.GATEWAY_REPLICAS ? Number(env.GATEWAY_REPLICAS) : c.rateLimit.replicas) * workers },
+    cors: {
+      ...c.cors,
+      allowedOrigins: [...c.cors.allowedOrigins, ...(env.CORS_ORIGINS ?? "").split(",").map((s) => s.trim()).filter(Boolean)],
+    },
+  });
+  config = withEnv(config);
+
+  if (!env.JWT_SECRET && !env.JWT_PUBLIC_KEY_FILE) log.warn("JWT_SECRET unset: using the development default");
+  const gateway = await startGateway(
+    {
+      services,
+      upstreams,
+      config,
+      configPath: env.GATEWAY_CONFIG,
+      staticDir: env.STATIC_DIR,
+      // Upstream client for REST, Connect and gRPC-Web calls: the gateway's
+      // lean HTTP/2 transport (default), mesh/client ("mesh", grpc-js) or
+      // connect-node's gRPC transport ("connect").
+      transportFor:
+        env.GATEWAY_UPSTREAM_CLIENT === "connect"
+          ? (_name, target) => createGrpcTransport({ baseUrl: `http://${target}` })
+          : env.GATEWAY_UPSTREAM_CLIENT === "mesh"
+            ? "mesh"
+            : undefined,
+      jwt: {
+        secret: env.JWT_PUBLIC_KEY_FILE ? undefined : (env.JWT_SECRET ?? DEV_JWT_SECRET),
+        publicKeyPem: env.JWT_PUBLIC_KEY_FILE ? readFileSync(env.JWT_PUBLIC_KEY_FILE, "utf8") : undefined,
+        issuer: env.JWT_ISSUER ?? "protomesh",
+        audience: env.JWT_AUDIENCE ?? "protomesh-shop",
+      },
+    },
+    Number(env.PORT ?? 8080),
+    env.HOST ?? "0.0.0.0",
+  );
+  log.info({ upstreams }, `gateway ready on :${gateway.port}`);
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "gateway stopping");
+    // Readiness turns 503 at once; calls in flight get up to 10 s to finish.
+    void gateway.close(Number(env.SHUTDOWN_GRACE_MS ?? 10_000)).then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
