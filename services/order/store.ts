@@ -4,8 +4,8 @@
  */
 import { create } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { and, asc, desc, eq, inArray, lt, type SQL } from 'drizzle-orm';
-import type { Database } from '../../mesh/db.js';
+import { and, asc, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm';
+import { resultRows, type Database } from '../../mesh/db.js';
 import type { Money } from '../../gen/shop/common/v1/money_pb.js';
 import { MoneySchema } from '../../gen/shop/common/v1/money_pb.js';
 import { OrderLineSchema, OrderSchema, OrderStatus, type Order, type OrderLine } from '../../gen/shop/order/v1/order_pb.js';
@@ -71,13 +71,60 @@ export async function linesOf(db: Database, orderIds: string[]): Promise<Map<str
   return byOrder;
 }
 
-/** One order with its lines, or undefined; `userId` restricts it to that user's orders. */
+/**
+ * One order with its lines, or undefined; `userId` restricts it to that
+ * user's orders. One round trip (the lines come aggregated as JSON): GetOrder
+ * and every WatchOrder start read through here.
+ */
 export async function loadOrder(db: Database, id: string, userId?: string): Promise<{ row: OrderRow; lines: OrderLineRow[] } | undefined> {
-  const where = userId === undefined ? eq(orders.id, id) : and(eq(orders.id, id), eq(orders.userId, userId));
-  const [row] = await db.select().from(orders).where(where).limit(1);
-  if (!row) return undefined;
-  const lines = (await linesOf(db, [id])).get(id) ?? [];
-  return { row, lines };
+  const rows = resultRows<{
+    id: string;
+    seq: string | number;
+    user_id: string;
+    idempotency_key: string;
+    status: OrderStatusName;
+    currency: string;
+    total_minor: string | number;
+    cancel_reason: string;
+    create_time: string | Date;
+    update_time: string | Date;
+    lines: string | Array<{ sku: string; name: string; quantity: string | number; unit_price_minor: string | number; position: number }>;
+  }>(
+    await db.execute(sql`
+      select o.id, o.seq, o.user_id, o.idempotency_key, o.status, o.currency, o.total_minor, o.cancel_reason,
+             o.create_time, o.update_time,
+             (select coalesce(json_agg(json_build_object('sku', l.sku, 'name', l.name, 'quantity', l.quantity::text,
+                                                         'unit_price_minor', l.unit_price_minor::text, 'position', l.position)
+                                       order by l.position), '[]'::json)
+              from "order".order_lines l where l.order_id = o.id) as lines
+      from "order".orders o
+      where o.id = ${id}::uuid ${userId === undefined ? sql`` : sql`and o.user_id = ${userId}`}`),
+  );
+  const r = rows[0];
+  if (!r) return undefined;
+  const lines = typeof r.lines === 'string' ? (JSON.parse(r.lines) as Exclude<typeof r.lines, string>) : r.lines;
+  return {
+    row: {
+      id: r.id,
+      seq: BigInt(r.seq),
+      userId: r.user_id,
+      idempotencyKey: r.idempotency_key,
+      status: r.status,
+      currency: r.currency,
+      totalMinor: BigInt(r.total_minor),
+      cancelReason: r.cancel_reason,
+      createTime: new Date(r.create_time),
+      updateTime: new Date(r.update_time),
+    },
+    lines: lines.map((l) => ({
+      orderId: r.id,
+      position: l.position,
+      sku: l.sku,
+      name: l.name,
+      quantity: BigInt(l.quantity),
+      unitPriceMinor: BigInt(l.unit_price_minor),
+    })),
+  };
 }
 
 /** A user's orders newest first, `limit` of them, strictly older than `beforeSeq` when given. */
