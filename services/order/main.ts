@@ -69,7 +69,7 @@ export const orderSettings = {
   SAGA_RETRY_MAX: duration('5s', 'Largest retry delay'),
   SAGA_CRASH_AFTER: crashPoint,
   WATCH_POLL: duration('1s', 'WatchOrder re-reads the order this often (sees other replicas\' changes)'),
-  DB_POOL: integer({ min: 1, max: 200, default: 20, doc: 'Postgres connections of this process' }),
+  DB_POOL: integer({ min: 1, max: 200, default: 10, doc: 'Postgres connections of this process (the pool of every service shares the server\'s max_connections)' }),
   READINESS_INTERVAL: duration('5s', 'How often the health check pings the database'),
 };
 export type OrderConfig = Config<typeof orderSettings>;
