@@ -227,3 +227,22 @@ test("config: overrides and precise errors", (t) => {
   t.throws(() => parseConfig({ limits: { maxBodyBytes: -1 } }), { message: /limits.maxBodyBytes/ });
   t.throws(() => parseConfig({ methods: { "x/y": { auth: "root" } } }), { message: /auth/ });
 });
+
+test("config: a method-level breaker is its own, others share the upstream's", async (t) => {
+  const { effectiveBreaker } = await import("../config.js");
+  const svc = describeService(EchoService);
+  const fail = svc.methods.find((x) => x.method.name === "Fail")!;
+  const echo = svc.methods.find((x) => x.method.name === "Echo")!;
+  const c = parseConfig({
+    methods: { "protomesh.testing.v1.EchoService/Fail": { breaker: { minRequests: 2 } } },
+    services: { echo: { breaker: { errorPercent: 30 } } },
+  });
+  const own = effectiveBreaker(fail, svc.breaker, c);
+  t.is(own.name, "echo/protomesh.testing.v1.EchoService/Fail");
+  t.is(own.spec.minRequests, 2);
+  t.is(own.spec.errorPercent, 30);
+  const shared = effectiveBreaker(echo, svc.breaker, c);
+  t.is(shared.name, "echo");
+  t.is(shared.spec.minRequests, 4, "from echo.proto's service option");
+  t.is(shared.spec.openForMs, 1000);
+});
