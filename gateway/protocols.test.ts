@@ -160,3 +160,16 @@ test("CORS preflight and actual response for a browser Connect client", async (t
     await g.close();
   }
 });
+
+test("client deadlines (Connect-Timeout-Ms, grpc-timeout) are honored and capped at the method timeout", async (t) => {
+  for (const transport of [
+    createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1" }),
+    createGrpcTransport({ baseUrl: gw.url }),
+  ]) {
+    const client = createClient(EchoService, transport);
+    const short = await client.fail({ failCode: "OK" }, { timeoutMs: 300 });
+    t.true(Number(short.metadata["timeout-ms"]) <= 300, short.metadata["timeout-ms"]);
+    const long = await client.fail({ failCode: "OK" }, { timeoutMs: 60_000 });
+    t.true(Number(long.metadata["timeout-ms"]) <= 1000, long.metadata["timeout-ms"]);
+  }
+});
