@@ -276,6 +276,7 @@ export const meshSettings = {
   LOG_LEVEL: oneOf(LOG_LEVELS, 'info', 'Minimum level of the JSON logs'),
   OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl('OTLP/HTTP endpoint for traces; unset = spans are not exported (trace ids still reach logs and headers)'),
   SHUTDOWN_GRACE: duration('10s', 'How long shutdown waits for in-flight calls before cancelling them'),
+  DB_POOL: integer({ min: 1, max: 200, default: 10, doc: 'Postgres connections in the pool (DATABASE_URL only)' }),
 } satisfies SettingsSpec;
 
 /** One row per variable, for the README and `--help`. */

@@ -21,9 +21,11 @@ test('without DATABASE_URL the catalog migrates and serves on PGlite, and stops 
   const env: NodeJS.ProcessEnv = { ...process.env, DATA_DIR: dataDir, PORT: String(port), SEED_CATALOG: 'true' };
   delete env.DATABASE_URL;
 
-  const child = spawn(process.execPath, ['--import=tsx', 'services/catalog/main.ts'], { cwd: root, env, stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const child = spawn(process.execPath, ['--import=tsx', 'services/catalog/main.ts'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // The JSON logs (pino) go to stdout, Node's own warnings to stderr: read both.
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
@@ -31,11 +33,12 @@ test('without DATABASE_URL the catalog migrates and serves on PGlite, and stops 
 
   // Wait for the "listening" line (or an early exit).
   await new Promise<void>((resolve, reject) => {
-    const check = () => (stderr.includes('catalog listening') ? resolve() : undefined);
+    const check = () => (output.includes('catalog listening') ? resolve() : undefined);
+    child.stdout.on('data', check);
     child.stderr.on('data', check);
-    exited.then((code) => reject(new Error(`catalog exited with ${code} before listening:\n${stderr}`)));
+    exited.then((code) => reject(new Error(`catalog exited with ${code} before listening:\n${output}`)));
   });
-  t.regex(stderr, /"driver":"pglite"/);
+  t.regex(output, /"driver":"pglite"/);
   t.true(existsSync(join(dataDir, 'catalog', 'PG_VERSION')), 'data directory is DATA_DIR/catalog');
 
   const target = `127.0.0.1:${port}`;
@@ -49,5 +52,5 @@ test('without DATABASE_URL the catalog migrates and serves on PGlite, and stops 
   closeMeshClients();
 
   child.kill('SIGTERM');
-  t.is(await exited, 0, stderr);
+  t.is(await exited, 0, output);
 });

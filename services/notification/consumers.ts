@@ -10,23 +10,13 @@
  * transaction as the inbox row (mesh/events), so a redelivery records nothing.
  */
 import type { DescMessage } from '@bufbuild/protobuf';
-import type { JetStreamClient } from 'nats';
-import type { Database } from '../../mesh/db.js';
-import {
-  PermanentEventError,
-  startConsumer,
-  type ConsumerHooks,
-  type EventHandler,
-  type RunningConsumer,
-} from '../../mesh/events/consumer.js';
+import { eventConsumer, type ServiceConsumer } from '../../mesh/app.js';
+import { PermanentEventError, type EventHandler } from '../../mesh/events/consumer.js';
 import { OrderCancelledSchema, OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
 import { PaymentFailedSchema } from '../../gen/shop/payment/v1/payment_pb.js';
 import { orderCancelledText, orderConfirmedText, paymentFailedText, type KindName, type MessageText } from './domain.js';
 import { recordNotification } from './repository.js';
 import { inbox } from './schema.js';
-
-/** Streams this context reads from (so they exist whichever service starts first). */
-export const CONSUMED_EVENTS = [OrderConfirmedSchema, OrderCancelledSchema, PaymentFailedSchema] as const;
 
 /** A handler that records one notification of `kind` from an event that names an order and a user. */
 function notifyOn<Desc extends DescMessage>(
@@ -55,36 +45,12 @@ export const CONSUMER_NAMES = {
   paymentFailed: 'notification-payment-failed',
 } as const;
 
-export interface NotificationConsumersOptions {
-  db: Database;
-  js: JetStreamClient;
-  prefix: string;
-  maxDeliver?: number;
-  /** Handlers running at once per consumer; events are independent, so order does not matter here. */
-  concurrency?: number;
-  hooks?: ConsumerHooks;
-}
-
-export async function startNotificationConsumers(opts: NotificationConsumersOptions): Promise<RunningConsumer[]> {
-  const handlers = notificationHandlers(opts.prefix);
-  const common = {
-    db: opts.db,
-    inbox,
-    js: opts.js,
-    prefix: opts.prefix,
-    maxDeliver: opts.maxDeliver,
-    concurrency: opts.concurrency,
-    hooks: opts.hooks,
-  };
-  const started: RunningConsumer[] = [];
-  try {
-    // One after another, so a failure stops exactly the ones already running.
-    started.push(await startConsumer({ ...common, name: CONSUMER_NAMES.orderConfirmed, event: OrderConfirmedSchema, handler: handlers.orderConfirmed }));
-    started.push(await startConsumer({ ...common, name: CONSUMER_NAMES.orderCancelled, event: OrderCancelledSchema, handler: handlers.orderCancelled }));
-    started.push(await startConsumer({ ...common, name: CONSUMER_NAMES.paymentFailed, event: PaymentFailedSchema, handler: handlers.paymentFailed }));
-  } catch (err) {
-    await Promise.all(started.map((c) => c.stop()));
-    throw err;
-  }
-  return started;
+/** The durable consumers of this context, one per event; mesh/app starts them (database, JetStream, hooks). */
+export function notificationConsumers(subjectPrefix: string): ServiceConsumer[] {
+  const handlers = notificationHandlers(subjectPrefix);
+  return [
+    eventConsumer({ name: CONSUMER_NAMES.orderConfirmed, event: OrderConfirmedSchema, handler: handlers.orderConfirmed, inbox }),
+    eventConsumer({ name: CONSUMER_NAMES.orderCancelled, event: OrderCancelledSchema, handler: handlers.orderCancelled, inbox }),
+    eventConsumer({ name: CONSUMER_NAMES.paymentFailed, event: PaymentFailedSchema, handler: handlers.paymentFailed, inbox }),
+  ];
 }
