@@ -167,8 +167,14 @@ test("client deadlines (Connect-Timeout-Ms, grpc-timeout) are honored and capped
     createGrpcTransport({ baseUrl: gw.url }),
   ]) {
     const client = createClient(EchoService, transport);
-    const short = await client.fail({ failCode: "OK" }, { timeoutMs: 300 });
-    t.true(Number(short.metadata["timeout-ms"]) <= 300, short.metadata["timeout-ms"]);
+    // Honored: the upstream sees at most the client's 900 ms (on a very busy
+    // machine the call may even run out of it, which honors it as well).
+    try {
+      const short = await client.fail({ failCode: "OK" }, { timeoutMs: 900 });
+      t.true(Number(short.metadata["timeout-ms"]) <= 900, short.metadata["timeout-ms"]);
+    } catch (e) {
+      t.is(ConnectError.from(e).code, Code.DeadlineExceeded);
+    }
     const long = await client.fail({ failCode: "OK" }, { timeoutMs: 60_000 });
     t.true(Number(long.metadata["timeout-ms"]) <= 1000, long.metadata["timeout-ms"]);
   }
