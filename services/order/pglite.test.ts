@@ -75,7 +75,7 @@ test.before(async () => {
       PAYMENT_ADDR: upstreams[2]!.address,
       LOG_LEVEL: 'warn',
     }),
-    { host: '127.0.0.1' },
+    '127.0.0.1',
   );
 });
 

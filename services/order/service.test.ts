@@ -177,7 +177,7 @@ test.before(async () => {
     WATCH_POLL: '200ms',
     LOG_LEVEL: 'warn',
   });
-  app = await startOrder(config, { host: '127.0.0.1' });
+  app = await startOrder(config, '127.0.0.1');
   client = createMeshClient(OrderService, `127.0.0.1:${app.server.port}`);
 });
 
