@@ -250,7 +250,7 @@ export async function startServiceApp<C extends ServiceAppConfig, Exposed extend
     }
 
     const consumers: RunningConsumer[] = [];
-    steps.push({ name: 'consumers', close: () => Promise.all(consumers.map((c) => c.stop())) });
+    if (parts.consumers?.length) steps.push({ name: 'consumers', close: () => Promise.all(consumers.map((c) => c.stop())) });
     // One after another, so a failure stops exactly the ones already running.
     for (const consumer of parts.consumers ?? []) {
       consumers.push(

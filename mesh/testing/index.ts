@@ -10,3 +10,4 @@ export {
 } from './database.js';
 export { dropLeftoverTestStreams, testNatsPrefix, testNatsUrl, type TestNatsPrefix } from './nats.js';
 export { freePort } from './ports.js';
+export { deleteTestStreams, startServiceForTest, type ServiceForTestOptions, type ServiceUnderTest } from './service-app.js';

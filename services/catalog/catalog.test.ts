@@ -6,13 +6,12 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import * as grpc from '@grpc/grpc-js';
 import { CatalogService, GetProductResponseSchema } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import { closeMeshClients, createMeshClient } from '../../mesh/client.js';
-import { parseConfig } from '../../mesh/config.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { identityHeaders } from '../../mesh/identity.js';
-import { createTestDatabase, type TestDatabase } from '../../mesh/testing/index.js';
+import { startServiceForTest, type ServiceUnderTest } from '../../mesh/testing/index.js';
 import { catalogSettings, startCatalog, type Catalog } from './main.js';
 
-let testDb: TestDatabase;
+let svc: ServiceUnderTest<Catalog>;
 let catalog: Catalog;
 let client: ReturnType<typeof createMeshClient<typeof CatalogService>>;
 
@@ -20,15 +19,14 @@ const admin = { headers: identityHeaders({ userId: 'u-admin', role: 'admin' }) }
 const shopper = { headers: identityHeaders({ userId: 'u-1', role: 'user' }) };
 
 test.before(async () => {
-  testDb = await createTestDatabase();
-  catalog = await startCatalog(parseConfig(catalogSettings, { DATABASE_URL: testDb.url, PORT: '0' }), '127.0.0.1');
+  svc = await startServiceForTest(catalogSettings, (config) => startCatalog(config, '127.0.0.1'));
+  catalog = svc.app;
   client = createMeshClient(CatalogService, catalog.server.address);
 });
 
 test.after.always(async () => {
   closeMeshClients();
-  await catalog?.close(1000);
-  await testDb?.drop();
+  await svc?.close();
 });
 
 interface ProductFields {

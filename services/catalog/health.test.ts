@@ -6,20 +6,17 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { Health, HealthCheckResponse_ServingStatus as Status } from '../../gen/grpc/health/v1/health_pb.js';
 import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import { closeMeshClients, createMeshClient } from '../../mesh/client.js';
-import { parseConfig } from '../../mesh/config.js';
-import { createTestDatabase, withAdmin } from '../../mesh/testing/index.js';
+import { startServiceForTest, withAdmin } from '../../mesh/testing/index.js';
 import { catalogSettings, startCatalog } from './main.js';
 
 test('health reports NOT_SERVING while the database is unreachable, and SERVING when it returns', async (t) => {
-  const testDb = await createTestDatabase(t);
-  const catalog = await startCatalog(
-    parseConfig(catalogSettings, { DATABASE_URL: testDb.url, PORT: '0', READINESS_INTERVAL: '100ms' }),
-    '127.0.0.1',
-  );
+  const svc = await startServiceForTest(catalogSettings, (config) => startCatalog(config, '127.0.0.1'), { READINESS_INTERVAL: '100ms' });
+  const catalog = svc.app;
+  const testDb = svc.database!; // Postgres, not PGlite: the test takes it away
   t.teardown(async () => {
     closeMeshClients();
     await withAdmin((sql) => sql.unsafe(`alter database "${testDb.name}" allow_connections true`)).catch(() => {});
-    await catalog.close(1000);
+    await svc.close();
   });
   const health = createMeshClient(Health, catalog.server.address);
   const catalogClient = createMeshClient(CatalogService, catalog.server.address);

@@ -6,7 +6,7 @@
 import test from 'ava';
 import { fromBinary } from '@bufbuild/protobuf';
 import { type Client } from '@connectrpc/connect';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import {
   InventoryService,
   ReservationStatus,
@@ -14,47 +14,30 @@ import {
   StockReservedSchema,
 } from '../../gen/shop/inventory/v1/inventory_pb.js';
 import { createMeshClient } from '../../mesh/client.js';
-import { parseConfig } from '../../mesh/config.js';
 import { streamForType } from '../../mesh/events/naming.js';
-import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../../mesh/testing/index.js';
+import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { inventorySettings, startInventory, type InventoryApp } from './main.js';
 import { catalogSeedSkus, seedQuantity } from './seed.js';
 
-let testDb: TestDatabase;
+let svc: ServiceUnderTest<InventoryApp>;
 let app: InventoryApp;
 let client: Client<typeof InventoryService>;
 let nc: NatsConnection;
-const nats = testNatsPrefix();
+let nats: TestNatsPrefix;
 
 test.before(async () => {
-  testDb = await createTestDatabase();
-  const config = parseConfig(inventorySettings, {
-    PORT: '0',
-    DATABASE_URL: testDb.url,
-    NATS_URL: testNatsUrl(),
-    NATS_SUBJECT_PREFIX: nats.subjectPrefix,
-    // Short, so the background sweeper is seen at work within the test.
+  svc = await startServiceForTest(inventorySettings, (config) => startInventory(config, '127.0.0.1'), {
+      // Short, so the background sweeper is seen at work within the test.
     RESERVATION_TTL: '1s',
     RESERVATION_SWEEP_INTERVAL: '100ms',
     SEED_INVENTORY: 'true',
     LOG_LEVEL: 'warn',
   });
-  app = await startInventory(config, '127.0.0.1');
+  ({ app, nc, nats } = svc);
   client = createMeshClient(InventoryService, app.server.address, { retry: { maxAttempts: 1 } });
-  nc = await connect({ servers: testNatsUrl() });
 });
 
-test.after.always(async () => {
-  await app?.close(1000);
-  if (nc) {
-    const jsm = await nc.jetstreamManager();
-    for await (const name of jsm.streams.names()) {
-      if (name.startsWith(nats.streamPrefix)) await jsm.streams.delete(name).catch(() => {});
-    }
-    await nc.close();
-  }
-  await testDb?.drop();
-});
+test.after.always(() => svc?.close());
 
 async function until<T>(what: string, probe: () => Promise<T | undefined | false>, limitMs = 15_000): Promise<T> {
   const end = Date.now() + limitMs;

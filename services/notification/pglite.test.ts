@@ -6,36 +6,17 @@ import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { NotificationService } from '../../gen/shop/notification/v1/notification_pb.js';
 import { createMeshClient } from '../../mesh/client.js';
-import { parseConfig } from '../../mesh/config.js';
 import { identityHeaders } from '../../mesh/identity.js';
-import { testNatsPrefix, testNatsUrl } from '../../mesh/testing/index.js';
-import { connect } from 'nats';
+import { startServiceForTest, type ServiceUnderTest } from '../../mesh/testing/index.js';
 import { notificationSettings, startNotification, type NotificationApp } from './main.js';
 import { recordNotification } from './repository.js';
 
-const nats = testNatsPrefix();
-let app: NotificationApp | undefined;
-
-test.after.always(async () => {
-  await app?.close(1000);
-  const nc = await connect({ servers: testNatsUrl() });
-  const jsm = await nc.jetstreamManager();
-  for await (const name of jsm.streams.names()) {
-    if (name.startsWith(nats.streamPrefix)) await jsm.streams.delete(name).catch(() => {});
-  }
-  await nc.close();
-});
+let svc: ServiceUnderTest<NotificationApp> | undefined;
+test.after.always(() => svc?.close());
 
 test('on PGlite, a watcher receives a notification recorded after it started', async (t) => {
-  app = await startNotification(
-    parseConfig(notificationSettings, {
-      PORT: '0',
-      DATA_DIR: 'memory://',
-      NATS_URL: testNatsUrl(),
-      NATS_SUBJECT_PREFIX: nats.subjectPrefix,
-    }),
-    '127.0.0.1',
-  );
+  svc = await startServiceForTest(notificationSettings, (config) => startNotification(config, '127.0.0.1'), {}, { pglite: true });
+  const { app, nats } = svc;
   t.is(app.database.driver, 'pglite');
   const client = createMeshClient(NotificationService, app.server.address, { retry: { maxAttempts: 1 } });
   const me = randomUUID();

@@ -6,53 +6,36 @@ import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { create, toBinary, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { count, eq } from 'drizzle-orm';
 import { NotificationKind, NotificationService } from '../../gen/shop/notification/v1/notification_pb.js';
 import { OrderCancelledSchema, OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
 import { PaymentFailedSchema } from '../../gen/shop/payment/v1/payment_pb.js';
 import { createMeshClient } from '../../mesh/client.js';
-import { parseConfig } from '../../mesh/config.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { publishRawEvent } from '../../mesh/events/publisher.js';
 import { identityHeaders } from '../../mesh/identity.js';
-import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../../mesh/testing/index.js';
+import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { encodePageToken } from './domain.js';
 import { notificationSettings, startNotification, type NotificationApp } from './main.js';
 import { recordNotification } from './repository.js';
 import { notifications, outbox } from './schema.js';
 
-let testDb: TestDatabase;
+let svc: ServiceUnderTest<NotificationApp, typeof notificationSettings>;
 let app: NotificationApp;
 let client: Client<typeof NotificationService>;
 let nc: NatsConnection;
-const nats = testNatsPrefix();
+let nats: TestNatsPrefix;
 
 test.before(async () => {
-  testDb = await createTestDatabase();
-  const config = parseConfig(notificationSettings, {
-    PORT: '0',
-    DATABASE_URL: testDb.url,
-    NATS_URL: testNatsUrl(),
-    NATS_SUBJECT_PREFIX: nats.subjectPrefix,
+  svc = await startServiceForTest(notificationSettings, (config) => startNotification(config, '127.0.0.1'), {
     EVENT_MAX_DELIVER: '3',
   });
-  app = await startNotification(config, '127.0.0.1');
+  ({ app, nc, nats } = svc);
   client = createMeshClient(NotificationService, app.server.address, { retry: { maxAttempts: 1 } });
-  nc = await connect({ servers: testNatsUrl() });
 });
 
-test.after.always(async () => {
-  await app?.close(1000);
-  if (nc) {
-    const jsm = await nc.jetstreamManager();
-    for await (const name of jsm.streams.names()) {
-      if (name.startsWith(nats.streamPrefix)) await jsm.streams.delete(name).catch(() => {});
-    }
-    await nc.close();
-  }
-  await testDb?.drop();
-});
+test.after.always(() => svc?.close());
 
 const as = (userId: string) => ({ headers: identityHeaders({ userId, role: 'user' }) });
 
@@ -207,15 +190,7 @@ test('WatchNotifications streams a notification recorded after it started, and e
 // Serial (ava runs serial tests first): the second replica shares the durable consumers and must be
 // gone before the other tests count what the first replica's consumers handled.
 test.serial('two replicas: a watcher on one hears a notification recorded by the other', async (t) => {
-  const replica = await startNotification(
-    parseConfig(notificationSettings, {
-      PORT: '0',
-      DATABASE_URL: testDb.url,
-      NATS_URL: testNatsUrl(),
-      NATS_SUBJECT_PREFIX: nats.subjectPrefix,
-    }),
-    '127.0.0.1',
-  );
+  const replica = await startNotification(svc.config, '127.0.0.1');
   t.teardown(() => replica.close(1000));
   const other = createMeshClient(NotificationService, replica.server.address, { retry: { maxAttempts: 1 } });
   const me = randomUUID();

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { fromBinary } from '@bufbuild/protobuf';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { asc, eq, sql } from 'drizzle-orm';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import {
   PaymentAuthorizedSchema,
   PaymentFailedSchema,
@@ -17,47 +17,30 @@ import {
 } from '../../gen/shop/payment/v1/payment_pb.js';
 import { PreconditionFailureSchema } from '../../gen/google/rpc/error_details_pb.js';
 import { createMeshClient } from '../../mesh/client.js';
-import { parseConfig } from '../../mesh/config.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { streamForType } from '../../mesh/events/naming.js';
 import { identityHeaders } from '../../mesh/identity.js';
-import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../../mesh/testing/index.js';
+import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { paymentSettings, startPayment, type PaymentApp } from './main.js';
 import { outbox, payments } from './schema.js';
 
-let testDb: TestDatabase;
+let svc: ServiceUnderTest<PaymentApp>;
 let app: PaymentApp;
 let client: Client<typeof PaymentService>;
 let nc: NatsConnection;
-const nats = testNatsPrefix();
+let nats: TestNatsPrefix;
 
 test.before(async () => {
-  testDb = await createTestDatabase();
-  const config = parseConfig(paymentSettings, {
-    PORT: '0',
-    DATABASE_URL: testDb.url,
-    NATS_URL: testNatsUrl(),
-    NATS_SUBJECT_PREFIX: nats.subjectPrefix,
+  svc = await startServiceForTest(paymentSettings, (config) => startPayment(config, '127.0.0.1'), {
     PAYMENT_SLOW_MS: '300',
     LOG_LEVEL: 'warn',
   });
-  app = await startPayment(config, '127.0.0.1');
+  ({ app, nc, nats } = svc);
   // No retries: a test must see the first answer.
   client = createMeshClient(PaymentService, app.server.address, { retry: { maxAttempts: 1 } });
-  nc = await connect({ servers: testNatsUrl() });
 });
 
-test.after.always(async () => {
-  await app?.close(1000);
-  if (nc) {
-    const jsm = await nc.jetstreamManager();
-    for await (const name of jsm.streams.names()) {
-      if (name.startsWith(nats.streamPrefix)) await jsm.streams.delete(name).catch(() => {});
-    }
-    await nc.close();
-  }
-  await testDb?.drop();
-});
+test.after.always(() => svc?.close());
 
 const EUR = (amountMinor: bigint) => ({ currencyCode: 'EUR', amountMinor });
 

@@ -8,16 +8,15 @@ import { create } from '@bufbuild/protobuf';
 import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { jwtVerify } from 'jose';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { count, eq } from 'drizzle-orm';
 import { OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
 import { Role, UserService } from '../../gen/shop/user/v1/user_pb.js';
 import { createMeshClient } from '../../mesh/client.js';
-import { parseConfig } from '../../mesh/config.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { publishRawEvent } from '../../mesh/events/publisher.js';
 import { identityHeaders } from '../../mesh/identity.js';
-import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../../mesh/testing/index.js';
+import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { toBinary } from '@bufbuild/protobuf';
 import { LOGIN_FAILED_MESSAGE } from './domain.js';
 import { startUser, userSettings, type UserApp } from './main.js';
@@ -27,40 +26,24 @@ import { UserRepository } from './repository.js';
 
 const JWT = { secret: 'test-secret-for-user-service-0123456789', issuer: 'protomesh', audience: 'protomesh-shop' };
 
-let testDb: TestDatabase;
+let svc: ServiceUnderTest<UserApp>;
 let app: UserApp;
 let client: Client<typeof UserService>;
 let nc: NatsConnection;
-const nats = testNatsPrefix();
+let nats: TestNatsPrefix;
 
 test.before(async () => {
-  testDb = await createTestDatabase();
-  const config = parseConfig(userSettings, {
-    PORT: '0',
-    DATABASE_URL: testDb.url,
-    NATS_URL: testNatsUrl(),
-    NATS_SUBJECT_PREFIX: nats.subjectPrefix,
+  svc = await startServiceForTest(userSettings, (config) => startUser(config, '127.0.0.1'), {
     JWT_SECRET: JWT.secret,
     JWT_TTL: '15m',
     EVENT_MAX_DELIVER: '3',
     LOG_LEVEL: 'warn',
   });
-  app = await startUser(config, '127.0.0.1');
+  ({ app, nc, nats } = svc);
   client = createMeshClient(UserService, app.server.address, { retry: { maxAttempts: 1 } });
-  nc = await connect({ servers: testNatsUrl() });
 });
 
-test.after.always(async () => {
-  await app?.close(1000);
-  if (nc) {
-    const jsm = await nc.jetstreamManager();
-    for await (const name of jsm.streams.names()) {
-      if (name.startsWith(nats.streamPrefix)) await jsm.streams.delete(name).catch(() => {});
-    }
-    await nc.close();
-  }
-  await testDb?.drop();
-});
+test.after.always(() => svc?.close());
 
 function uniqueEmail(): string {
   return `Shopper.${randomUUID().slice(0, 8)}@Example.COM`;
