@@ -230,7 +230,10 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
 
   const sockets = new Set<Socket>();
   const h2Sessions = new Set<http2.ServerHttp2Session>();
+  // A broken client connection is that client's problem, not the process's.
+  h2.on("sessionError", () => {});
   h2.on("session", (s) => {
+    s.on("error", () => {});
     h2Sessions.add(s);
     s.once("close", () => h2Sessions.delete(s));
   });

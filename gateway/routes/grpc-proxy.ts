@@ -104,6 +104,9 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
     m: GatewayMethod,
     ip: string,
   ): Promise<void> {
+    // A reset from the client surfaces as a stream error: it ends this call,
+    // never the process (the close handlers below clean up).
+    stream.on("error", () => {});
     // The pipeline only reads a few headers: look them up in place instead of
     // copying every header into a Headers object on this hot path.
     const h = {
