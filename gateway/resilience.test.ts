@@ -209,3 +209,32 @@ test.serial("graceful close: calls in flight finish (REST over HTTP/1.1, gRPC ov
     await up.close(0);
   }
 });
+
+test.serial("client resets (RST_STREAM INTERNAL_ERROR) mid-call do not take the gateway down", async (t) => {
+  const http2 = await import("node:http2");
+  const { create, toBinary } = await import("@bufbuild/protobuf");
+  const { EchoRequestSchema } = await import("../gen/protomesh/testing/v1/echo_pb.js");
+  const up = await startEcho();
+  const gw = await startEchoGateway(up.port);
+  try {
+    const body = toBinary(EchoRequestSchema, create(EchoRequestSchema, { id: "rst", delay: { seconds: 2n } }));
+    const framed = Buffer.concat([Buffer.from([0, 0, 0, 0, body.length]), Buffer.from(body)]);
+    const session = http2.connect(gw.url);
+    session.on("error", () => {});
+    for (const path of ["/protomesh.testing.v1.EchoService/Echo", "/protomesh.testing.v1.EchoService/Fail"]) {
+      const s = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" });
+      s.on("error", () => {});
+      s.end(framed);
+      await new Promise((r) => setTimeout(r, 100));
+      s.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    session.close();
+    const grpc = createClient(EchoService, createGrpcTransport({ baseUrl: gw.url }));
+    t.is((await grpc.echo({ id: "still-here" })).request?.id, "still-here");
+    t.is(gw.breakers.state("echo"), "closed");
+  } finally {
+    await gw.close();
+    await up.close(0);
+  }
+});
