@@ -2,6 +2,7 @@
 // process is killed and closing when it returns, retries of idempotent
 // methods, and a hot reload of a limit while load runs.
 import test from "ava";
+import http2 from "node:http2";
 import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -211,7 +212,6 @@ test.serial("graceful close: calls in flight finish (REST over HTTP/1.1, gRPC ov
 });
 
 test.serial("client resets (RST_STREAM INTERNAL_ERROR) mid-call do not take the gateway down", async (t) => {
-  const http2 = await import("node:http2");
   const { create, toBinary } = await import("@bufbuild/protobuf");
   const { EchoRequestSchema } = await import("../gen/protomesh/testing/v1/echo_pb.js");
   const up = await startEcho();
@@ -228,10 +228,23 @@ test.serial("client resets (RST_STREAM INTERNAL_ERROR) mid-call do not take the 
       await new Promise((r) => setTimeout(r, 100));
       s.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
     }
+    // The same over REST and Connect (the compat layer and connect-node).
+    const others: Array<[http2.OutgoingHttpHeaders, string | undefined]> = [
+      [{ ":method": "GET", ":path": "/v1/echo/rst?delay=2s" }, undefined],
+      [{ ":method": "POST", ":path": "/protomesh.testing.v1.EchoService/Echo", "content-type": "application/json" }, '{"id":"rst","delay":"2s"}'],
+    ];
+    for (const [headers, payload] of others) {
+      const s = session.request(headers);
+      s.on("error", () => {});
+      s.end(payload);
+      await new Promise((r) => setTimeout(r, 100));
+      s.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    }
     await new Promise((r) => setTimeout(r, 200));
     session.close();
     const grpc = createClient(EchoService, createGrpcTransport({ baseUrl: gw.url }));
     t.is((await grpc.echo({ id: "still-here" })).request?.id, "still-here");
+    t.is((await fetch(`${gw.url}/v1/echo/still-here`)).status, 200);
     t.is(gw.breakers.state("echo"), "closed");
   } finally {
     await gw.close();
