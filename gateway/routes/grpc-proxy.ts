@@ -36,6 +36,33 @@ function splitTarget(target: string): { host: string; port: number } {
 /** One HTTP/2 session per upstream target, reopened when it closes. */
 export class UpstreamSessions {
   private readonly sessions = new Map<string, ClientHttp2Session>();
+  private readonly pinger: NodeJS.Timeout;
+
+  /**
+   * A session whose peer vanished without closing TCP would swallow every
+   * call until its deadline (and keep a half-open breaker failing forever):
+   * each session is pinged, and one that does not answer in time is dropped.
+   */
+  constructor(pingIntervalMs = 10_000, pingTimeoutMs = 5_000) {
+    this.pinger = setInterval(() => {
+      for (const [target, s] of this.sessions) {
+        if (s.connecting || s.closed || s.destroyed) continue;
+        const timer = setTimeout(() => this.drop(target, s), pingTimeoutMs);
+        const ok = s.ping((err) => {
+          clearTimeout(timer);
+          if (err) this.drop(target, s);
+        });
+        if (!ok) clearTimeout(timer); // too many pings in flight: try next round
+      }
+    }, pingIntervalMs);
+    this.pinger.unref();
+  }
+
+  private drop(target: string, s: ClientHttp2Session): void {
+    if (this.sessions.get(target) === s) this.sessions.delete(target);
+    s.destroy();
+  }
+
   get(target: string): ClientHttp2Session {
     let s = this.sessions.get(target);
     if (s && !s.closed && !s.destroyed) return s;
@@ -58,6 +85,7 @@ export class UpstreamSessions {
     return session;
   }
   close(): void {
+    clearInterval(this.pinger);
     for (const s of this.sessions.values()) s.close();
     this.sessions.clear();
   }
