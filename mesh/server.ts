@@ -37,6 +37,7 @@
  * INTERNAL "internal error"; the real error goes to onInternalError.
  * Client- and bidi-streaming methods answer UNIMPLEMENTED.
  */
+import { setMaxListeners } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError, createServiceImplSpec } from "@connectrpc/connect";
 import type { Interceptor, ServiceImpl } from "@connectrpc/connect";
@@ -409,6 +410,9 @@ export async function startMeshServer(options: MeshServerOptions): Promise<MeshS
 
   const force = new AbortController();
   const drain = new AbortController();
+  // Every in-flight call that reads its signal listens on these server-wide
+  // signals until it ends: hundreds at once is normal, not a leak.
+  setMaxListeners(0, force.signal, drain.signal);
   const inflight = inflightCounter();
   const logger = options.logger ?? stderrLogger;
   const handlerOpts: HandlerOptions = {
