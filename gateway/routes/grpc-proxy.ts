@@ -4,6 +4,7 @@
 // breaker); the call runs inside the breaker, reports its grpc-status to it,
 // and an idempotent unary call answered UNAVAILABLE before any response byte
 // is retried with the buffered request.
+import { lookup } from "node:dns/promises";
 import net from "node:net";
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type ServerHttp2Stream } from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -63,27 +64,68 @@ export class UpstreamSessions {
     s.destroy();
   }
 
+  /**
+   * A session to one of the target's addresses, round-robin: a DNS name
+   * with several addresses (a headless Kubernetes Service: one per replica)
+   * spreads calls over every replica, re-resolved every 30 s.
+   */
   get(target: string): ClientHttp2Session {
-    let s = this.sessions.get(target);
+    const pool = this.poolOf(target);
+    const endpoint = pool.endpoints.length > 0 ? pool.endpoints[pool.next++ % pool.endpoints.length] : target;
+    return this.session(endpoint);
+  }
+
+  private readonly pools = new Map<string, { endpoints: string[]; next: number; at: number; pending: boolean }>();
+
+  private poolOf(target: string) {
+    let p = this.pools.get(target);
+    if (!p) this.pools.set(target, (p = { endpoints: [], next: 0, at: 0, pending: false }));
+    const { host, port } = splitTarget(target);
+    if (net.isIP(host)) {
+      if (p.endpoints.length === 0) p.endpoints = [target];
+      return p;
+    }
+    if (!p.pending && Date.now() - p.at > 30_000) {
+      p.pending = true;
+      const pool = p;
+      lookup(host, { all: true }).then(
+        (addrs) => {
+          const eps = addrs.map((a) => (a.family === 6 ? `[${a.address}]:${port}` : `${a.address}:${port}`));
+          if (eps.length > 0) pool.endpoints = eps;
+          pool.at = Date.now();
+          pool.pending = false;
+        },
+        () => {
+          pool.at = Date.now();
+          pool.pending = false; // keep the last good addresses
+        },
+      );
+    }
+    return p;
+  }
+
+  private session(endpoint: string): ClientHttp2Session {
+    let s = this.sessions.get(endpoint);
     if (s && !s.closed && !s.destroyed) return s;
     // No Nagle: small frames (a unary request is one) must not wait for an ACK.
-    s = http2.connect(`http://${target}`, {
+    s = http2.connect(`http://${endpoint}`, {
       createConnection: () => {
-        const { host, port } = splitTarget(target);
+        const { host, port } = splitTarget(endpoint);
         return net.connect({ host, port, noDelay: true });
       },
     });
     const session = s;
     session.on("error", () => {});
     session.on("close", () => {
-      if (this.sessions.get(target) === session) this.sessions.delete(target);
+      if (this.sessions.get(endpoint) === session) this.sessions.delete(endpoint);
     });
     session.on("goaway", () => {
-      if (this.sessions.get(target) === session) this.sessions.delete(target);
+      if (this.sessions.get(endpoint) === session) this.sessions.delete(endpoint);
     });
-    this.sessions.set(target, session);
+    this.sessions.set(endpoint, session);
     return session;
   }
+
   close(): void {
     clearInterval(this.pinger);
     for (const s of this.sessions.values()) s.close();

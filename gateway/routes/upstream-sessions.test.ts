@@ -22,3 +22,35 @@ test("a session whose peer never answers pings is replaced", async (t) => {
     blackHole.close();
   }
 });
+
+test("a DNS name is resolved and its addresses used (round-robin)", async (t) => {
+  const { lookup } = await import("node:dns/promises");
+  const http2 = await import("node:http2");
+  const addrs = await lookup("localhost", { all: true });
+  if (addrs.length !== 1 || addrs[0].address !== "127.0.0.1") {
+    t.pass("localhost is not just 127.0.0.1 here");
+    return;
+  }
+  const server = http2.createServer((req, res) => res.end("ok"));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  const sessions = new UpstreamSessions();
+  try {
+    sessions.get(`localhost:${port}`); // before resolution: the name itself
+    await new Promise((r) => setTimeout(r, 100));
+    const s = sessions.get(`localhost:${port}`);
+    const body = await new Promise<string>((resolve, reject) => {
+      const req = s.request({ ":path": "/" });
+      let text = "";
+      req.on("data", (c) => (text += c));
+      req.on("end", () => resolve(text));
+      req.on("error", reject);
+      req.end();
+    });
+    t.is(body, "ok");
+    t.is(s, sessions.get(`127.0.0.1:${port}`), "the resolved address's session");
+  } finally {
+    sessions.close();
+    server.close();
+  }
+});
