@@ -126,6 +126,8 @@ async function main(): Promise<void> {
       env,
       ports: servicePorts,
       logDir: path.join(DATA_DIR, 'logs'),
+      // A first start on embedded PGlite initialises a data directory per context: slow on a busy machine.
+      readyTimeoutMs: 120_000,
       onLine: (name, line) => {
         const text = readable(line);
         if (text) say(name, text, colors[SHOP_SERVICES.indexOf(name as never)]);
