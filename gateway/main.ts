@@ -21,6 +21,9 @@
  *   GATEWAY_UPSTREAM_CLIENT   h2 (default) | mesh (mesh/client, grpc-js) | connect
  *   GATEWAY_WORKERS (1)    processes sharing the port (node:cluster); each is a
  *                          replica for the rate-limit share (limit / (replicas x workers))
+ *   NATS_URL               when set, runtime overrides from the mesh's NATS KV config bucket
+ *                          (MESH_CONFIG_BUCKET, default mesh_config): timeout_ms, rate_limit,
+ *                          breaker and log_level keys, applied within a second (live-overrides.ts)
  */
 import cluster from "node:cluster";
 import { readFileSync } from "node:fs";
@@ -30,6 +33,9 @@ import { createLogger } from "../mesh/telemetry/logger.js";
 import { defaultConfig, readConfigFile, type GatewayConfig } from "./config.js";
 import { describeService, loadServicesFromGen } from "./descriptors.js";
 import { startGateway } from "./server.js";
+import { overlayLiveValues, type MeshLiveConfig } from "./live-overrides.js";
+import { meshLiveSettings, startLiveConfig } from "../mesh/live-config.js";
+import { connect, type NatsConnection } from "nats";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 const log = createLogger({ component: "gateway" });
@@ -106,6 +112,15 @@ async function runGateway(): Promise<void> {
   });
   config = withEnv(config);
 
+  // Live overrides: read before the gateway starts, so the first config already has them.
+  let nats: NatsConnection | undefined;
+  let live: MeshLiveConfig | undefined;
+  if (env.NATS_URL) {
+    nats = await connect({ servers: env.NATS_URL, name: "gateway", maxReconnectAttempts: -1 });
+    live = await startLiveConfig(nats, meshLiveSettings);
+  }
+  const exposedMethods = services.flatMap((s) => describeService(s).methods);
+
   if (!env.JWT_SECRET && !env.JWT_PUBLIC_KEY_FILE) log.warn("JWT_SECRET unset: using the development default");
   const gateway = await startGateway(
     {
@@ -114,6 +129,7 @@ async function runGateway(): Promise<void> {
       config,
       configPath: env.GATEWAY_CONFIG,
       staticDir: env.STATIC_DIR,
+      overlay: live ? (c) => overlayLiveValues(c, live, exposedMethods) : undefined,
       // Upstream client for REST, Connect and gRPC-Web calls: the gateway's
       // lean HTTP/2 transport (default), mesh/client ("mesh", grpc-js) or
       // connect-node's gRPC transport ("connect").
@@ -134,6 +150,12 @@ async function runGateway(): Promise<void> {
     env.HOST ?? "0.0.0.0",
   );
   log.info({ upstreams }, `gateway ready on :${gateway.port}`);
+  for (const family of ["timeout_ms", "rate_limit", "breaker"] as const) {
+    live?.subscribe(family, (change) => {
+      gateway.reapplyConfig();
+      log.info({ key: change.key, op: change.op }, "live override applied");
+    });
+  }
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -141,7 +163,13 @@ async function runGateway(): Promise<void> {
     stopping = true;
     log.info({ signal }, "gateway stopping");
     // Readiness turns 503 at once; calls in flight get up to 10 s to finish.
-    void gateway.close(Number(env.SHUTDOWN_GRACE_MS ?? 10_000)).then(
+    void gateway
+      .close(Number(env.SHUTDOWN_GRACE_MS ?? 10_000))
+      .then(async () => {
+        await live?.stop();
+        await nats?.drain();
+      })
+      .then(
       () => process.exit(0),
       () => process.exit(1),
     );

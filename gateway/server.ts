@@ -45,6 +45,11 @@ export interface GatewayOptions {
   readonly transportFor?: ((upstream: string, target: string) => Transport) | "mesh";
   /** Proxy plain gRPC frames without re-encoding (default true). */
   readonly grpcFastPath?: boolean;
+  /**
+   * Applied to every config before it takes effect (the initial one, each file
+   * reload, each reapplyConfig): the live overrides from NATS KV ride here.
+   */
+  readonly overlay?: (fileConfig: GatewayConfig) => GatewayConfig;
 }
 
 export interface Gateway {
@@ -54,6 +59,8 @@ export interface Gateway {
   readonly breakers: Breakers;
   readonly methods: readonly GatewayMethod[];
   setConfig(c: GatewayConfig): void;
+  /** Runs the overlay again over the last config set (after a live value changed). */
+  reapplyConfig(): void;
   /**
    * Stops accepting connections, lets calls in flight finish for up to
    * `graceMs` (HTTP/2 clients get a GOAWAY, idle HTTP/1.1 connections are
@@ -76,7 +83,9 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
   }
   const methods = services.flatMap((s) => s.methods);
   const byPath = new Map(methods.map((m) => [m.grpcPath, m]));
-  let config = o.config ?? defaultConfig;
+  // The config as given (file or caller), and the one in force: `overlay` of it.
+  let baseConfig = o.config ?? defaultConfig;
+  let config = o.overlay ? o.overlay(baseConfig) : baseConfig;
 
   const breakers = new Breakers({
     onStateChange: (name, from, to) => log.warn({ upstream: name, from, to }, `circuit breaker ${name}: ${from} -> ${to}`),
@@ -134,9 +143,11 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
   const openapi = JSON.stringify(buildOpenApi(methods));
   let closing = false;
 
-  const setConfig = (c: GatewayConfig) => {
+  const setConfig = (given: GatewayConfig) => {
+    const c = o.overlay ? o.overlay(given) : given;
     traffic.update(c.traffic); // first: an unknown upstream rejects the whole config
     const bodyLimitChanged = c.limits.maxBodyBytes !== config.limits.maxBodyBytes;
+    baseConfig = given;
     config = c;
     pipeline.setConfig(c);
     if (bodyLimitChanged) {
@@ -261,7 +272,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
 
   let watcher: FSWatcher | undefined;
   if (o.configPath) {
-    watcher = watchConfigFile(o.configPath, setConfig, (e) => log.error({ err: e.message }, "gateway config rejected; keeping the current one"), config);
+    watcher = watchConfigFile(o.configPath, setConfig, (e) => log.error({ err: e.message }, "gateway config rejected; keeping the current one"), baseConfig);
   }
 
   await new Promise<void>((resolve, reject) => {
@@ -278,6 +289,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     breakers,
     methods,
     setConfig,
+    reapplyConfig: () => setConfig(baseConfig),
     async close(graceMs = 0) {
       closing = true;
       watcher?.close();
