@@ -34,7 +34,8 @@ import { defaultConfig, readConfigFile, type GatewayConfig } from "./config.js";
 import { describeService, loadServicesFromGen } from "./descriptors.js";
 import { startGateway } from "./server.js";
 import { overlayLiveValues, type MeshLiveConfig } from "./live-overrides.js";
-import { meshLiveSettings, startLiveConfig } from "../mesh/live-config.js";
+import { liveConfigBucketFor, meshLiveSettings, startLiveConfig } from "../mesh/live-config.js";
+import { normalizeSubjectPrefix } from "../mesh/events/naming.js";
 import { connect, type NatsConnection } from "nats";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
@@ -117,7 +118,10 @@ async function runGateway(): Promise<void> {
   let live: MeshLiveConfig | undefined;
   if (env.NATS_URL) {
     nats = await connect({ servers: env.NATS_URL, name: "gateway", maxReconnectAttempts: -1 });
-    live = await startLiveConfig(nats, meshLiveSettings);
+    live = await startLiveConfig(nats, meshLiveSettings, {
+      bucket: liveConfigBucketFor(normalizeSubjectPrefix(env.NATS_SUBJECT_PREFIX ?? "")),
+      service: "gateway",
+    });
   }
   const exposedMethods = services.flatMap((s) => describeService(s).methods);
 

@@ -163,10 +163,11 @@ test.serial('a started app relays its outbox, consumes with metrics, answers hea
   t.is(entry?.json<{ address: string }>().address, `127.0.0.1:${app.server.port}`);
   t.like(app.listening, { address: app.server.address, driver: 'postgres', extra: 'yes' });
 
-  // Closing: leave the registry, drain, then consumers, relay, background work, NATS, database.
+  // Closing: leave the registry, drain, then consumers, relay, background work, the live
+  // config watcher, NATS, database.
   t.deepEqual(
     app.closeSteps.map((s) => s.name),
-    ['registry', 'grpc', 'consumers', 'outbox relay', 'probe', 'nats', 'database'],
+    ['registry', 'grpc', 'consumers', 'outbox relay', 'probe', 'live-config', 'nats', 'database'],
   );
   await app.close(1000);
   t.deepEqual(seen.stopped, ['probe']);

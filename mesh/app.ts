@@ -29,6 +29,7 @@ import { databaseUnavailableInterceptor, openDatabase, type Database, type MeshD
 import { withEventSignals } from './events/commit-signal.js';
 import { startConsumer, type ConsumerHooks, type ConsumerOptions, type RunningConsumer } from './events/consumer.js';
 import { normalizeSubjectPrefix, streamForType, streamPrefix } from './events/naming.js';
+import { liveConfigBucketFor, meshLiveSettings, startLiveConfig } from './live-config.js';
 import { startRelay, type OutboxRelay, type RelayHooks } from './events/relay.js';
 import { ensureStreams } from './events/streams.js';
 import type { OutboxTable } from './events/tables.js';
@@ -285,6 +286,12 @@ export async function startServiceApp<C extends ServiceAppConfig, Exposed extend
     // so callers stop picking this instance before it refuses calls.
     const registration = await joinMesh(nats, { name, port: server.port, bucket: registryBucketFor(prefix) });
     steps.push({ name: 'registry', close: () => registration.stop() });
+
+    // Runtime overrides from NATS KV: the process follows `log_level` / `log_level.<name>`
+    // within a second; the other families are read by whoever needs them (the gateway).
+    const live = await startLiveConfig(nats, meshLiveSettings, { bucket: liveConfigBucketFor(prefix), service: name });
+    // Stopped just before NATS drains (its watcher runs on that connection).
+    steps.splice(steps.findIndex((s) => s.name === 'nats') + 1, 0, { name: 'live-config', close: () => live.stop() });
 
     const closeSteps = [...steps].reverse();
     const core: ServiceAppCore = {

@@ -69,6 +69,17 @@ export function liveConfigBucket(bucket?: string): string {
   return bucket ?? process.env.MESH_CONFIG_BUCKET ?? "mesh_config";
 }
 
+/**
+ * The config bucket of a process under a NATS subject prefix: MESH_CONFIG_BUCKET, else one
+ * per prefix (a test run reads its own overrides, never the shop's beside it), else the
+ * shared "mesh_config".
+ */
+export function liveConfigBucketFor(subjectPrefix: string): string {
+  if (process.env.MESH_CONFIG_BUCKET) return process.env.MESH_CONFIG_BUCKET;
+  if (!subjectPrefix) return "mesh_config";
+  return `${subjectPrefix.replace(/\.$/, "").toUpperCase().replace(/[^A-Z0-9]+/g, "_")}_MESH_CONFIG`;
+}
+
 export async function openLiveConfigBucket(nc: NatsConnection, bucket?: string): Promise<KV> {
   return nc.jetstream().views.kv(liveConfigBucket(bucket), { history: 5 });
 }
