@@ -89,13 +89,16 @@ test('a placed order is one trace: gateway > order > catalog, inventory, payment
   );
   await eventually('CONFIRMED', () => call('GET', `/v1/orders/${order.id}`, undefined, accessToken), (r) => r.status === 'ORDER_STATUS_CONFIRMED');
   await eventually('points awarded', () => call('GET', '/v1/me/points', undefined, accessToken), (r) => (r.awards ?? []).length > 0);
-  // Notification records its message from the same events; give it a moment to land.
+  // Notification and user handle the same events; a CONSUMER span is written when its
+  // handling (and transaction) ends, after the spans inside it: wait for those spans.
   const spans = await eventually(
-    'notification spans of the trace',
+    'the consumer spans of the trace',
     async () => readSpans(),
     (all) => {
       const place = all.find((s) => s.service === 'order' && s.kind === SERVER && s.attributes['rpc.method'] === 'PlaceOrder');
-      return !!place && all.some((s) => s.traceId === place.traceId && s.service === 'notification');
+      const consumedBy = (service: string) =>
+        all.some((s) => s.traceId === place!.traceId && s.service === service && s.kind === 4 && s.name.startsWith('process '));
+      return !!place && consumedBy('notification') && consumedBy('user');
     },
     30_000,
   ).catch(() => readSpans());
