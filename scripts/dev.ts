@@ -5,8 +5,8 @@
  *      its store in .data/nats (installed from Debian when missing and we can).
  *   2. Data: DATABASE_URL when set; otherwise each service keeps its data in
  *      embedded PGlite under .data/<context>.
- *   3. Seeds the catalog, stock and the admin account (idempotent: a second run
- *      changes nothing), builds the storefront when it is missing or stale.
+ *   3. Builds the storefront when it is missing or stale; the services seed the
+ *      catalog, stock and the admin account as they start (idempotent).
  *   4. Starts the six services and the gateway, one readable line each as it
  *      becomes ready, then prints where to look.
  *   Ctrl-C stops everything, children included; the next run keeps the data.
@@ -16,7 +16,7 @@ import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { servicePorts } from '../mesh/config.js';
 import { canConnect, startNatsServer, type NatsChild } from './infra.js';
-import { ROOT, runSeeds, SHOP_SERVICES, startGateway, startStack, type RunningGateway, type Stack } from './stack.js';
+import { ROOT, SHOP_SERVICES, startGateway, startStack, type RunningGateway, type Stack } from './stack.js';
 
 const started = Date.now();
 const DATA_DIR = path.resolve(ROOT, process.env.DATA_DIR ?? '.data');
@@ -107,6 +107,13 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void shutdown(0));
 
   try {
+    // A port that already answers is another shop (a second `make dev`?): its health checks
+    // would pass for ours, so refuse instead of reporting a shop that is not ours.
+    for (const [name, port] of [...Object.entries(servicePorts), ['gateway', GATEWAY_PORT] as const]) {
+      if (await canConnect('127.0.0.1', Number(port), 300)) {
+        throw new Error(`port ${port} (${name}) is already in use: is another \`make dev\` running? Stop it, or free the port`);
+      }
+    }
     const found = await ensureNats();
     nats = found.child;
     say('nats', `${found.child ? 'started' : 'using'} ${found.url}${found.child ? ` (JetStream store ${path.relative(ROOT, DATA_DIR)}/nats)` : ''}`, colors[6]);
@@ -117,13 +124,13 @@ async function main(): Promise<void> {
       LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
     };
     say('dev', process.env.DATABASE_URL ? 'data: Postgres at DATABASE_URL' : `data: embedded PGlite under ${path.relative(ROOT, DATA_DIR)}/<context>`);
-    await runSeeds({ ...process.env, ...env } as NodeJS.ProcessEnv, (name, last) =>
-      say(name, `seeded${last ? `: ${readable(last) ?? ''}` : ''}`),
-    );
     buildStorefront();
 
     stack = await startStack({
       env,
+      // Each service seeds its own data as it starts (idempotent): no second process has to
+      // open the same embedded PGlite directory first.
+      serviceEnv: { catalog: { SEED_CATALOG: 'true' }, inventory: { SEED_INVENTORY: 'true' }, user: { SEED_ADMIN: 'true' } },
       ports: servicePorts,
       logDir: path.join(DATA_DIR, 'logs'),
       // A first start on embedded PGlite initialises a data directory per context: slow on a busy machine.
@@ -159,7 +166,7 @@ async function main(): Promise<void> {
   REST         curl http://localhost:${GATEWAY_PORT}/v1/products?pageSize=3
   OpenAPI      http://localhost:${GATEWAY_PORT}/openapi.json
   gRPC         grpcurl -plaintext localhost:${GATEWAY_PORT} list
-               grpcurl -plaintext -d '{"sku":"${'SKU'}"}' localhost:${servicePorts.catalog} shop.catalog.v1.CatalogService/GetProduct
+               grpcurl -plaintext -d '{"sku":"COF-ETH-YIRG"}' localhost:${servicePorts.catalog} shop.catalog.v1.CatalogService/GetProduct
   admin        admin@shop.test / admin-dev-password (ADMIN_PASSWORD overrides)
   logs         ${path.relative(ROOT, path.join(DATA_DIR, 'logs'))}/<service>.log
 

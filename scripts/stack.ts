@@ -30,7 +30,7 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 /** Loaded before each process's code: OpenTelemetry (gRPC/HTTP spans), /metrics, log trace ids. */
 const TELEMETRY = pathToFileURL(path.join(ROOT, 'mesh', 'telemetry', 'register.ts')).href;
 
-/** The shop's services in start order (the order service calls the three before it). */
+/** The shop's services. */
 export const SHOP_SERVICES = ['catalog', 'inventory', 'payment', 'user', 'notification', 'order'] as const;
 export type ShopService = (typeof SHOP_SERVICES)[number];
 
@@ -188,10 +188,9 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   };
 
   try {
-    // The order service calls the others, so it starts last; the rest start together.
-    const first = names.filter((n) => n !== 'order');
-    await Promise.all(first.map((name) => start(name)));
-    if (names.includes('order')) await start('order');
+    // All together: a service's clients connect lazily and its calls retry UNAVAILABLE, so
+    // none needs another to be up first (the order saga simply waits for its upstreams).
+    await Promise.all(names.map((name) => start(name)));
   } catch (err) {
     await stop(2000);
     throw err;

@@ -13,13 +13,13 @@
  */
 import { UserRegisteredSchema, UserService } from '../../gen/shop/user/v1/user_pb.js';
 import { eventConsumerSettings, runServiceMain, serviceAppSettings, startServiceApp, type ServiceApp } from '../../mesh/app.js';
-import { loadConfig, meshSettings, port, servicePorts, type Config } from '../../mesh/config.js';
+import { boolean, loadConfig, meshSettings, port, servicePorts, string, type Config } from '../../mesh/config.js';
 import { serve } from '../../mesh/server.js';
 import { userConsumers } from './consumers.js';
 import { prepareDecoy } from './password.js';
 import { UserRepository } from './repository.js';
 import { outbox } from './schema.js';
-import { userMigrations } from './seed.js';
+import { DEV_ADMIN_PASSWORD, seedAdmin, userMigrations } from './seed.js';
 import { createUserService } from './service.js';
 import { DEV_JWT_SECRET, jwtSettings } from './tokens.js';
 
@@ -31,6 +31,8 @@ export const userSettings = {
   ...eventConsumerSettings,
   ...jwtSettings,
   PORT: port(servicePorts.user, 'gRPC listen port of the user service'),
+  SEED_ADMIN: boolean(false, 'Create admin@shop.test at start when missing (idempotent)'),
+  ADMIN_PASSWORD: string(DEV_ADMIN_PASSWORD, 'Password of admin@shop.test when SEED_ADMIN creates it'),
 };
 export type UserConfig = Config<typeof userSettings>;
 
@@ -48,6 +50,7 @@ export function startUser(config: UserConfig, host?: string): Promise<UserApp> {
     setup: async ({ db, prefix }) => {
       const repo = new UserRepository(db, prefix);
       await prepareDecoy();
+      if (config.SEED_ADMIN) await seedAdmin(repo, config.ADMIN_PASSWORD);
       const tokens = { secret: config.JWT_SECRET, issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, ttlMs: config.JWT_TTL };
       return {
         services: [serve(UserService, createUserService({ repo, tokens }))],
