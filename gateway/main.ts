@@ -28,7 +28,7 @@
 import cluster from "node:cluster";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { servicePorts } from "../mesh/config.js";
+import { DEV_JWT_SECRET, jwtSettings, loadConfig, servicePorts } from "../mesh/config.js";
 import { createLogger } from "../mesh/telemetry/logger.js";
 import { defaultConfig, readConfigFile, type GatewayConfig } from "./config.js";
 import { describeService, loadServicesFromGen } from "./descriptors.js";
@@ -42,8 +42,6 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 const log = createLogger({ component: "gateway" });
 const env = process.env;
 
-// The user service's development default; production sets JWT_SECRET.
-const DEV_JWT_SECRET = "protomesh-dev-secret-change-me-in-production-0123456789";
 
 function upstreamAddress(name: string): string | undefined {
   const direct = env[`${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}_ADDR`];
@@ -125,7 +123,9 @@ async function runGateway(): Promise<void> {
   }
   const exposedMethods = services.flatMap((s) => describeService(s).methods);
 
-  if (!env.JWT_SECRET && !env.JWT_PUBLIC_KEY_FILE) log.warn("JWT_SECRET unset: using the development default");
+  // The same JWT_* declaration the user service signs with (mesh/config.ts).
+  const jwtConfig = loadConfig(jwtSettings);
+  if (jwtConfig.JWT_SECRET === DEV_JWT_SECRET && !env.JWT_PUBLIC_KEY_FILE) log.warn("JWT_SECRET unset: using the development default");
   const gateway = await startGateway(
     {
       services,
@@ -144,10 +144,10 @@ async function runGateway(): Promise<void> {
             ? "mesh"
             : undefined,
       jwt: {
-        secret: env.JWT_PUBLIC_KEY_FILE ? undefined : (env.JWT_SECRET ?? DEV_JWT_SECRET),
+        secret: env.JWT_PUBLIC_KEY_FILE ? undefined : jwtConfig.JWT_SECRET,
         publicKeyPem: env.JWT_PUBLIC_KEY_FILE ? readFileSync(env.JWT_PUBLIC_KEY_FILE, "utf8") : undefined,
-        issuer: env.JWT_ISSUER ?? "protomesh",
-        audience: env.JWT_AUDIENCE ?? "protomesh-shop",
+        issuer: jwtConfig.JWT_ISSUER,
+        audience: jwtConfig.JWT_AUDIENCE,
       },
     },
     Number(env.PORT ?? 8080),

@@ -305,3 +305,20 @@ export function settingsMarkdown(spec: SettingsSpec): string {
   }
   return lines.join('\n');
 }
+
+/**
+ * The development signing key of access tokens, used when JWT_SECRET is unset so the
+ * shop runs from a fresh clone. Public, so anything reachable by others MUST set its own.
+ */
+export const DEV_JWT_SECRET = 'protomesh-dev-secret-change-me-in-production-0123456789';
+
+/**
+ * The JWT_* variables: the user service signs with them, the gateway verifies with them,
+ * so both read the same declaration (and the same defaults).
+ */
+export const jwtSettings = {
+  JWT_SECRET: string(DEV_JWT_SECRET, 'HS256 key of the access tokens (development default: set your own anywhere real)'),
+  JWT_ISSUER: string('protomesh', 'iss claim of the access tokens'),
+  JWT_AUDIENCE: string('protomesh-shop', 'aud claim of the access tokens'),
+  JWT_TTL: duration('1h', 'Lifetime of an access token'),
+} satisfies SettingsSpec;

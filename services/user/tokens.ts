@@ -8,7 +8,6 @@
  * x-mesh-user-id / x-mesh-user-role.
  */
 import { SignJWT, jwtVerify } from 'jose';
-import { duration, string } from '../../mesh/config.js';
 import { isRoleName, type RoleName } from './domain.js';
 
 export interface TokenSettings {
@@ -71,20 +70,5 @@ export async function verifyAccessToken(
   return { userId: payload.sub, role, expiresAt: new Date(payload.exp * 1000) };
 }
 
-/**
- * The development signing key, used when JWT_SECRET is unset so the shop runs
- * from a fresh clone. Public, so anything reachable by others MUST set its own.
- */
-export const DEV_JWT_SECRET = 'protomesh-dev-secret-change-me-in-production-0123456789';
-
-/**
- * The JWT_* environment variables (spread into a loadConfig spec). The gateway
- * verifies with the same variables and defaults: import this from here (it
- * pulls in nothing but mesh/config and jose).
- */
-export const jwtSettings = {
-  JWT_SECRET: string(DEV_JWT_SECRET, 'HS256 key of the access tokens (development default: set your own anywhere real)'),
-  JWT_ISSUER: string('protomesh', 'iss claim of the access tokens'),
-  JWT_AUDIENCE: string('protomesh-shop', 'aud claim of the access tokens'),
-  JWT_TTL: duration('1h', 'Lifetime of an access token'),
-};
+// The JWT_* settings are shared with the gateway, which verifies what this service signs.
+export { DEV_JWT_SECRET, jwtSettings } from '../../mesh/config.js';
