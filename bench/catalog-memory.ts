@@ -6,7 +6,7 @@
  * h2load, and prints calls/s with the process's resident memory at rest and its
  * peak (VmHWM from /proc, Linux only).
  *
- *   npx tsx bench/catalog-memory.ts            SECONDS=15 CONNECTIONS=8 STREAMS=16
+ *   npx tsx bench/catalog-memory.ts            DURATION=15 CONNECTIONS=8 STREAMS=16
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -20,7 +20,7 @@ import { closeMeshClients, createMeshClient } from '../mesh/client.js';
 import { createTestDatabase, freePort, testNatsPrefix } from '../mesh/testing/index.js';
 import { checkHealth, ROOT } from '../scripts/stack.js';
 
-const seconds = Number(process.env.SECONDS ?? 15);
+const seconds = Number(process.env.DURATION ?? 15);
 const connections = Number(process.env.CONNECTIONS ?? 8);
 const streams = Number(process.env.STREAMS ?? 16);
 const SKU = 'COF-ETH-YIRG';
