@@ -25,6 +25,7 @@ import { createRpcRoutes } from "./routes/rpc.js";
 import { createRestRouter } from "./transcode/router.js";
 import { createH2GrpcTransport } from "./upstream/h2-transport.js";
 import { createTrafficPolicy } from "./traffic/policy.js";
+import { createUpstreamReadiness } from "./readiness.js";
 
 export interface GatewayOptions {
   /** The services to expose (their public methods). */
@@ -141,6 +142,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     limits: () => config.limits,
   });
   const openapi = JSON.stringify(buildOpenApi(methods));
+  const readiness = createUpstreamReadiness(o.upstreams);
   let closing = false;
 
   const setConfig = (given: GatewayConfig) => {
@@ -171,7 +173,11 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
         return;
       }
       if (url.pathname === "/healthz") return sendJson(res, 200, { status: "ok" });
-      if (url.pathname === "/readyz") return sendJson(res, closing ? 503 : 200, { status: closing ? "draining" : "ready" });
+      if (url.pathname === "/readyz") {
+        if (closing) return sendJson(res, 503, { status: "draining" });
+        const unreachable = await readiness.unreachable();
+        return sendJson(res, unreachable.length ? 503 : 200, unreachable.length ? { status: "unready", unreachable } : { status: "ready" });
+      }
       if (url.pathname === "/openapi.json") {
         (res as ServerResponse).writeHead(200, { ...base, "content-type": "application/json" });
         res.end(openapi);
