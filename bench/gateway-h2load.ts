@@ -18,13 +18,13 @@
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { EchoRequestSchema } from "../gen/protomesh/testing/v1/echo_pb.js";
+import { freePort } from "../mesh/net.js";
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -41,14 +41,6 @@ const WORKERS = Number(process.env.WORKERS ?? 1);
 const work = mkdtempSync(join(tmpdir(), "gw-bench-"));
 const children: ChildProcess[] = [];
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 async function startNode(script: string, env: Record<string, string>, readyUrl?: string): Promise<ChildProcess> {
   const child = spawn(process.execPath, ["--import", "tsx", join(root, script)], {

@@ -3,7 +3,7 @@
 // orchestrator polling /readyz every second does not open a connection per
 // upstream per poll. An upstream behind discovery (mesh:///) is resolved by the
 // grpc-js resolver per call, so it is not probed here.
-import net from "node:net";
+import { canConnect } from "../mesh/net.js";
 
 export interface UpstreamReadiness {
   /** Names of the upstreams that did not accept a connection, [] when all did. */
@@ -17,19 +17,6 @@ export function probeTarget(target: string): { host: string; port: number } | un
   else if (/^[a-z][a-z0-9+.-]*:(?!\d)/i.test(rest)) return undefined; // a scheme, not "host:port"
   const m = /^\[?([^\]\s]+?)\]?:(\d+)$/.exec(rest);
   return m ? { host: m[1], port: Number(m[2]) } : undefined;
-}
-
-function canConnect(host: string, port: number, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host, port });
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
-    socket.once("connect", () => done(true));
-    socket.once("error", () => done(false));
-  });
 }
 
 export function createUpstreamReadiness(

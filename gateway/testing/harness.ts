@@ -1,7 +1,6 @@
 // Test support: an echo upstream (in-process or as a child process that a
 // test can kill) and a gateway in front of it.
 import { spawn, type ChildProcess } from "node:child_process";
-import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { SignJWT } from "jose";
 import { EchoService } from "../../gen/protomesh/testing/v1/echo_pb.js";
@@ -48,16 +47,6 @@ export async function startEchoGateway(
   return gw;
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-    s.on("error", reject);
-  });
-}
 
 /** The echo service in its own process, so a test can kill it. */
 export async function spawnEcho(port: number): Promise<ChildProcess> {
@@ -74,3 +63,5 @@ export async function spawnEcho(port: number): Promise<ChildProcess> {
   });
   return child;
 }
+
+export { freePort } from "../../mesh/net.js";

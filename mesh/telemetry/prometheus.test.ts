@@ -3,24 +3,14 @@
 import test from "ava";
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { observeRpc, startMetricsServer } from "./metrics.js";
+import { freePort } from "../net.js";
 
 const hasPrometheus = !spawnSync("prometheus", ["--version"]).error;
 const maybe = hasPrometheus ? test : test.skip;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 maybe("Prometheus scrapes /metrics and can query the RPC counters", async (t) => {
   const metrics = await startMetricsServer({ port: 0, host: "127.0.0.1" });
