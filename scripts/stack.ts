@@ -29,6 +29,11 @@ import { freePort } from './infra.js';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** Loaded before each process's code: OpenTelemetry (gRPC/HTTP spans), /metrics, log trace ids. */
 const TELEMETRY = pathToFileURL(path.join(ROOT, 'mesh', 'telemetry', 'register.ts')).href;
+/**
+ * Extra node flags for every service child, split on spaces: STACK_NODE_FLAGS='--cpu-prof
+ * --cpu-prof-dir=/tmp/prof' profiles each process of a bench (node refuses --cpu-prof in NODE_OPTIONS).
+ */
+const NODE_FLAGS = (process.env.STACK_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 
 /** The shop's services. */
 export const SHOP_SERVICES = ['catalog', 'inventory', 'payment', 'user', 'notification', 'order'] as const;
@@ -133,7 +138,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       log = createWriteStream(logFile, { flags: 'a' });
       logs.set(name, log);
     }
-    const child = spawn(process.execPath, ['--import', 'tsx', '--import', TELEMETRY, path.join(ROOT, 'services', name, 'main.ts')], {
+    const child = spawn(process.execPath, [...NODE_FLAGS, '--import', 'tsx', '--import', TELEMETRY, path.join(ROOT, 'services', name, 'main.ts')], {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
