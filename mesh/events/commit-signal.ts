@@ -9,12 +9,23 @@
 // writer's transaction, coalesced: at most one in flight per schema) for relays in other
 // processes. Plain `db.transaction` + `enqueueEvent` still works: enqueueEvent then
 // notifies inside the transaction, correct but slower under load.
+//
+// Under load that NOTIFY is a round trip per commit per service, and every relay of the
+// process hears its own NOTIFY back and drains a second time for nothing. So the NOTIFY
+// carries this process's tag (the relays here were already woken directly and skip it),
+// and after one is sent the next waits NOTIFY_COALESCE_MS: other replicas hear of a burst
+// of commits once, at most that much later (their poll is the backstop either way).
+import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { sql } from "drizzle-orm";
 import type { EventsDb, EventsTx } from "./db.js";
 import { outboxChannel } from "./naming.js";
 
 const local = new EventEmitter();
+/** The payload of this process's NOTIFYs: its relays were woken directly, and skip them. */
+export const PROCESS_NOTIFY_TAG = `pm-${randomUUID()}`;
+/** Least time between two commit NOTIFYs of one schema from this process. */
+export const NOTIFY_COALESCE_MS = 20;
 local.setMaxListeners(0);
 
 /** Transactions opened by transactionWithEvents -> schemas that enqueued events in them. */
@@ -93,7 +104,9 @@ export function announceCommitted(db: EventsDb, schemaName: string): void {
     do {
       state.again = false;
       // A lost NOTIFY only costs latency: the relays' poll still finds the rows.
-      await db.execute(sql`select pg_notify(${channel}, '')`).catch(() => {});
+      await db.execute(sql`select pg_notify(${channel}, ${PROCESS_NOTIFY_TAG})`).catch(() => {});
+      // Commits in the next few ms share the next NOTIFY.
+      await new Promise((r) => setTimeout(r, NOTIFY_COALESCE_MS).unref());
     } while (state.again);
     state.inFlight = false;
   };
