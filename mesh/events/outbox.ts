@@ -2,7 +2,7 @@
 import { randomUUID } from "node:crypto";
 import { injectTraceparent } from "../telemetry/trace-context.js";
 import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { and, isNotNull, lt, sql } from "drizzle-orm";
+import { and, isNotNull, lt, sql, type SQL } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
 import { deferNotify } from "./commit-signal.js";
 import type { EventsDb, EventsTx } from "./db.js";
@@ -56,13 +56,42 @@ export async function enqueueEvent<Desc extends DescMessage>(
     payload: toBinary(schema, message),
     headers,
   });
+  await eventsEnqueued(tx, outbox);
+  return eventId;
+}
+
+/**
+ * The outbox INSERT of one event as SQL, for a statement that writes a state change and
+ * its event together (`with r as (update ... returning ...), e as (<this>) select ...`),
+ * which saves the event its own round trip. One row per row of `from` (a CTE of zero or
+ * one row: no change, no event), with the columns and headers enqueueEvent writes. Inside
+ * a transaction, call eventsEnqueued(tx, outbox) too, as enqueueEvent does.
+ */
+export function outboxInsertSql<Desc extends DescMessage>(
+  outbox: OutboxTable,
+  schema: Desc,
+  message: MessageShape<Desc>,
+  opts: EnqueueOptions,
+  from: SQL,
+): SQL {
+  if (!opts.aggregateId) throw new Error("outboxInsertSql: aggregateId is required");
+  const headers: EventHeaders = { ...currentTraceHeaders(), ...opts.headers };
+  if (opts.traceparent) headers[TRACEPARENT] = opts.traceparent;
+  const bytes = toBinary(schema, message);
+  const payload = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return sql`insert into ${outbox} (id, aggregate_id, event_type, subject, payload, headers)
+    select ${opts.eventId ?? randomUUID()}::uuid, ${opts.aggregateId}, ${schema.typeName}, ${eventSubject(schema.typeName, opts.prefix ?? "")},
+      ${payload}::bytea, ${JSON.stringify(headers)}::jsonb from ${from}`;
+}
+
+/** Makes sure the relay wakes once `tx` commits the outbox rows it wrote (enqueueEvent's last step). */
+export async function eventsEnqueued(tx: EventsTx, outbox: OutboxTable): Promise<void> {
   const schemaName = outboxSchemaName(outbox);
   if (!deferNotify(tx, schemaName)) {
     // Not in transactionWithEvents: notify inside the transaction (heard at commit, never
     // on rollback). Postgres folds identical notifications of one transaction into one.
     await tx.execute(sql`select pg_notify(${outboxChannel(schemaName)}, '')`);
   }
-  return eventId;
 }
 
 /** traceparent/tracestate of the active OpenTelemetry context (empty when none is set up). */
