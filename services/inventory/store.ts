@@ -2,13 +2,13 @@
  * The inventory's transactions. Each public method is one Postgres
  * transaction; the events it announces go into the outbox inside it.
  *
- * Why it never oversells: a line is reserved by one conditional statement,
- *   UPDATE stock SET reserved = reserved + q WHERE sku = $1 AND on_hand - reserved >= q
- * Concurrent reservers queue on the SKU's row lock and each re-checks the
- * condition against the row as the previous one left it (READ COMMITTED
- * re-evaluates the WHERE on the latest row version), so the sum of what
- * succeeds never exceeds what is on hand; the CHECK (reserved <= on_hand)
- * backs that up. Lines are taken in SKU order, so two reservations sharing
+ * Why it never oversells: a reservation locks its SKU rows (SELECT ... FOR UPDATE,
+ * in SKU order) before it reads what they have, and takes a line only when
+ * on_hand - reserved covers it. Concurrent reservers queue on the SKU's row lock,
+ * and FOR UPDATE hands each the row as the previous one left it (READ COMMITTED
+ * reads the latest committed version of a row it had to wait for), so the sum of
+ * what succeeds never exceeds what is on hand; the CHECK (reserved <= on_hand)
+ * backs that up. Taking the locks in SKU order means two reservations sharing
  * SKUs never deadlock. A short line throws, which rolls back the whole
  * transaction: all lines or none.
  *
@@ -18,8 +18,9 @@ import { create } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import { and, asc, eq, inArray, lte, sql } from 'drizzle-orm';
 import type { Database, Transaction } from '../../mesh/db.js';
+import { resultRows } from '../../mesh/db.js';
 import { notFound, failedPrecondition } from '../../mesh/errors.js';
-import { enqueueEvent } from '../../mesh/events/outbox.js';
+import { enqueueEvent, eventsEnqueued, outboxInsertSql } from '../../mesh/events/outbox.js';
 import { StockReleasedSchema, StockReservedSchema } from '../../gen/shop/inventory/v1/inventory_pb.js';
 import {
   answerRepeatedReserve,
@@ -99,55 +100,73 @@ export class InventoryStore {
     return inserted.length > 0;
   }
 
-  /** Reserves every line or none; a repeated id answers the stored reservation. `lines` sorted by SKU. */
+  /**
+   * Reserves every line or none; a repeated id answers the stored reservation.
+   *
+   * One statement does the work (a round trip per line and per row saved, and the SKU
+   * rows stay locked for one round trip, not one per line): insert the reservation
+   * unless the id exists (the id's lock comes first: a concurrent call with the same id
+   * waits for this transaction, then finds the row), then lock the SKU rows in SKU order
+   * and read what they have (FOR UPDATE reads the latest committed row, so each reserver
+   * sees what the previous one left), take every line that fits, write StockReserved.
+   * If any line did not fit, throwing rolls the whole transaction back.
+   */
   async reserve(id: string, lines: Line[]): Promise<ReservationRecord> {
     const sorted = sortLines(lines);
     return this.db.transaction(async (tx) => {
-      const now = this.now();
-      // Takes the id first: a concurrent call with the same id waits here for
-      // this transaction, then finds the row (or, if this one rolled back, inserts).
-      const [inserted] = await tx
-        .insert(reservations)
-        .values({
-          id,
-          status: 'RESERVED',
-          lines: sorted,
-          expireTime: new Date(now + this.ttlMs),
-          createTime: new Date(now),
-          updateTime: new Date(now),
-        })
-        .onConflictDoNothing({ target: reservations.id })
-        .returning();
-      if (!inserted) {
-        const [existing] = await tx.select().from(reservations).where(eq(reservations.id, id));
-        if (!existing) throw new Error(`reservation ${id} conflicted but cannot be read`);
-        return answerRepeatedReserve(record(existing), sorted);
-      }
-      // The event first, the stock last: the SKU rows stay locked only from
-      // their UPDATE to COMMIT, which is what concurrent reservers queue on.
-      await enqueueEvent(
-        tx,
+      const now = new Date(this.now());
+      const expire = new Date(now.getTime() + this.ttlMs);
+      // Raw statements take timestamps as text (postgres.js does not serialise a Date for an inferred type).
+      const ts = sql`${now.toISOString()}::timestamptz`;
+      const event = outboxInsertSql(
         outbox,
         StockReservedSchema,
         create(StockReservedSchema, {
           reservationId: id,
           lines: sorted.map((l) => ({ sku: l.sku, quantity: BigInt(l.quantity) })),
-          occurTime: timestampFromMs(now),
+          occurTime: timestampFromMs(now.getTime()),
         }),
         { aggregateId: id, prefix: this.prefix },
+        sql`r`,
       );
-      for (const line of sorted) {
-        const taken = await tx
-          .update(stock)
-          .set({ reserved: sql`${stock.reserved} + ${line.quantity}`, updateTime: new Date(now) })
-          .where(and(eq(stock.sku, line.sku), sql`${stock.onHand} - ${stock.reserved} >= ${line.quantity}`))
-          .returning({ sku: stock.sku });
-        if (taken.length === 0) {
-          const [row] = await tx.select().from(stock).where(eq(stock.sku, line.sku));
-          throw insufficientStock(line.sku, line.quantity, row ? row.onHand - row.reserved : 0);
-        }
+      const want = sql.join(
+        sorted.map((l) => sql`(${l.sku}::text, ${l.quantity}::bigint)`),
+        sql`, `,
+      );
+      const [res] = resultRows<{ inserted: number; taken: number; held: { sku: string; available: number }[] }>(
+        await tx.execute(sql`
+          with r as (
+            insert into ${reservations} (id, status, lines, expire_time, create_time, update_time)
+            values (${id}, 'RESERVED', ${JSON.stringify(sorted)}::jsonb, ${expire.toISOString()}::timestamptz, ${ts}, ${ts})
+            on conflict (id) do nothing
+            returning id
+          ), want (sku, quantity) as (values ${want}),
+          held as materialized (
+            select s.sku, s.on_hand - s.reserved as available from ${stock} s
+            where s.sku in (select sku from want) and exists (select 1 from r)
+            order by s.sku
+            for update
+          ), taken as (
+            update ${stock} s set reserved = s.reserved + w.quantity, update_time = ${ts}
+            from want w join held h on h.sku = w.sku
+            where s.sku = w.sku and h.available >= w.quantity
+            returning s.sku
+          ), e as (${event})
+          select (select count(*) from r)::int as inserted, (select count(*) from taken)::int as taken,
+            (select coalesce(json_agg(json_build_object('sku', sku, 'available', available)), '[]'::json) from held) as held`),
+      );
+      if (!res || Number(res.inserted) === 0) {
+        const [existing] = await tx.select().from(reservations).where(eq(reservations.id, id));
+        if (!existing) throw new Error(`reservation ${id} conflicted but cannot be read`);
+        return answerRepeatedReserve(record(existing), sorted);
       }
-      return record(inserted);
+      if (Number(res.taken) < sorted.length) {
+        const available = new Map(res.held.map((h) => [h.sku, Number(h.available)]));
+        const short = sorted.find((l) => (available.get(l.sku) ?? 0) < l.quantity)!;
+        throw insufficientStock(short.sku, short.quantity, available.get(short.sku) ?? 0);
+      }
+      await eventsEnqueued(tx, outbox);
+      return { id, status: 'RESERVED', lines: sorted, expireAt: expire.getTime(), releaseReason: '', tombstone: false };
     });
   }
 
@@ -185,33 +204,41 @@ export class InventoryStore {
     });
   }
 
-  /** Turns a RESERVED reservation into a sale: on_hand and reserved both go down. */
+  /**
+   * Turns a RESERVED reservation into a sale: on_hand and reserved both go down. One
+   * statement, all or nothing: lock the reservation, then its SKU rows in SKU order (the
+   * global lock order), and only when every SKU row is there move both. The decision on
+   * what it was (committed already, released, unknown) is commitDecision's, on the row as
+   * it was before.
+   */
   async commit(id: string): Promise<ReservationRecord> {
-    return this.db.transaction(async (tx) => {
-      const now = this.now();
-      const [row] = await tx.select().from(reservations).where(eq(reservations.id, id)).for('update');
-      if (!row) throw notFound('reservation', id);
-      const current = record(row);
-      if (commitDecision(current) === 'already') return current;
-      for (const line of current.lines) {
-        const done = await tx
-          .update(stock)
-          .set({
-            onHand: sql`${stock.onHand} - ${line.quantity}`,
-            reserved: sql`${stock.reserved} - ${line.quantity}`,
-            updateTime: new Date(now),
-          })
-          .where(eq(stock.sku, line.sku))
-          .returning({ sku: stock.sku });
-        if (done.length === 0) throw new Error(`stock row ${line.sku} of reservation ${id} is missing`);
-      }
-      const [committed] = await tx
-        .update(reservations)
-        .set({ status: 'COMMITTED', updateTime: new Date(now) })
-        .where(eq(reservations.id, id))
-        .returning();
-      return record(committed!);
-    });
+    const ts = sql`${new Date(this.now()).toISOString()}::timestamptz`;
+    const [row] = resultRows<ReservationSql & { ok: boolean; committed: number }>(
+      await this.db.execute(sql`
+        with cur as (
+          select id, status, lines, expire_time, release_reason, tombstone from ${reservations} where id = ${id} for update
+        ), want as (
+          select x.sku, x.quantity from cur, jsonb_to_recordset(cur.lines) as x(sku text, quantity bigint) where cur.status = 'RESERVED'
+        ), held as materialized (
+          select s.sku from ${stock} s where s.sku in (select sku from want) order by s.sku for update
+        ), ok as (
+          select (select count(*) from held) = (select count(*) from want) as ok
+        ), done as (
+          update ${reservations} r set status = 'COMMITTED', update_time = ${ts}
+          from cur, ok where r.id = cur.id and cur.status = 'RESERVED' and ok.ok
+          returning r.id
+        ), taken as (
+          update ${stock} s set on_hand = s.on_hand - w.quantity, reserved = s.reserved - w.quantity, update_time = ${ts}
+          from want w, ok where s.sku = w.sku and ok.ok
+          returning s.sku
+        )
+        select cur.*, (select ok from ok) as ok, (select count(*) from done)::int as committed from cur`),
+    );
+    if (!row) throw notFound('reservation', id);
+    const before = recordFromSql(row);
+    if (commitDecision(before) === 'already') return before;
+    if (!row.ok) throw new Error(`a stock row of reservation ${id} is missing`);
+    return { ...before, status: 'COMMITTED' };
   }
 
   /**
@@ -281,6 +308,27 @@ export class InventoryStore {
 
 function level(row: { sku: string; onHand: number; reserved: number }): StockLevelRecord {
   return { sku: row.sku, onHand: row.onHand, reserved: row.reserved };
+}
+
+/** A reservation row as raw SQL answers it (column names, timestamps maybe as text). */
+interface ReservationSql {
+  id: string;
+  status: ReservationRow['status'];
+  lines: Line[] | string;
+  expire_time: Date | string;
+  release_reason: string;
+  tombstone: boolean;
+}
+
+function recordFromSql(row: ReservationSql): ReservationRecord {
+  return {
+    id: row.id,
+    status: row.status,
+    lines: typeof row.lines === 'string' ? (JSON.parse(row.lines) as Line[]) : row.lines,
+    expireAt: new Date(row.expire_time).getTime(),
+    releaseReason: row.release_reason,
+    tombstone: row.tombstone,
+  };
 }
 
 function record(row: ReservationRow): ReservationRecord {
