@@ -16,12 +16,13 @@
  * The lock is held for the length of the processor call (PAYMENT_SLOW_MS for
  * tok_slow), which costs one pooled connection per in-flight authorization.
  */
+import { randomUUID } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import { eq, sql } from 'drizzle-orm';
 import type { Database, Transaction } from '../../mesh/db.js';
 import { notFound } from '../../mesh/errors.js';
-import { enqueueEvent } from '../../mesh/events/outbox.js';
+import { enqueueEvent, eventsEnqueued, outboxInsertSql } from '../../mesh/events/outbox.js';
 import {
   PaymentAuthorizedSchema,
   PaymentFailedSchema,
@@ -76,50 +77,45 @@ export class PaymentStore {
         signal,
       );
       const now = new Date(this.now());
-      const [row] = await tx
-        .insert(payments)
-        .values({
-          orderId: req.orderId,
-          userId: req.userId,
-          amountMinor: req.amountMinor,
-          currencyCode: req.currencyCode,
-          status: result.approved ? 'AUTHORIZED' : 'DECLINED',
-          declineReason: result.approved ? '' : result.declineReason,
-          authorizationCode: result.approved ? result.authorizationCode : '',
-          cardLast4: cardLast4(req.cardToken),
-          createTime: now,
-          updateTime: now,
-        })
-        .returning();
-      const p = record(row!);
-      const amount = { currencyCode: p.currencyCode, amountMinor: p.amountMinor };
-      if (result.approved) {
-        await this.announce(
-          tx,
-          PaymentAuthorizedSchema,
-          create(PaymentAuthorizedSchema, {
-            paymentId: p.id,
-            orderId: p.orderId,
-            userId: p.userId,
-            amount,
-            occurTime: timestampFromMs(now.getTime()),
-          }),
-          p.orderId,
-        );
-      } else {
-        await this.announce(
-          tx,
-          PaymentFailedSchema,
-          create(PaymentFailedSchema, {
-            paymentId: p.id,
-            orderId: p.orderId,
-            userId: p.userId,
-            reason: p.declineReason,
-            occurTime: timestampFromMs(now.getTime()),
-          }),
-          p.orderId,
-        );
-      }
+      const p: PaymentRecord = {
+        id: randomUUID(),
+        orderId: req.orderId,
+        userId: req.userId,
+        amountMinor: req.amountMinor,
+        currencyCode: req.currencyCode,
+        status: result.approved ? 'AUTHORIZED' : 'DECLINED',
+        declineReason: result.approved ? '' : result.declineReason,
+        authorizationCode: result.approved ? result.authorizationCode : '',
+        cardLast4: cardLast4(req.cardToken),
+        createTime: now,
+        updateTime: now,
+      };
+      const occurTime = timestampFromMs(now.getTime());
+      const event = result.approved
+        ? outboxInsertSql(
+            outbox,
+            PaymentAuthorizedSchema,
+            create(PaymentAuthorizedSchema, {
+              paymentId: p.id,
+              orderId: p.orderId,
+              userId: p.userId,
+              amount: { currencyCode: p.currencyCode, amountMinor: p.amountMinor },
+              occurTime,
+            }),
+            { aggregateId: p.orderId, prefix: this.prefix },
+            sql`p`,
+          )
+        : outboxInsertSql(
+            outbox,
+            PaymentFailedSchema,
+            create(PaymentFailedSchema, { paymentId: p.id, orderId: p.orderId, userId: p.userId, reason: p.declineReason, occurTime }),
+            { aggregateId: p.orderId, prefix: this.prefix },
+            sql`p`,
+          );
+      // The payment and its event in one statement (one round trip less).
+      const insert = tx.insert(payments).values({ ...p, refundReason: '' }).returning({ id: payments.id });
+      await tx.execute(sql`with p as (${insert.getSQL()}), e as (${event}) select id from p`);
+      await eventsEnqueued(tx, outbox);
       return p;
     });
   }
