@@ -10,6 +10,7 @@ import {
   encodePageToken,
   expiredBeforeRun,
   isTransient,
+  mustStore,
   nextTransition,
   pageSize,
   priceOrder,
@@ -150,4 +151,12 @@ test('cancel reasons default and are bounded', (t) => {
   t.is(cancelReason(''), 'cancelled by user');
   t.is(cancelReason(' changed my mind '), 'changed my mind');
   t.is(fieldOf(() => cancelReason('x'.repeat(201))), 'reason');
+});
+
+test('only reserve -> authorize goes on without being stored', (t) => {
+  const pos = { step: 'reserve' as const, attempt: 0, deadlineAt: 1_000 };
+  t.false(mustStore('reserve', nextTransition(pos, { kind: 'ok' }, 0)));
+  t.true(mustStore('authorize', nextTransition({ ...pos, step: 'authorize' }, { kind: 'ok' }, 0)), 'confirm is the barrier for CancelOrder');
+  t.true(mustStore('reserve', nextTransition(pos, { kind: 'transient', error: 'x' }, 0)), 'a retry keeps its backoff');
+  t.true(mustStore('reserve', nextTransition(pos, { kind: 'refused', reason: 'out of stock' }, 0)));
 });

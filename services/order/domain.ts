@@ -263,6 +263,18 @@ export function nextTransition(pos: SagaPosition, outcome: StepOutcome, now: num
   return { step, attempt, delayMs: retryDelay(attempt, policy), lastError: outcome.error };
 }
 
+/**
+ * Whether a transition must be stored before the saga goes on. Reserve -> authorize
+ * need not be: both calls are keyed by the order id, so a saga resumed from its
+ * stored 'reserve' after a crash repeats ReserveStock and gets the same reservation
+ * (one round trip to Postgres per order saved). The move to confirm must be stored
+ * (from then on CancelOrder refuses, so it cannot race the capture), and so must every
+ * retry (its backoff), compensation and end.
+ */
+export function mustStore(from: SagaStep, t: SagaTransition): boolean {
+  return !(from === 'reserve' && t.step === 'authorize' && t.delayMs === 0);
+}
+
 /** A saga that is due but already past its deadline before its step ran goes straight to compensation. */
 export function expiredBeforeRun(pos: SagaPosition, now: number): boolean {
   return (pos.step === 'reserve' || pos.step === 'authorize') && now >= pos.deadlineAt;

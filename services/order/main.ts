@@ -9,7 +9,8 @@
  *                          CATALOG_ADDR, INVENTORY_ADDR, PAYMENT_ADDR, SAGA_*, LOG_LEVEL, ...
  *
  * SAGA_CRASH_AFTER=reserve|authorize|confirm|compensate is a test hook: the
- * process SIGKILLs itself right after storing that step's transition, so the
+ * process SIGKILLs itself right after that step (and storing its transition, except
+ * reserve -> authorize, which is not stored), so the
  * crash tests can prove a restarted service finishes the saga.
  */
 import { fileURLToPath } from 'node:url';

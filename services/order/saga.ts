@@ -38,6 +38,7 @@ import {
   REASON_TIMEOUT,
   expiredBeforeRun,
   isTransient,
+  mustStore,
   nextTransition,
   type CrashPoint,
   type RetryPolicy,
@@ -265,7 +266,7 @@ export class SagaOrchestrator {
           }
         }
         const done = subject.step;
-        await this.#store(subject, leaseToken, t);
+        if (mustStore(done, t)) await this.#store(subject, leaseToken, t);
         if (t.cancelReason !== undefined) subject.cancelReason = t.cancelReason;
         if (t.step !== done || t.finalStatus) this.#crashHook(done, t);
         subject.step = t.step;
@@ -301,7 +302,7 @@ export class SagaOrchestrator {
     }
   }
 
-  /** Test hook: die right after the effect of step `done` is stored, as a crash would. */
+  /** Test hook: die right after step `done` took effect (and its transition was stored, when it is), as a crash would. */
   #crashHook(done: SagaStep, t: SagaTransition): void {
     if (this.#settings.crashAfter && this.#settings.crashAfter === done) {
       this.#log.warn({ step: done, next: t.step }, 'SAGA_CRASH_AFTER: killing this process');
