@@ -26,6 +26,9 @@
  *   - metadata: the inbound call's x-request-id, traceparent, tracestate, baggage,
  *     x-mesh-user-id, x-mesh-user-role, then the caller's own headers (they win);
  *     a fresh x-request-id when there is none.
+ *   - telemetry (when mesh/telemetry/register.ts started it): a CLIENT span per attempt,
+ *     child of the active span, whose traceparent replaces the inbound one, and the
+ *     grpc_client_* metrics (mesh/telemetry/rpc-telemetry.ts).
  *   - cancellation: the caller's signal, and the inbound call's signal.
  *   - retries: only unary methods marked (protomesh.v1.method).idempotent, only
  *     on UNAVAILABLE, with jittered exponential backoff, within the deadline.
@@ -53,6 +56,7 @@ import { method as methodOption } from "../gen/protomesh/v1/options_pb.js";
 import { currentCallContext } from "./call-context.js";
 import { codeFromGrpcStatus, decodeStatusDetails } from "./errors.js";
 import { deserializer, headersToMetadata, metadataToHeaders, methodPath, serializer } from "./grpc-codec.js";
+import { rpcTelemetry, type ClientRpc } from "./telemetry/rpc-hooks.js";
 
 /** What `new Headers(...)` accepts (the DOM lib is not loaded). */
 type HeaderInit = ConstructorParameters<typeof Headers>[0];
@@ -138,6 +142,17 @@ function errorFromStatus(status: Partial<grpc.StatusObject>): ConnectError {
   return err;
 }
 
+/**
+ * Ends a call's span and metrics with the code the caller sees: a call we cancelled because
+ * the signal fired (Connect's timeout, the caller's abort) reports the abort's code, e.g.
+ * DEADLINE_EXCEEDED, not grpc-js's CANCELLED. Connect's codes are gRPC's numbers.
+ */
+function endClientRpc(rpc: ClientRpc, status: grpc.StatusObject, signal: AbortSignal): void {
+  const reason: unknown = signal.aborted ? signal.reason : undefined;
+  if (status.code === grpc.status.CANCELLED && reason instanceof ConnectError) rpc.end(reason.code, reason.rawMessage);
+  else rpc.end(status.code, status.details);
+}
+
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
@@ -200,12 +215,15 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
       let response: MessageShape<O> | undefined;
       let responseHeader: Headers | undefined;
       const codec = codecOf(method);
+      const metadata = headersToMetadata(header);
+      // A CLIENT span per attempt, when telemetry is on; it writes its own traceparent.
+      const rpc = rpcTelemetry()?.client(method, options.target, metadata);
       const call = grpcClient.makeUnaryRequest(
         methodPath(method),
         codec.serialize,
         codec.deserialize as (b: Buffer) => MessageShape<O>,
         message,
-        headersToMetadata(header),
+        metadata,
         deadline === undefined ? {} : { deadline },
         (err, value) => {
           if (!err) response = value;
@@ -217,6 +235,7 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
       call.on("metadata", (md: grpc.Metadata) => (responseHeader = metadataToHeaders(md)));
       call.on("status", (status: grpc.StatusObject) => {
         signal.removeEventListener("abort", onAbort);
+        if (rpc) endClientRpc(rpc, status, signal);
         if (status.code !== grpc.status.OK || response === undefined) {
           reject(
             status.code === grpc.status.OK
@@ -337,12 +356,14 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
     signal: AbortSignal,
   ): Promise<StreamResponse<I, O>> {
     const codec = codecOf(method);
+    const metadata = headersToMetadata(header);
+    const rpc = rpcTelemetry()?.client(method, options.target, metadata);
     const call = grpcClient.makeServerStreamRequest(
       methodPath(method),
       codec.serialize,
       codec.deserialize as (b: Buffer) => MessageShape<O>,
       request,
-      headersToMetadata(header),
+      metadata,
       deadline === undefined ? {} : { deadline },
     );
     const onAbort = () => call.cancel();
@@ -401,6 +422,7 @@ export function createMeshTransport(options: MeshTransportOptions): MeshTranspor
       call.on("metadata", (md: grpc.Metadata) => respond(metadataToHeaders(md)));
       call.on("status", (status: grpc.StatusObject) => {
         signal.removeEventListener("abort", onAbort);
+        if (rpc) endClientRpc(rpc, status, signal);
         metadataToHeaders(status.metadata).forEach((v, k) => trailer.set(k, v));
         final = status;
         wake?.();

@@ -32,6 +32,10 @@
  * call context (deadline, x-request-id, traceparent, x-mesh-user-*) is kept in
  * AsyncLocalStorage so mesh/client calls inside the handler pass them on.
  *
+ * With telemetry on (mesh/telemetry/register.ts), every call except grpc.health.v1's
+ * runs in a SERVER span continuing the caller's traceparent, and is counted in the
+ * grpc_server_* metrics (mesh/telemetry/rpc-telemetry.ts).
+ *
  * A thrown ConnectError keeps its code, message and details on the wire
  * (details as google.rpc.Status in grpc-status-details-bin). Anything else is
  * INTERNAL "internal error"; the real error goes to onInternalError.
@@ -59,6 +63,7 @@ import { MeshHandlerContext } from "./handler-context.js";
 import { createHealthImpl, HealthState, ServingStatus } from "./health.js";
 import type { ReadinessProbe } from "./health.js";
 import { addReflection } from "./reflection.js";
+import { rpcTelemetry, type ServerRpc } from "./telemetry/rpc-hooks.js";
 
 /** A service descriptor and its implementation. */
 export interface ServiceRegistration {
@@ -223,6 +228,8 @@ class UnaryCall {
     private readonly ctx: MeshHandlerContext,
     private readonly method: DescMethodUnary,
     private readonly opts: HandlerOptions,
+    /** Span and metrics of the call, when telemetry is on. */
+    private readonly rpc: ServerRpc | undefined,
   ) {}
 
   succeed(res: unknown): void {
@@ -234,23 +241,32 @@ class UnaryCall {
       this.callback(null, message, trailer ? headersToMetadata(trailer) : undefined);
     } catch (e) {
       // The handler answered with something that is not the output message.
-      this.callback(errorStatus(e, ctx.touchedResponseTrailer, method, this.opts.onInternalError));
+      const status = errorStatus(e, ctx.touchedResponseTrailer, method, this.opts.onInternalError);
+      this.callback(status);
+      this.done(status);
+      return;
     }
-    this.done();
+    this.done(undefined);
   }
 
   fail(e: unknown): void {
     const { ctx } = this;
     sendHeader(this.call, ctx.touchedResponseHeader);
-    this.callback(errorStatus(e, ctx.touchedResponseTrailer, this.method, this.opts.onInternalError, ctx.abortReason));
-    this.done();
+    const status = errorStatus(e, ctx.touchedResponseTrailer, this.method, this.opts.onInternalError, ctx.abortReason);
+    this.callback(status);
+    this.done(status);
   }
 
-  private done(): void {
+  private done(status: Partial<grpc.StatusObject> | undefined): void {
     // As in Connect's own handlers, the signal also fires on completion,
     // so work tied to it (downstream calls) stops with the call.
     this.ctx.abort(callCompleted);
     this.opts.inflight?.done();
+    if (this.rpc) {
+      if (this.call.cancelled) this.rpc.end(grpc.status.CANCELLED, "cancelled by the client");
+      else if (status) this.rpc.end(status.code ?? grpc.status.UNKNOWN, status.details);
+      else this.rpc.end(grpc.status.OK);
+    }
   }
 }
 
@@ -259,10 +275,14 @@ function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOpt
   return (call, callback) => {
     opts.inflight?.add();
     const ctx = handlerContext(call, spec.method, opts.forceSignal);
-    const state = new UnaryCall(call, callback, ctx, spec.method, opts);
+    const rpc = rpcTelemetry()?.server(spec.method, call.metadata);
+    const state = new UnaryCall(call, callback, ctx, spec.method, opts, rpc);
     let result: unknown;
     try {
-      result = runWithCallContext(callContextFromHandler(ctx), () => startUnary(spec, ctx, call.request, interceptors));
+      const callContext = callContextFromHandler(ctx);
+      result = rpc
+        ? rpc.run(() => runWithCallContext(callContext, () => startUnary(spec, ctx, call.request, interceptors)))
+        : runWithCallContext(callContext, () => startUnary(spec, ctx, call.request, interceptors));
     } catch (e) {
       state.fail(e);
       return;
@@ -286,6 +306,8 @@ function serverStreamingHandler(
   return (call) => {
     opts.inflight?.add();
     const ctx = handlerContext(call, spec.method, opts.drainSignal);
+    const rpc = rpcTelemetry()?.server(spec.method, call.metadata);
+    let failed: Partial<grpc.StatusObject> | undefined;
     // Streams live long: the cost of making every piece up front does not matter.
     const plain = ctx.toPlainObject();
     const run = async () => {
@@ -304,14 +326,18 @@ function serverStreamingHandler(
       if (!headerSent) sendHeader(call, plain.responseHeader);
       call.end(headersToMetadata(plain.responseTrailer));
     };
-    runWithCallContext(callContextFromHandler(plain), run)
+    const inCallContext = () => runWithCallContext(callContextFromHandler(plain), run);
+    (rpc ? rpc.run(inCallContext) : inCallContext())
       .catch((e: unknown) => {
         if (call.cancelled) return;
-        call.emit("error", errorStatus(e, plain.responseTrailer, spec.method, opts.onInternalError, ctx.abortReason));
+        failed = errorStatus(e, plain.responseTrailer, spec.method, opts.onInternalError, ctx.abortReason);
+        call.emit("error", failed);
       })
       .finally(() => {
         ctx.abort(callCompleted);
         opts.inflight?.done();
+        if (call.cancelled) rpc?.end(grpc.status.CANCELLED, "cancelled by the client");
+        else rpc?.end(failed?.code ?? grpc.status.OK, failed?.details);
       });
   };
 }

@@ -9,13 +9,11 @@
 // (PlaceOrder) and grpc_code (canonical upper-snake status name: OK, NOT_FOUND, ...).
 // The histograms carry grpc_code too so latency of failures is visible. Everything the mesh
 // adds on top is prefixed `mesh_`; units are in the name (_seconds, _total), per Prometheus.
-// RPC figures are read off the finished gRPC spans (RpcMetricsSpanProcessor), so neither
-// mesh/server nor mesh/client needs a line for them.
+// The RPC figures are recorded by mesh/server and mesh/client as each call ends
+// (rpc-telemetry.ts), next to the span of the call.
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { SpanKind } from "@opentelemetry/api";
-import type { ReadableSpan, SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { serviceIdentity } from "./service-identity.js";
 
 export const metricsRegistry = new Registry();
@@ -80,46 +78,36 @@ export type RpcSide = "server" | "client";
 
 // prom-client hashes a label object on every inc/observe; an RPC is recorded on the hot
 // path, so keep the bound children per (side, service, method, code) instead.
-interface RpcSeries {
+export interface RpcSeries {
   handled: { inc(): void };
   handling: { observe(v: number): void };
 }
-const rpcSeries = new Map<string, RpcSeries>();
+const rpcSeriesByKey = new Map<string, RpcSeries>();
 
-/** Record one finished RPC. Called by the span processor; call directly only without tracing. */
-export function observeRpc(side: RpcSide, service: string, method: string, code: number | string, seconds: number): void {
+/** The bound counter and histogram of one (side, service, method, code); callers may keep it. */
+export function rpcSeries(side: RpcSide, service: string, method: string, code: number | string): RpcSeries {
   const codeName = grpcCodeName(code);
   const key = `${side} ${service} ${method} ${codeName}`;
-  let series = rpcSeries.get(key);
+  let series = rpcSeriesByKey.get(key);
   if (!series) {
     const labels = { grpc_service: service, grpc_method: method, grpc_code: codeName };
     series =
       side === "server"
         ? { handled: grpcServerHandled.labels(labels), handling: grpcServerHandling.labels(labels) }
         : { handled: grpcClientHandled.labels(labels), handling: grpcClientHandling.labels(labels) };
-    rpcSeries.set(key, series);
+    rpcSeriesByKey.set(key, series);
   }
-  series.handled.inc();
-  series.handling.observe(seconds);
+  return series;
 }
 
-/** Turns finished gRPC spans (from @opentelemetry/instrumentation-grpc) into the RPC metrics. */
-export class RpcMetricsSpanProcessor implements SpanProcessor {
-  onStart(): void {}
-  onEnd(span: ReadableSpan): void {
-    const attrs = span.attributes;
-    if (attrs["rpc.system"] !== "grpc") return;
-    const side: RpcSide | undefined =
-      span.kind === SpanKind.SERVER ? "server" : span.kind === SpanKind.CLIENT ? "client" : undefined;
-    if (!side) return;
-    const service = String(attrs["rpc.service"] ?? "unknown");
-    const method = String(attrs["rpc.method"] ?? "unknown");
-    const code = typeof attrs["rpc.grpc.status_code"] === "number" ? (attrs["rpc.grpc.status_code"] as number) : 2;
-    const [s, ns] = span.duration;
-    observeRpc(side, service, method, code, s + ns / 1e9);
-  }
-  async forceFlush(): Promise<void> {}
-  async shutdown(): Promise<void> {}
+/**
+ * Record one finished RPC. mesh/server and mesh/client record theirs through
+ * rpc-telemetry.ts (which keeps the series per method); this is for other callers.
+ */
+export function observeRpc(side: RpcSide, service: string, method: string, code: number | string, seconds: number): void {
+  const series = rpcSeries(side, service, method, code);
+  series.handled.inc();
+  series.handling.observe(seconds);
 }
 
 // --- HTTP at the gateway --------------------------------------------------------------

@@ -11,7 +11,15 @@ const root = fileURLToPath(new URL("../../", import.meta.url));
 
 interface Report {
   results: { code: number; body?: string }[];
-  spans: { name: string; kind: number; traceId: string; spanId: string; parentSpanId?: string; attributes: Record<string, unknown> }[];
+  spans: {
+    name: string;
+    kind: number;
+    traceId: string;
+    spanId: string;
+    parentSpanId?: string;
+    attributes: Record<string, unknown>;
+    status?: { code: number; message?: string };
+  }[];
   lines: string[];
   metrics: string;
   exporter: string;
@@ -29,7 +37,7 @@ async function runFixture(env: Record<string, string>): Promise<Report> {
 const SERVER = 1; // SpanKind.SERVER
 const CLIENT = 2; // SpanKind.CLIENT
 
-test("with the register entry, a gRPC call yields client and server spans of one trace", async (t) => {
+test("with the register entry, a mesh gRPC call yields client and server spans of one trace", async (t) => {
   t.timeout(120_000); // a child process loads tsx, OpenTelemetry and grpc-js: slow on a busy machine
   const report = await runFixture({ OTEL_TRACES_EXPORTER: "memory" });
   t.deepEqual(report.results, [{ code: 0, body: "hello" }, { code: 5 }]);
@@ -42,12 +50,19 @@ test("with the register entry, a gRPC call yields client and server spans of one
   t.truthy(client, "client span");
   t.is(server!.traceId, client!.traceId);
   t.is(server!.parentSpanId, client!.spanId, "server span is the child of the client span");
-  t.is(server!.attributes["rpc.service"], "test.echo.v1.EchoService");
-  t.is(server!.attributes["rpc.method"], "Echo");
+  t.is(server!.name, "protomesh.testing.v1.EchoService/Echo");
+  t.like(server!.attributes, { "rpc.system": "grpc", "rpc.service": "protomesh.testing.v1.EchoService", "rpc.method": "Echo" });
+  t.like(client!.attributes, { "rpc.system": "grpc", "rpc.method": "Echo", "server.address": "127.0.0.1" });
+  t.is(typeof client!.attributes["server.port"], "number");
+  t.is(server!.status?.code ?? 0, 0, "OK leaves the status unset");
 
   const failed = report.spans.filter((s) => s.attributes["rpc.grpc.status_code"] === 5);
   t.is(failed.length, 2, "the NOT_FOUND call has both spans too");
   t.not(failed[0]!.traceId, server!.traceId, "a second root call starts a second trace");
+  // Semantic conventions: any non-OK code is an error for the caller; NOT_FOUND is the
+  // server doing its job.
+  t.like(failed.find((s) => s.kind === CLIENT)!.status, { code: 2, message: "no such thing" });
+  t.is(failed.find((s) => s.kind === SERVER)!.status?.code ?? 0, 0);
 
   // The log line written inside the handler carries that server span's ids and the request id.
   const line = report.lines.map((l) => JSON.parse(l)).find((l) => l.request_id === "req-hello");
@@ -59,11 +74,23 @@ test("with the register entry, a gRPC call yields client and server spans of one
   t.false(report.lines.join("\n").includes("secret-token"));
 });
 
-test("the scrape after the calls shows the RPC counters moved, by code", async (t) => {
+test("with nothing exported, the RPC counters move by code and trace ids still reach logs and the callee", async (t) => {
   t.timeout(120_000); // a child process loads tsx, OpenTelemetry and grpc-js: slow on a busy machine
-  const { metrics } = await runFixture({ OTEL_TRACES_EXPORTER: "none" });
+  const { metrics, lines, spans, exporter } = await runFixture({ OTEL_TRACES_EXPORTER: "none" });
+  t.is(exporter, "none");
+  t.is(spans.length, 0);
+  // Non-recording spans still have ids: the handler's log line carries its SERVER span's
+  // ids, in the trace of the traceparent the client sent (a sampled root).
+  const line = lines.map((l) => JSON.parse(l)).find((l) => l.request_id === "req-hello");
+  const [, traceId, parentId, flags] = String(line.traceparent).split("-");
+  t.regex(line.trace_id, /^[0-9a-f]{32}$/);
+  t.is(line.trace_id, traceId);
+  t.regex(line.span_id, /^[0-9a-f]{16}$/);
+  t.not(line.span_id, parentId, "the server span is a child of the client span, not the same span");
+  t.is(flags, "01");
+
   const has = (re: RegExp) => t.regex(metrics, re);
-  const labels = (code: string) => `(?=[^}]*grpc_service="test\\.echo\\.v1\\.EchoService")(?=[^}]*grpc_method="Echo")(?=[^}]*grpc_code="${code}")`;
+  const labels = (code: string) => `(?=[^}]*grpc_service="protomesh\\.testing\\.v1\\.EchoService")(?=[^}]*grpc_method="Echo")(?=[^}]*grpc_code="${code}")`;
   has(new RegExp(`^grpc_server_handled_total\\{${labels("OK")}[^}]*\\} 1$`, "m"));
   has(new RegExp(`^grpc_server_handled_total\\{${labels("NOT_FOUND")}[^}]*\\} 1$`, "m"));
   has(new RegExp(`^grpc_client_handled_total\\{${labels("OK")}[^}]*\\} 1$`, "m"));

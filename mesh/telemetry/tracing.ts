@@ -1,17 +1,41 @@
-// OpenTelemetry tracing for a mesh process: the tracer provider, the gRPC and HTTP
-// instrumentations, the exporter choice, and the helpers that carry trace context across
-// NATS. Started by register.ts (loaded with `--import`) before @grpc/grpc-js is imported,
-// because the instrumentation can only patch a module that has not been loaded yet.
+// OpenTelemetry tracing for a mesh process: the tracer provider, the exporter choice, the
+// RPC telemetry of mesh/server and mesh/client, the HTTP instrumentation, and the helpers
+// that carry trace context across NATS. Started by register.ts (loaded with `--import`)
+// before the application, because the HTTP instrumentation can only patch a module that
+// has not been loaded yet.
 //
-// Cost model: with no OTLP endpoint nothing is exported (no span processor that does I/O),
-// but spans are still created so trace ids reach logs, metadata and event headers, and the
-// RPC duration metrics (metrics.ts) are read off the finished spans.
-import { trace, TraceFlags, type Context } from "@opentelemetry/api";
+// Who makes which span:
+//   gRPC SERVER and CLIENT spans: mesh/server and mesh/client, through rpc-telemetry.ts
+//     (installed here), which also records the grpc_* metrics. Not
+//     @opentelemetry/instrumentation-grpc: it cost ~120 µs of CPU per call, more than the
+//     whole 10 % budget (docs/performance.md); every service serves through mesh/server and
+//     calls through mesh/client, so the mesh knows each method and needs no patching. A
+//     program using grpc-js directly gets no gRPC spans.
+//   HTTP SERVER spans at the gateway's HTTP/1.1 side: @opentelemetry/instrumentation-http,
+//     loaded only where enabled-instrumentations.ts says (the gateway, by default).
+//   Database, producer and consumer spans: mesh/telemetry (db-spans.ts, trace-context.ts).
+//
+// Cost model: with no exporter (no OTLP endpoint) and no extra span processor nothing
+// records spans, so every span is non-recording (PropagatingTracerProvider): it has fresh
+// ids, so trace ids still reach logs, gRPC metadata and event headers, but no attributes,
+// timestamps or processors. The RPC metrics do not depend on spans.
+import {
+  context,
+  trace,
+  INVALID_SPAN_CONTEXT,
+  TraceFlags,
+  type Context,
+  type Span,
+  type SpanOptions,
+  type Tracer,
+} from "@opentelemetry/api";
+import { isTracingSuppressed } from "@opentelemetry/core";
 import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
 import {
   BatchSpanProcessor,
   ConsoleSpanExporter,
   InMemorySpanExporter,
+  RandomIdGenerator,
   SamplingDecision,
   SimpleSpanProcessor,
   type ReadableSpan,
@@ -22,9 +46,11 @@ import {
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
 import { registerInstrumentations, type Instrumentation } from "@opentelemetry/instrumentation";
-import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
 import { serviceIdentity } from "./service-identity.js";
+import { enabledInstrumentations } from "./enabled-instrumentations.js";
+import { installRpcTelemetry } from "./rpc-hooks.js";
+import { createRpcTelemetry } from "./rpc-telemetry.js";
 
 // The header helpers live in trace-context.ts (API only); re-exported here for convenience.
 export * from "./trace-context.js";
@@ -37,10 +63,12 @@ export interface TracingOptions {
   serviceVersion?: string;
   /** Default: OTEL_TRACES_EXPORTER, else "otlp" when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set, else "none". */
   exporter?: TraceExporterKind;
-  /** Extra processors, e.g. the one that turns RPC spans into Prometheus histograms. */
+  /** Extra processors; with one, spans are recorded even when nothing is exported. */
   spanProcessors?: SpanProcessor[];
-  /** Replaces the default gRPC + HTTP instrumentations. */
+  /** Replaces the default (HTTP) instrumentations. */
   instrumentations?: Instrumentation[];
+  /** Spans and metrics of mesh/server and mesh/client calls (rpc-telemetry.ts); default true. */
+  rpc?: boolean;
 }
 
 export interface TracingHandle {
@@ -53,8 +81,9 @@ export interface TracingHandle {
 let handle: TracingHandle | undefined;
 
 /**
- * Records every span so metrics and logs see it, but exports only what the caller's trace
- * decided to sample: a parent that arrived unsampled stays unsampled downstream.
+ * When spans are recorded (an exporter or a processor wants them): records every span, so a
+ * processor sees it, but exports only what the caller's trace decided to sample: a parent
+ * that arrived unsampled stays unsampled downstream.
  */
 class RecordEverythingSampler implements Sampler {
   shouldSample(ctx: Context): SamplingResult {
@@ -67,6 +96,52 @@ class RecordEverythingSampler implements Sampler {
   }
 }
 
+/**
+ * The tracers of a process where nothing would record a span: every span is a
+ * non-recording span with fresh ids, continuing the parent's trace (and its sampled flag;
+ * a root is sampled, as RecordEverythingSampler makes it), so trace ids still reach logs,
+ * gRPC metadata and event headers, and a downstream process that exports keeps the trace.
+ * The SDK's own tracer cannot do this: a non-recording decision also clears the sampled
+ * flag. Extends NodeTracerProvider only for register() (context manager, propagators).
+ */
+class PropagatingTracerProvider extends NodeTracerProvider {
+  private readonly tracer = new PropagatingTracer();
+  override getTracer(): Tracer {
+    return this.tracer;
+  }
+}
+
+class PropagatingTracer implements Tracer {
+  private readonly ids = new RandomIdGenerator();
+
+  startSpan(_name: string, options: SpanOptions = {}, ctx: Context = context.active()): Span {
+    if (isTracingSuppressed(ctx)) return trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+    const parent = options.root ? undefined : trace.getSpanContext(ctx);
+    if (parent && trace.isSpanContextValid(parent)) {
+      return trace.wrapSpanContext({
+        traceId: parent.traceId,
+        spanId: this.ids.generateSpanId(),
+        traceFlags: parent.traceFlags,
+        traceState: parent.traceState,
+      });
+    }
+    return trace.wrapSpanContext({
+      traceId: this.ids.generateTraceId(),
+      spanId: this.ids.generateSpanId(),
+      traceFlags: TraceFlags.SAMPLED,
+    });
+  }
+
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, ...args: unknown[]): ReturnType<F> {
+    const fn = args[args.length - 1] as F;
+    const options = (args.length >= 2 ? args[0] : undefined) as SpanOptions | undefined;
+    const ctx = (args.length >= 3 ? args[1] : undefined) as Context | undefined;
+    const parent = ctx ?? context.active();
+    const span = this.startSpan(name, options, parent);
+    return context.with(trace.setSpan(parent, span), fn as (span: Span) => ReturnType<F>, undefined, span);
+  }
+}
+
 export function chooseExporter(env: NodeJS.ProcessEnv = process.env): TraceExporterKind {
   const wanted = env.OTEL_TRACES_EXPORTER?.trim().toLowerCase();
   if (wanted === "otlp" || wanted === "console" || wanted === "memory" || wanted === "file" || wanted === "none") return wanted;
@@ -76,18 +151,26 @@ export function chooseExporter(env: NodeJS.ProcessEnv = process.env): TraceExpor
 /** Paths that are probes, not traffic: no span for them. */
 const UNTRACED_HTTP_PATHS = new Set(["/metrics", "/healthz", "/readyz"]);
 
-export function defaultInstrumentations(): Instrumentation[] {
-  return [
-    new GrpcInstrumentation({ ignoreGrpcMethods: ["Check", "Watch"] }),
-    new HttpInstrumentation({
-      ignoreIncomingRequestHook: (req) => UNTRACED_HTTP_PATHS.has((req.url ?? "").split("?")[0]!),
-    }),
-  ];
+/**
+ * The instrumentations enabled-instrumentations.ts asks for: HTTP at the gateway. gRPC
+ * needs none: mesh/server and mesh/client make their spans (rpc-telemetry.ts).
+ */
+export function defaultInstrumentations(env: NodeJS.ProcessEnv = process.env): Instrumentation[] {
+  const wanted = enabledInstrumentations(env);
+  const list: Instrumentation[] = [];
+  if (wanted.has("http")) {
+    list.push(
+      new HttpInstrumentation({
+        ignoreIncomingRequestHook: (req) => UNTRACED_HTTP_PATHS.has((req.url ?? "").split("?")[0]!),
+      }),
+    );
+  }
+  return list;
 }
 
 /**
- * Start tracing once per process. Must run before @grpc/grpc-js is imported (register.ts
- * does this); a second call returns the first handle.
+ * Start tracing once per process. Must run before the application imports node:http
+ * (register.ts does this); a second call returns the first handle.
  */
 export async function startTracing(options: TracingOptions = {}): Promise<TracingHandle> {
   if (handle) return handle;
@@ -109,7 +192,9 @@ export async function startTracing(options: TracingOptions = {}): Promise<Tracin
     memory = new InMemorySpanExporter();
     processors.push(new SimpleSpanProcessor(memory));
   }
-  const provider = new NodeTracerProvider({
+  // Nothing records when nothing exports and no processor asked for the spans.
+  const recording = processors.length > 0;
+  const provider = new (recording ? NodeTracerProvider : PropagatingTracerProvider)({
     resource: resourceFromAttributes({
       [ATTR_SERVICE_NAME]: options.serviceName ?? id.name,
       [ATTR_SERVICE_VERSION]: options.serviceVersion ?? id.version,
@@ -121,10 +206,12 @@ export async function startTracing(options: TracingOptions = {}): Promise<Tracin
   // Registers the AsyncLocalStorage context manager and the W3C traceparent propagator.
   provider.register();
   const disable = registerInstrumentations({ instrumentations: options.instrumentations ?? defaultInstrumentations() });
+  if (options.rpc ?? true) installRpcTelemetry(createRpcTelemetry(trace.getTracer("protomesh-rpc")));
   handle = {
     exporter: exporterKind,
     finishedSpans: () => memory?.getFinishedSpans() ?? [],
     async shutdown() {
+      installRpcTelemetry(undefined);
       disable();
       await provider.shutdown();
       handle = undefined;
