@@ -11,10 +11,12 @@
 // notifies inside the transaction, correct but slower under load.
 //
 // Under load that NOTIFY is a round trip per commit per service, and every relay of the
-// process hears its own NOTIFY back and drains a second time for nothing. So the NOTIFY
-// carries this process's tag (the relays here were already woken directly and skip it),
-// and after one is sent the next waits NOTIFY_COALESCE_MS: other replicas hear of a burst
-// of commits once, at most that much later (their poll is the backstop either way).
+// process used to hear its own NOTIFY back and drain a second time for nothing. So when
+// a relay of this process publishes the schema, no NOTIFY is sent at all: that relay
+// keeps at it until it has run a batch under the schema's lock (relay.ts), and a batch
+// under the lock publishes every committed row, whoever wrote it. Only a process without
+// such a relay (a script, a tool) NOTIFYs; the NOTIFY carries this process's tag, and
+// after one is sent the next waits NOTIFY_COALESCE_MS, so a burst of commits is heard once.
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { sql } from "drizzle-orm";
@@ -86,10 +88,10 @@ interface NotifyState {
 }
 const notifyStates = new WeakMap<object, Map<string, NotifyState>>();
 
-/** Wakes local relays now and other processes' relays through one coalesced NOTIFY. */
+/** Wakes local relays now; with none here, other processes' relays through one coalesced NOTIFY. */
 export function announceCommitted(db: EventsDb, schemaName: string): void {
   const channel = outboxChannel(schemaName);
-  local.emit(schemaName);
+  if (local.emit(schemaName)) return; // a relay here heard it, and sees it published (relay.ts)
   let states = notifyStates.get(db);
   if (!states) notifyStates.set(db, (states = new Map()));
   let st = states.get(schemaName);

@@ -3,8 +3,10 @@
 //
 // One relay at a time per schema: each batch runs in a transaction that first takes
 // `pg_try_advisory_xact_lock(<ns>, hashtext(schema))`. A replica that does not get the
-// lock skips the round (another replica is publishing and will see the new rows; the
-// fallback poll covers the case where that replica dies). We do NOT use
+// lock skips the round (another replica is publishing); if a commit of its own process
+// woke it, it tries again soon, until a batch of its own under the lock has seen that
+// commit (commit-signal.ts sends no NOTIFY when a relay here publishes the schema). The
+// fallback poll covers the rest (a NOTIFY lost, a process that died). We do NOT use
 // `FOR UPDATE SKIP LOCKED` batches: two replicas would then publish disjoint batches at
 // the same time and a later event of an aggregate could reach the stream before an
 // earlier one. A single publisher per schema keeps seq order, and one relay publishes
@@ -60,6 +62,8 @@ export interface RelayOptions {
    * Adds at most this much to an event's outbox lag. Default 10 ms; 0 drains at once.
    */
   coalesceMs?: number;
+  /** After a local commit found another replica holding the lock, try again this soon. Default 25 ms. */
+  lockedRetryMs?: number;
   /** Fallback poll, for lost notifications and a dead peer's lock. Default 2000 ms. */
   pollIntervalMs?: number;
   /** Backoff after a failed batch: doubles from min to max. Default 100..5000 ms. */
@@ -108,6 +112,9 @@ export class OutboxRelay {
   private again = false;
   private stopped = true;
   private failStreak = 0;
+  /** Commits announced in this process, and how many of them a batch under the lock has seen. */
+  private localCommits = 0;
+  private localSeen = 0;
   private connected = true;
   private lastPrune = 0;
   private readonly counters: RelayStats = { published: 0, duplicates: 0, failedBatches: 0, backlog: 0, lastLagMs: 0 };
@@ -116,6 +123,7 @@ export class OutboxRelay {
     this.opts = {
       batchSize: 100,
       coalesceMs: 10,
+      lockedRetryMs: 25,
       pollIntervalMs: 2000,
       retryMinMs: 100,
       retryMaxMs: 5000,
@@ -141,7 +149,12 @@ export class OutboxRelay {
         this.opts.hooks?.onError?.(err); // still correct without it: the poll finds the rows
       }
     }
-    this.offLocal = onOutboxCommitted(this.schemaName, () => this.wake());
+    // A commit in this process: it sent no NOTIFY (commit-signal.ts), so this relay must
+    // see its rows out itself, retrying while another replica holds the lock (loop()).
+    this.offLocal = onOutboxCommitted(this.schemaName, () => {
+      this.localCommits++;
+      this.wake();
+    });
     this.pollTimer = setInterval(() => this.wake(), this.opts.pollIntervalMs);
     this.pollTimer.unref();
     if (this.opts.nc) void this.watchConnection(this.opts.nc);
@@ -184,6 +197,7 @@ export class OutboxRelay {
       this.again = false;
       if (!this.connected || this.stopped) return; // the reconnect event wakes us
       let result: BatchResult;
+      const commitsBefore = this.localCommits; // committed before this batch reads: it sees them
       try {
         result = await this.drainOnce();
       } catch (err) {
@@ -202,6 +216,14 @@ export class OutboxRelay {
       this.failStreak = 0;
       full = result.locked && result.full;
       if (full) this.again = true;
+      if (result.locked) this.localSeen = Math.max(this.localSeen, commitsBefore);
+      else if (this.localSeen < this.localCommits && !this.again) {
+        // Another replica is publishing, maybe a batch read before our commit: try again
+        // soon rather than leave our rows to a poll.
+        clearTimeout(this.retryTimer);
+        this.retryTimer = setTimeout(() => this.wake(), this.opts.lockedRetryMs);
+        this.retryTimer.unref();
+      }
     } while (this.again && !this.stopped);
     await this.maybePrune();
   }
