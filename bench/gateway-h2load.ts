@@ -7,6 +7,15 @@
  *   gw-grpc     h2load -> gateway (gRPC fast path) -> upstream
  *   gw-rest     h2load -> gateway (REST GET /v1/echo/{id}) -> upstream
  *   gw-connect  h2load -> gateway (Connect JSON POST) -> upstream
+ *   gw-grpc+otel, gw-rest+otel   the same through a second gateway started as
+ *               scripts/stack.ts starts it (--import mesh/telemetry/register.ts);
+ *               deploy/gateway.yaml starts it without. nginx traces nothing, so
+ *               the goal compares gw-grpc; the +otel rows show what tracing costs.
+ *
+ * Fairness: one upstream for all; the same process count per proxy (WORKERS);
+ * besides each proxy's CPU per request, the upstream's and h2load's CPU per
+ * request are printed, so a saturated upstream (every proxy then looks alike)
+ * or a starved load generator shows.
  *
  * Throughput: -c CONNS -m STREAMS for DURATION seconds after a warm-up.
  * Added latency: one client at RPS requests/s (moderate load), per-request
@@ -42,8 +51,8 @@ const work = mkdtempSync(join(tmpdir(), "gw-bench-"));
 const children: ChildProcess[] = [];
 
 
-async function startNode(script: string, env: Record<string, string>, readyUrl?: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", join(root, script)], {
+async function startNode(script: string, env: Record<string, string>, readyUrl?: string, imports: string[] = []): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", ...imports.flatMap((i) => ["--import", i]), join(root, script)], {
     env: { ...process.env, LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -109,6 +118,12 @@ function cpuSeconds(pid: number): number {
   return ticks / 100; // USER_HZ
 }
 
+/** CPU seconds used so far by this process's exited children (every h2load run). */
+function childrenCpuSeconds(): number {
+  const f = readFileSync("/proc/self/stat", "utf8").split(") ")[1].split(" ");
+  return (Number(f[13]) + Number(f[14])) / 100; // cutime, cstime (fields 16 and 17)
+}
+
 interface H2loadResult {
   rps: number;
   succeeded: number;
@@ -157,19 +172,25 @@ async function latency(t: Target): Promise<{ p50: number; p99: number; n: number
 }
 
 async function main() {
-  const [upPort, gwPort, nginxPort] = [await freePort(), await freePort(), await freePort()];
+  const [upPort, gwPort, otelPort, nginxPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const upstream = await startNode("gateway/testing/echo-main.ts", { PORT: String(upPort) });
-  const gateway = await startNode(
-    "gateway/main.ts",
-    {
-      PORT: String(gwPort),
-      GATEWAY_EXPOSE_TESTING: "1",
-      UPSTREAMS: `echo=127.0.0.1:${upPort}`,
-      LOG_LEVEL: "error",
-      GATEWAY_WORKERS: String(WORKERS),
-    },
-    `http://127.0.0.1:${gwPort}/readyz`,
-  );
+  const startGateway = (port: number, imports: string[]) =>
+    startNode(
+      "gateway/main.ts",
+      {
+        PORT: String(port),
+        GATEWAY_EXPOSE_TESTING: "1",
+        UPSTREAMS: `echo=127.0.0.1:${upPort}`,
+        LOG_LEVEL: "error",
+        GATEWAY_WORKERS: String(WORKERS),
+        METRICS_PORT: "off",
+      },
+      // /healthz: /readyz also probes the shop upstreams (not running here).
+      `http://127.0.0.1:${port}/healthz`,
+      imports,
+    );
+  const gateway = await startGateway(gwPort, []);
+  const gatewayOtel = await startGateway(otelPort, [join(root, "mesh/telemetry/register.ts")]);
   const nginx = await startNginx(nginxPort, upPort);
 
   const body = toBinary(EchoRequestSchema, create(EchoRequestSchema, { id: "bench", count: 1 }));
@@ -193,18 +214,27 @@ async function main() {
       args: ["-d", jsonFile, "-H", "content-type: application/json"],
       pid: gateway.pid!,
     },
+    { name: "gw-grpc+otel", url: `http://127.0.0.1:${otelPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: gatewayOtel.pid! },
+    { name: "gw-rest+otel", url: `http://127.0.0.1:${otelPort}/v1/echo/bench?count=1`, args: [], pid: gatewayOtel.pid! },
   ];
 
   // CPU per request of the proxying process: robust on a busy machine, where
   // req/s mostly measures how much CPU the scheduler handed out.
   const cpuUs: Record<string, number[]> = {};
+  const upUs: Record<string, number[]> = {};
+  const loadUs: Record<string, number[]> = {};
   const samples: Record<string, H2loadResult[]> = {};
   for (const t of targets) await h2load(t.url, [...t.args, "-c", String(CONNS), "-m", String(STREAMS), "-D", "2"]); // warm-up
   for (let round = 0; round < ROUNDS; round++) {
     for (const t of targets) {
       const before = cpuSeconds(t.pid);
+      const upBefore = cpuSeconds(upstream.pid!);
+      const loadBefore = childrenCpuSeconds();
       const r = await h2load(t.url, [...t.args, "-c", String(CONNS), "-m", String(STREAMS), "-D", String(DURATION)]);
-      (cpuUs[t.name] ??= []).push(((cpuSeconds(t.pid) - before) * 1e6) / Math.max(1, r.succeeded));
+      const n = Math.max(1, r.succeeded);
+      (cpuUs[t.name] ??= []).push(((cpuSeconds(t.pid) - before) * 1e6) / n);
+      (upUs[t.name] ??= []).push(((cpuSeconds(upstream.pid!) - upBefore) * 1e6) / n);
+      (loadUs[t.name] ??= []).push(((childrenCpuSeconds() - loadBefore) * 1e6) / n);
       (samples[t.name] ??= []).push(r);
     }
   }
@@ -214,27 +244,30 @@ async function main() {
     const sorted = [...samples[t.name]].sort((a, b) => a.rps - b.rps);
     const r = (results[t.name] = sorted[Math.floor(sorted.length / 2)]);
     const all = samples[t.name].map((x) => x.rps.toFixed(0)).join("/");
-    const cpu = [...cpuUs[t.name]].sort((a, b) => a - b)[Math.floor(cpuUs[t.name].length / 2)];
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    const cpu = median(cpuUs[t.name]);
     cpuMedian[t.name] = cpu;
     console.log(
-      `${t.name.padEnd(11)} ${r.rps.toFixed(0).padStart(7)} req/s median of ${all}  cpu ${cpu.toFixed(0)} us/req  (ok ${r.succeeded}, failed ${r.failed}, non-2xx ${r.non2xx})`,
+      `${t.name.padEnd(12)} ${r.rps.toFixed(0).padStart(7)} req/s median of ${all}  cpu ${cpu.toFixed(0)} us/req` +
+        `  (upstream ${median(upUs[t.name]).toFixed(0)}, h2load ${median(loadUs[t.name]).toFixed(0)} us/req; ok ${r.succeeded}, failed ${r.failed}, non-2xx ${r.non2xx})`,
     );
   }
   const lat: Record<string, { p50: number; p99: number; n: number }> = {};
   for (const t of targets) {
     lat[t.name] = await latency(t);
-    console.log(`${t.name.padEnd(11)} at ${RPS} req/s: p50 ${lat[t.name].p50.toFixed(3)} ms  p99 ${lat[t.name].p99.toFixed(3)} ms  (n=${lat[t.name].n})`);
+    console.log(`${t.name.padEnd(12)} at ${RPS} req/s: p50 ${lat[t.name].p50.toFixed(3)} ms  p99 ${lat[t.name].p99.toFixed(3)} ms  (n=${lat[t.name].n})`);
   }
   const ratio = (a: string, b: string) => (results[a].rps / results[b].rps).toFixed(2);
   console.log("");
   console.log(`gateway gRPC / nginx grpc_pass : ${ratio("gw-grpc", "nginx")}x   (goal >= 1.0)`);
   console.log(`gateway REST / gateway gRPC    : ${ratio("gw-rest", "gw-grpc")}x   (goal >= 0.8)`);
   console.log(`gateway Connect / gateway gRPC : ${ratio("gw-connect", "gw-grpc")}x`);
+  console.log(`with telemetry: gRPC / nginx ${ratio("gw-grpc+otel", "nginx")}x, REST / gRPC ${ratio("gw-rest+otel", "gw-grpc+otel")}x`);
   const cpuRatio = (a: string, b: string) => (cpuMedian[b] / cpuMedian[a]).toFixed(2);
   console.log(`by CPU per request (capacity ratio, b/a): gw-grpc vs nginx ${cpuRatio("gw-grpc", "nginx")}x, gw-rest vs gw-grpc ${cpuRatio("gw-rest", "gw-grpc")}x`);
-  for (const n of ["nginx", "gw-grpc", "gw-rest", "gw-connect"]) {
+  for (const n of ["nginx", "gw-grpc", "gw-rest", "gw-connect", "gw-grpc+otel", "gw-rest+otel"]) {
     console.log(
-      `added latency ${n.padEnd(10)}: p50 ${(lat[n].p50 - lat.direct.p50).toFixed(3)} ms, p99 ${(lat[n].p99 - lat.direct.p99).toFixed(3)} ms   (goal p99 < 1 ms)`,
+      `added latency ${n.padEnd(12)}: p50 ${(lat[n].p50 - lat.direct.p50).toFixed(3)} ms, p99 ${(lat[n].p99 - lat.direct.p99).toFixed(3)} ms   (goal p99 < 1 ms)`,
     );
   }
   console.log(

@@ -32,7 +32,8 @@ export interface Admission {
   readonly caller: Caller | undefined;
   readonly timeoutMs: number | undefined;
   readonly deadline: number | undefined;
-  readonly upstreamHeaders: Headers;
+  /** Headers for the upstream call, lower-case names. */
+  readonly upstreamHeaders: Readonly<Record<string, string>>;
   /** Headers for the client response (rate-limit state, request id). */
   readonly responseHeaders: Record<string, string>;
   readonly breaker: CircuitBreakerPolicy;
@@ -80,20 +81,35 @@ export class Pipeline {
     this.limiter.shadow = c.rateLimit.shadow;
   }
 
-  /** Admits a call or throws the EdgeError to answer with. */
-  async admit(m: GatewayMethod, req: EdgeRequest, streaming: boolean): Promise<Admission> {
+  /**
+   * Admits a call or throws the EdgeError to answer with. Synchronous unless
+   * a token has to be verified: the fast path admits most calls without a
+   * promise (callers `await` either).
+   */
+  admit(m: GatewayMethod, req: EdgeRequest, streaming: boolean): Admission | Promise<Admission> {
     const config = this.config; // one config for the whole call
     const policy = effectivePolicy(m, config);
-    const requestId = req.headers.get("x-request-id") || randomUUID();
-    const responseHeaders: Record<string, string> = { "x-request-id": requestId };
-
-    let caller: Caller | undefined;
     const authorization = req.headers.get("authorization");
-    if (authorization && this.auth) caller = await this.auth.authenticate(authorization);
-    else if (authorization && !this.auth && policy.auth !== "none") {
+    if (authorization && this.auth) {
+      return this.auth.authenticate(authorization).then((caller) => this.admitAs(m, req, streaming, config, policy, caller));
+    }
+    if (authorization && !this.auth && policy.auth !== "none") {
       throw new EdgeError("authentication is not configured on this gateway", Code.Unauthenticated, 401);
     }
+    return this.admitAs(m, req, streaming, config, policy, undefined);
+  }
+
+  private admitAs(
+    m: GatewayMethod,
+    req: EdgeRequest,
+    streaming: boolean,
+    config: GatewayConfig,
+    policy: MethodPolicySpec,
+    caller: Caller | undefined,
+  ): Admission {
     authorize(policy, caller);
+    const requestId = req.headers.get("x-request-id") || randomUUID();
+    const responseHeaders: Record<string, string> = { "x-request-id": requestId };
 
     if (policy.rateLimit) {
       const key = rateLimitKey(policy.rateLimit, {
@@ -128,20 +144,22 @@ export class Pipeline {
     const breaker = this.breakers.get(breakerName, spec);
 
     const timeoutMs = effectiveTimeout(policy.timeoutMs, req.clientTimeoutMs, streaming ? undefined : config.defaultTimeoutMs);
-    const upstreamHeaders = new Headers();
+    // A plain record (lower-case names): cheaper to build and to copy into
+    // HTTP/2 headers than a fetch Headers object, and a valid HeadersInit.
+    const upstreamHeaders: Record<string, string> = {};
     for (const k of propagated) {
       const v = req.headers.get(k);
-      if (v) upstreamHeaders.set(k, v);
+      if (v) upstreamHeaders[k] = v;
     }
-    upstreamHeaders.set("x-request-id", requestId);
+    upstreamHeaders["x-request-id"] = requestId;
     // The upstream call continues the edge's trace (the HTTP server span when telemetry is on).
     injectTraceparent(upstreamHeaders);
     const xff = req.headers.get("x-forwarded-for");
-    upstreamHeaders.set("x-forwarded-for", xff && config.trustForwardedFor ? `${xff}, ${req.ip}` : req.ip);
+    upstreamHeaders["x-forwarded-for"] = xff && config.trustForwardedFor ? `${xff}, ${req.ip}` : req.ip;
     // Identity only from a verified token: never what the client sent.
     if (caller) {
-      upstreamHeaders.set("x-mesh-user-id", caller.userId);
-      upstreamHeaders.set("x-mesh-user-role", caller.role);
+      upstreamHeaders["x-mesh-user-id"] = caller.userId;
+      upstreamHeaders["x-mesh-user-role"] = caller.role;
     }
     let budget = this.budgets.get(m.upstream);
     if (!budget) this.budgets.set(m.upstream, (budget = new RetryBudget(0.2)));

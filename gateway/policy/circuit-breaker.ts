@@ -33,8 +33,13 @@ export interface BreakerEvents {
   onCreate?(name: string, policy: CircuitBreakerPolicy): void;
 }
 
-/** Marks a failure the breaker should count without changing what the caller sees. */
+/**
+ * Marks a failure the breaker should count without changing what the caller
+ * sees. One shared instance: it never reaches a caller, and building an Error
+ * (its stack) per failed call is not free.
+ */
 class CountedFailure extends Error {}
+const countedFailure = new CountedFailure("counted by the breaker");
 
 export class Breakers {
   private readonly byName = new Map<string, { spec: string; specRef: BreakerSpec; policy: CircuitBreakerPolicy }>();
@@ -93,30 +98,31 @@ export function breakerOpenError(name: string, retryAfterSec: number): EdgeError
  * (503 + Retry-After). `outcome` lets a caller report a failure that arrived
  * as a value (a gRPC status in trailers) rather than as a thrown error.
  */
-export async function throughBreaker<T>(
+export function throughBreaker<T>(
   policy: CircuitBreakerPolicy,
   name: string,
   retryAfterSec: number,
   fn: () => Promise<T>,
   outcome?: (value: T) => boolean,
 ): Promise<T> {
+  // Promise chains rather than async wrappers: this runs for every call, and
+  // each async layer costs a promise and a microtask hop.
   let value: T | undefined;
   let have = false;
-  try {
-    return await policy.execute(async () => {
-      const v = await fn();
-      if (outcome && !outcome(v)) {
-        value = v;
-        have = true;
-        throw new CountedFailure();
-      }
-      return v;
-    });
-  } catch (e) {
-    if (e instanceof CountedFailure && have) return value as T;
+  const task = outcome
+    ? () =>
+        fn().then((v) => {
+          if (outcome(v)) return v;
+          value = v;
+          have = true;
+          throw countedFailure;
+        })
+    : fn;
+  return policy.execute(task).catch((e: unknown) => {
+    if (e === countedFailure && have) return value as T;
     if (e instanceof BrokenCircuitError || e instanceof IsolatedCircuitError) throw breakerOpenError(name, retryAfterSec);
     throw e;
-  }
+  });
 }
 
 export { CircuitState };

@@ -33,7 +33,9 @@ export function effectiveTimeout(
   clientMs: number | undefined,
   fallbackMs: number | undefined,
 ): number | undefined {
-  const candidates = [methodMs, clientMs].filter((v): v is number => v !== undefined && v > 0);
-  if (candidates.length === 0) return fallbackMs;
-  return Math.min(...candidates);
+  // Per call: no arrays.
+  const m = methodMs !== undefined && methodMs > 0 ? methodMs : undefined;
+  const c = clientMs !== undefined && clientMs > 0 ? clientMs : undefined;
+  if (m === undefined) return c ?? fallbackMs;
+  return c === undefined ? m : Math.min(m, c);
 }

@@ -15,6 +15,7 @@ import { throughBreaker } from "../policy/circuit-breaker.js";
 import { isRetryable } from "../policy/retry.js";
 import { formatGrpcTimeout, parseGrpcTimeout } from "../policy/timeout.js";
 import { encodeGrpcMessage } from "./grpc-status.js";
+import { headerView } from "./header-view.js";
 
 const {
   HTTP2_HEADER_CONTENT_TYPE,
@@ -71,18 +72,21 @@ export class UpstreamSessions {
    */
   get(target: string): ClientHttp2Session {
     const pool = this.poolOf(target);
-    const endpoint = pool.endpoints.length > 0 ? pool.endpoints[pool.next++ % pool.endpoints.length] : target;
+    const n = pool.endpoints.length;
+    const endpoint = n === 1 ? pool.endpoints[0] : n > 0 ? pool.endpoints[pool.next++ % n] : target;
     return this.session(endpoint);
   }
 
-  private readonly pools = new Map<string, { endpoints: string[]; next: number; at: number; pending: boolean }>();
+  private readonly pools = new Map<string, { endpoints: string[]; next: number; at: number; pending: boolean; fixed: boolean }>();
 
   private poolOf(target: string) {
     let p = this.pools.get(target);
-    if (!p) this.pools.set(target, (p = { endpoints: [], next: 0, at: 0, pending: false }));
+    if (p?.fixed) return p; // an IP address: nothing to resolve, per call
+    if (!p) this.pools.set(target, (p = { endpoints: [], next: 0, at: 0, pending: false, fixed: false }));
     const { host, port } = splitTarget(target);
     if (net.isIP(host)) {
-      if (p.endpoints.length === 0) p.endpoints = [target];
+      p.endpoints = [target];
+      p.fixed = true;
       return p;
     }
     if (!p.pending && Date.now() - p.at > 30_000) {
@@ -176,25 +180,19 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
   ): Promise<void> {
     // A reset from the client surfaces as a stream error: it ends this call,
     // never the process (the close handlers below clean up).
-    stream.on("error", () => {});
+    stream.on("error", ignore);
     // The pipeline only reads a few headers: look them up in place instead of
     // copying every header into a Headers object on this hot path.
-    const h = {
-      get(name: string): string | null {
-        const v = headers[name];
-        return v === undefined ? null : Array.isArray(v) ? v.join(", ") : String(v);
-      },
-      has(name: string): boolean {
-        return headers[name] !== undefined;
-      },
-    } as unknown as Headers;
+    const h = headerView(headers);
     let a: Admission;
     try {
-      a = await o.pipeline.admit(
+      const admitted = o.pipeline.admit(
         m,
         { headers: h, ip, clientTimeoutMs: parseGrpcTimeout(h.get("grpc-timeout")) },
         m.method.methodKind !== "unary",
       );
+      // Only a token to verify makes admission asynchronous.
+      a = admitted instanceof Promise ? await admitted : admitted;
     } catch (e) {
       respondError(stream, e);
       stream.resume();
@@ -207,7 +205,8 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
       te: "trailers",
     };
     for (const k of forwardRequest) if (headers[k] !== undefined) out[k] = headers[k];
-    a.upstreamHeaders.forEach((v, k) => (out[k] = v));
+    const uh = a.upstreamHeaders;
+    for (const k in uh) out[k] = uh[k];
     const target = a.route?.target ?? o.targetFor(m.upstream);
     const canRetry = a.policy.idempotent && m.method.methodKind === "unary";
     // A call sampled for shadowing (gateway/traffic) keeps its request bytes; a unary one its response bytes too.
@@ -267,7 +266,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         const respondHeld = () => {
           if (responded || stream.destroyed) return;
           responded = true;
-          stream.respond({ ...heldHeaders, ...a.responseHeaders }, { waitForTrailers: true });
+          stream.respond(Object.assign(heldHeaders!, a.responseHeaders), { waitForTrailers: true });
         };
         up.on("response", (rh) => {
           const status = Number(rh["grpc-status"] ?? NaN);
@@ -279,7 +278,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
             }
             if (!stream.destroyed) {
               responded = true;
-              stream.respond({ ...stripHop(rh), ...a.responseHeaders }, { endStream: true });
+              stream.respond(Object.assign(stripHop(rh), a.responseHeaders), { endStream: true });
             }
             resolve({ code: status, sentAnything: true });
             return;
@@ -384,14 +383,16 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
 
 function stripHop(h: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
   const out: http2.OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (k === ":status" || !k.startsWith(":")) {
-      if (k === "content-length" || k === "connection" || k === "keep-alive") continue;
-      out[k] = v;
-    }
+  for (const k in h) {
+    if (k.charCodeAt(0) === 58 /* ":" */ && k !== ":status") continue;
+    if (k === "content-length" || k === "connection" || k === "keep-alive") continue;
+    out[k] = h[k];
   }
   return out;
 }
+
+const ignore = () => {};
+
 
 function readAll(stream: ServerHttp2Stream, max: number, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {

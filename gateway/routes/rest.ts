@@ -12,6 +12,7 @@ import type { Pipeline } from "../pipeline.js";
 import { parseGrpcTimeout } from "../policy/timeout.js";
 import { buildRequest } from "../transcode/request.js";
 import { responseJson } from "../transcode/response.js";
+import { headerView } from "./header-view.js";
 import type { RestRouter } from "../transcode/router.js";
 
 export type AnyRequest = IncomingMessage | Http2ServerRequest;
@@ -38,22 +39,9 @@ export interface RestRoutesOptions {
   readonly config: () => GatewayConfig;
 }
 
-/**
- * The request headers as the pipeline reads them (get/has), looked up in
- * place: copying every header into a Headers object costs more than the
- * few lookups a call makes.
- */
+/** The request headers as the pipeline reads them (see header-view.ts). */
 export function headersOf(req: AnyRequest): Headers {
-  const raw = req.headers;
-  return {
-    get(name: string): string | null {
-      const v = raw[name];
-      return v === undefined ? null : Array.isArray(v) ? v.join(", ") : String(v);
-    },
-    has(name: string): boolean {
-      return raw[name] !== undefined;
-    },
-  } as unknown as Headers;
+  return headerView(req.headers);
 }
 
 /** Reads a request body up to `max` bytes within `timeoutMs`: 413 past the size, 408 past the time. */
