@@ -123,13 +123,17 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     }
     return t;
   };
+  // Each HTTP/2 session's peer address, read once per connection.
+  const sessionIps = new WeakMap<http2.Http2Session, string>();
   const clientIp = (req: AnyRequest): string => {
     if (config.trustForwardedFor) {
       const xff = req.headers["x-forwarded-for"];
       const first = (Array.isArray(xff) ? xff[0] : xff)?.split(",")[0]?.trim();
       if (first) return first;
     }
-    return req.socket?.remoteAddress ?? "unknown";
+    // HTTP/2: the address noted when the session opened (req.socket is a Proxy, slow to read per request).
+    const session = (req as Http2ServerRequest).stream?.session;
+    return (session && sessionIps.get(session)) ?? req.socket?.remoteAddress ?? "unknown";
   };
 
   const router = createRestRouter(methods);
@@ -238,7 +242,8 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
         ? byPath.get(headers[":path"] ?? "")
         : undefined;
       if (m) {
-        void grpcProxy(stream, headers, m, stream.session?.socket?.remoteAddress ?? "unknown");
+        const session = stream.session;
+        void grpcProxy(stream, headers, m, (session && sessionIps.get(session)) ?? session?.socket?.remoteAddress ?? "unknown");
         return;
       }
       for (const l of compat) l(stream, headers, ...rest);
@@ -251,6 +256,8 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
   h2.on("sessionError", () => {});
   h2.on("session", (s) => {
     s.on("error", () => {});
+    const ip = s.socket?.remoteAddress;
+    if (ip) sessionIps.set(s, ip);
     h2Sessions.add(s);
     s.once("close", () => h2Sessions.delete(s));
   });

@@ -24,6 +24,8 @@ export interface VariantChoice {
 }
 
 const forceCanary = new Set(["always", "canary"]);
+/** The answer for every call of an upstream without a canary: one object, not one per call. */
+const noCanary: VariantChoice = Object.freeze({ variant: "stable", reason: "no_canary" });
 const forceStable = new Set(["never", "stable"]);
 
 /** The override the header asks for; undefined when absent or not understood. */
@@ -49,7 +51,7 @@ export function selectVariant(
   req: CanaryRequest,
   random: () => number = Math.random,
 ): VariantChoice {
-  if (!rule) return { variant: "stable", reason: "no_canary" };
+  if (!rule) return noCanary;
   const forced = headerOverride(rule, req.headers);
   if (forced) return { variant: forced, reason: "header" };
   const k = stickyKey(rule, req);

@@ -32,13 +32,16 @@ export function methodRule(rule: ShadowRule, grpcPath: string): ShadowMethodRule
   return undefined;
 }
 
+/** The verdict for every call of an upstream without shadow traffic: one object, not one per call. */
+const noShadow: ShadowVerdict = Object.freeze({ mirror: false, reason: "no_shadow" });
+
 /** `random` returns [0, 1). Unsafe and streaming calls are judged only once sampled, so their count stays a share. */
 export function planShadow(
   rule: ShadowRule | undefined,
   call: ShadowCandidate,
   random: () => number = Math.random,
 ): ShadowVerdict {
-  if (!rule) return { mirror: false, reason: "no_shadow" };
+  if (!rule) return noShadow;
   const m = methodRule(rule, call.method);
   const percent = m?.percent ?? rule.percent;
   if (percent <= 0 || random() * 100 >= percent) return { mirror: false, reason: "not_sampled" };

@@ -103,7 +103,12 @@ export function createH2GrpcTransport(sessions: UpstreamSessions, target: string
       te: "trailers",
     };
     if (header instanceof Headers) header.forEach((v, k) => (out[k] = v));
-    else if (header) new Headers(header).forEach((v, k) => (out[k] = v));
+    else if (Array.isArray(header)) new Headers(header).forEach((v, k) => (out[k] = v));
+    else if (header) {
+      // The pipeline's plain record (lower-case names): copied as it is.
+      const h = header as Record<string, string>;
+      for (const k in h) out[k.toLowerCase()] = h[k];
+    }
     if (timeoutMs !== undefined) out["grpc-timeout"] = formatGrpcTimeout(timeoutMs);
     if (signal?.aborted) throw new ConnectError("request canceled", Code.Canceled);
     return sessions.get(targetOf()).request(out);
