@@ -40,6 +40,13 @@ interface WorkerResult {
   cpuUsPerCall: number;
   /** On-CPU time of the main (JavaScript) thread per call, from /proc schedstat (ns precision); GC helper threads excluded. */
   mainCpuUsPerCall: number;
+  /**
+   * Modes with telemetry only: after the measurement, the same process alternates slices
+   * with mesh's RPC telemetry (spans, traceparent, RPC metrics) installed and removed;
+   * main-thread CPU µs per call in each. Immune to other work on the machine, but it
+   * leaves out what the process pays either way (SDK loaded, context manager, /metrics).
+   */
+  toggled?: { withUs: number; withoutUs: number };
 }
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -111,6 +118,7 @@ async function worker(): Promise<void> {
   const pick = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0;
   gc?.();
   const mem = process.memoryUsage();
+  const toggled = await toggledRpcTelemetry(run);
   const result: WorkerResult = {
     calls,
     errors,
@@ -122,11 +130,34 @@ async function worker(): Promise<void> {
     rssBeforeMb: rssBefore / 2 ** 20,
     cpuUsPerCall: (cpu.user + cpu.system) / Math.max(1, calls),
     mainCpuUsPerCall: mainNs / 1000 / Math.max(1, calls),
+    toggled,
   };
   closeMeshClients();
   await server.close(1_000);
   process.stdout.write(JSON.stringify(result) + "\n");
   process.exit(0);
+}
+
+/** See WorkerResult.toggled: slices of 500 ms, SECONDS in all, the two kinds alternating. */
+async function toggledRpcTelemetry(
+  run: (ms: number) => Promise<{ calls: number }>,
+): Promise<WorkerResult["toggled"]> {
+  const { rpcTelemetry, installRpcTelemetry } = await import("../mesh/telemetry/rpc-hooks.js");
+  const installed = rpcTelemetry();
+  if (!installed) return undefined;
+  const sum = { with: { ns: 0, calls: 0 }, without: { ns: 0, calls: 0 } };
+  for (let i = 0; i < SECONDS * 2; i++) {
+    const on = i % 2 === 0;
+    installRpcTelemetry(on ? installed : undefined);
+    const before = await mainThreadCpuNs();
+    // run() waits for the calls in flight: a slice holds only calls of its kind.
+    const { calls } = await run(500);
+    const acc = on ? sum.with : sum.without;
+    acc.ns += (await mainThreadCpuNs()) - before;
+    acc.calls += calls;
+  }
+  installRpcTelemetry(installed);
+  return { withUs: sum.with.ns / 1000 / sum.with.calls, withoutUs: sum.without.ns / 1000 / sum.without.calls };
 }
 
 type Mode = "off" | "on" | "on+otlp";
@@ -243,6 +274,11 @@ async function main(): Promise<void> {
   row("main-thread CPU µs per call", (s) => s.mainCpu.toFixed(0));
   row("main-thread CPU per call vs off", (s) => (s === off ? "" : pct(s.mainCpuRatio)));
   row("p50 / p99 ms", (s) => `${s.p50.toFixed(1)}/${s.p99.toFixed(1)}`);
+  row("same process, RPC telemetry toggled", (s) => {
+    const ts = results[s.mode].map((r) => r.toggled).filter((x) => x !== undefined);
+    if (ts.length === 0) return "";
+    return `+${median(ts.map((x) => x.withUs - x.withoutUs)).toFixed(1)} µs`;
+  });
   row("RSS after start + gc, MB", (s) => s.rssBefore.toFixed(1));
   row("RSS at end, MB", (s) => s.rss.toFixed(1));
   row("heap used at end after gc, MB", (s) => s.heap.toFixed(1));
@@ -252,6 +288,16 @@ async function main(): Promise<void> {
       `telemetry ${s.mode}: ${slower.toFixed(1)} % fewer calls/s (goal ≤ 10 %: ${slower <= 10 ? "met" : "not met"}), ` +
         `CPU per call ${off.cpu.toFixed(0)} -> ${s.cpu.toFixed(0)} µs (${pct(s.cpuRatio)}; main thread ${off.mainCpu.toFixed(0)} -> ${s.mainCpu.toFixed(0)} µs, ${pct(s.mainCpuRatio)}), ` +
         `memory added: +${(s.rssBefore - off.rssBefore).toFixed(1)} MB RSS at start, +${(s.rss - off.rss).toFixed(1)} MB RSS at end, +${(s.heap - off.heap).toFixed(1)} MB heap`,
+    );
+  }
+  for (const s of summary.slice(1)) {
+    const ts = results[s.mode].map((r) => r.toggled).filter((x) => x !== undefined);
+    if (ts.length === 0) continue;
+    const withUs = median(ts.map((x) => x.withUs));
+    const withoutUs = median(ts.map((x) => x.withoutUs));
+    console.log(
+      `telemetry ${s.mode}, one process, RPC telemetry installed/removed every 500 ms: main-thread CPU ${withoutUs.toFixed(0)} -> ${withUs.toFixed(0)} µs per call ` +
+        `(+${median(ts.map((x) => x.withUs - x.withoutUs)).toFixed(1)} µs, ${pct(median(ts.map((x) => x.withUs / x.withoutUs)))}); the rest of the on/off gap is what the process pays either way`,
     );
   }
   console.log(`OTLP sink received ${exportRequests} export requests, ${(exportedBytes / 2 ** 20).toFixed(1)} MB`);

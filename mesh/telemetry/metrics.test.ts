@@ -11,6 +11,9 @@ import {
   watchBreaker,
   consumerMetricsHooks,
   deadLetterCategory,
+  metricsRegistry,
+  observeRpc,
+  rpcSeries,
 } from "./metrics.js";
 
 async function scrape(url: string): Promise<string> {
@@ -86,4 +89,29 @@ test.serial("consumer hooks count redeliveries once per extra delivery and dead 
   t.is(sample(text, "mesh_dead_letters_total", { consumer: "user-award-points", reason: "max_deliveries" }), 1);
   t.is(deadLetterCategory("cannot decode shop.x: bad wire"), "decode_error");
   t.is(deadLetterCategory("permanent: no such user"), "permanent");
+});
+
+test.serial("RPC series: counter, cumulative buckets, sum and count per code; a reset zeroes what callers keep", async (t) => {
+  const server = await startMetricsServer({ port: 0, host: "127.0.0.1" });
+  const kept = rpcSeries("server", "test.series.v1.S", "M", 0);
+  observeRpc("server", "test.series.v1.S", "M", 0, 0.002);
+  kept.record(0.02);
+  observeRpc("server", "test.series.v1.S", "M", "NOT_FOUND", 30);
+  const labels = { grpc_service: "test.series.v1.S", grpc_method: "M", grpc_code: "OK" };
+  let text = await scrape(server.url);
+  t.is(sample(text, "grpc_server_handled_total", labels), 2);
+  t.is(sample(text, "grpc_server_handling_seconds_count", labels), 2);
+  t.is(sample(text, "grpc_server_handling_seconds_sum", labels), 0.022);
+  t.is(sample(text, "grpc_server_handling_seconds_bucket", { ...labels, le: "0.001" }), 0);
+  t.is(sample(text, "grpc_server_handling_seconds_bucket", { ...labels, le: "0.0025" }), 1);
+  t.is(sample(text, "grpc_server_handling_seconds_bucket", { ...labels, le: "0.025" }), 2);
+  t.is(sample(text, "grpc_server_handling_seconds_bucket", { ...labels, le: "+Inf" }), 2);
+  t.is(sample(text, "grpc_server_handling_seconds_bucket", { grpc_method: "M", grpc_code: "NOT_FOUND", le: "10" }), 0);
+  t.is(sample(text, "grpc_server_handling_seconds_bucket", { grpc_method: "M", grpc_code: "NOT_FOUND", le: "+Inf" }), 1);
+  t.regex(text, /^# TYPE grpc_server_handling_seconds histogram$/m);
+
+  metricsRegistry.resetMetrics();
+  kept.record(0.003);
+  text = await scrape(server.url);
+  t.is(sample(text, "grpc_server_handled_total", labels), 1, "the kept series still reaches /metrics");
 });

@@ -6,8 +6,9 @@
 // parsing of the method path and target per call, wrapping every callback and listener, a
 // debug JSON.stringify, two context switches per side), the span-to-metrics processor
 // another ~16 µs. Here everything that depends only on the method (span name, attributes,
-// metric children) is built once, the traceparent is read and written with the W3C
-// propagator, and the metrics are plain pre-labelled counters and histograms.
+// metric series) is built once, the traceparent is read and written with the W3C
+// propagator, and the metrics are plain numbers per (method, code) that prom-client reads
+// at scrape time (metrics.ts RpcSeries).
 //
 // What a call gets, following the OpenTelemetry RPC semantic conventions:
 //   span "shop.catalog.v1.CatalogService/GetProduct", kind SERVER or CLIENT,
@@ -143,9 +144,9 @@ class ServerCall implements ServerRpc {
 
   end(code: number, message?: string): void {
     const i = codeIndex(code);
-    const series = (this.m.serverSeries[i] ??= rpcSeries("server", this.m.service, this.m.method, i));
-    series.handled.inc();
-    series.handling.observe((performance.now() - this.started) / 1000);
+    (this.m.serverSeries[i] ??= rpcSeries("server", this.m.service, this.m.method, i)).record(
+      (performance.now() - this.started) / 1000,
+    );
     finish(this.span, code, message, SERVER_ERROR_CODES.has(code));
   }
 }
@@ -162,9 +163,9 @@ class ClientCall implements ClientRpc {
     if (this.ended) return;
     this.ended = true;
     const i = codeIndex(code);
-    const series = (this.m.clientSeries[i] ??= rpcSeries("client", this.m.service, this.m.method, i));
-    series.handled.inc();
-    series.handling.observe((performance.now() - this.started) / 1000);
+    (this.m.clientSeries[i] ??= rpcSeries("client", this.m.service, this.m.method, i)).record(
+      (performance.now() - this.started) / 1000,
+    );
     finish(this.span, code, message, code !== 0);
   }
 }
