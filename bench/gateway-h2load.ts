@@ -22,7 +22,7 @@
  * times from h2load --log-file; p50/p99 minus the direct p50/p99.
  *
  * Needs h2load (apt-get install nghttp2-client) and nginx (apt-get install nginx).
- * Run: npx tsx bench/gateway-h2load.ts   (env: DURATION=10 CONNS=8 STREAMS=16 RPS=500 ROUNDS=3
+ * Run: npx tsx bench/gateway-h2load.ts   (env: DURATION=10 CONNS=8 STREAMS=16 RPS=500 ROUNDS=3 OTEL=1 (0: no traced gateway)
  *      WORKERS=1: processes for nginx (worker_processes) and the gateway (GATEWAY_WORKERS) alike)
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
