@@ -21,6 +21,11 @@
  * CPU µs per call, and the memory telemetry adds: RSS once started (modules loaded, after a
  * GC), RSS at the end, and heap used after a GC at the end. The issue's goal is the calls/s
  * ratio: at most 10 % fewer with telemetry on.
+ *
+ * TOGGLE=0 skips the in-process on/off slices (WorkerResult.toggled), so a worker run alone
+ * under --cpu-prof profiles only the measured load:
+ *   TOGGLE=0 BENCH_ROLE=worker PROTOMESH_TELEMETRY=on METRICS_PORT=0 node --cpu-prof \
+ *     --import=tsx --import=./mesh/telemetry/register.ts bench/telemetry-overhead.ts
  */
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
@@ -144,7 +149,7 @@ async function toggledRpcTelemetry(
 ): Promise<WorkerResult["toggled"]> {
   const { rpcTelemetry, installRpcTelemetry } = await import("../mesh/telemetry/rpc-hooks.js");
   const installed = rpcTelemetry();
-  if (!installed) return undefined;
+  if (!installed || process.env.TOGGLE === "0") return undefined;
   const sum = { with: { ns: 0, calls: 0 }, without: { ns: 0, calls: 0 } };
   for (let i = 0; i < SECONDS * 2; i++) {
     const on = i % 2 === 0;
