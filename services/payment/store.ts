@@ -19,8 +19,8 @@
 import { randomUUID } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
-import { eq, sql } from 'drizzle-orm';
-import type { Database, Transaction } from '../../mesh/db.js';
+import { eq, getTableColumns, sql } from 'drizzle-orm';
+import { resultRows, type Database, type Transaction } from '../../mesh/db.js';
 import { notFound } from '../../mesh/errors.js';
 import { enqueueEvent, eventsEnqueued, outboxInsertSql } from '../../mesh/events/outbox.js';
 import {
@@ -181,13 +181,14 @@ export class PaymentStore {
 
   /**
    * Serialises every call for one order (see the header), then reads its
-   * payment. The lock is a 64-bit hash of the order id: a collision only makes
-   * two orders wait for each other, it never mixes them up.
+   * payment: one round trip, through payment.lock_order (migration 0001),
+   * which takes the lock before its select's snapshot. The lock is a 64-bit
+   * hash of the order id: a collision only makes two orders wait for each
+   * other, it never mixes them up.
    */
   private async lockOrder(tx: Transaction, orderId: string): Promise<PaymentRecord | undefined> {
-    await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`payment:${orderId}`}, 0))`);
-    const [row] = await tx.select().from(payments).where(eq(payments.orderId, orderId));
-    return row && record(row);
+    const [row] = resultRows<Record<string, unknown>>(await tx.execute(sql`select * from payment.lock_order(${orderId})`));
+    return row && record(fromDriver(row));
   }
 
   private async setStatus(
@@ -227,4 +228,16 @@ function record(row: PaymentRow): PaymentRecord {
     createTime: row.createTime,
     updateTime: row.updateTime,
   };
+}
+
+const COLUMNS = Object.entries(getTableColumns(payments));
+
+/** A raw payments row (column names, driver values) as drizzle's select would shape it. */
+function fromDriver(raw: Record<string, unknown>): PaymentRow {
+  const row: Record<string, unknown> = {};
+  for (const [key, column] of COLUMNS) {
+    const value = raw[column.name];
+    row[key] = value === null || value === undefined ? value : column.mapFromDriverValue(value);
+  }
+  return row as PaymentRow;
 }
