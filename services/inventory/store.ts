@@ -20,7 +20,8 @@ import { and, asc, eq, inArray, lte, sql } from 'drizzle-orm';
 import type { Database, Transaction } from '../../mesh/db.js';
 import { resultRows } from '../../mesh/db.js';
 import { notFound, failedPrecondition } from '../../mesh/errors.js';
-import { enqueueEvent, eventsEnqueued, outboxInsertSql } from '../../mesh/events/outbox.js';
+import { announceCommitted } from '../../mesh/events/commit-signal.js';
+import { enqueueEvent, outboxInsertSql, outboxSchemaName } from '../../mesh/events/outbox.js';
 import { StockReleasedSchema, StockReservedSchema } from '../../gen/shop/inventory/v1/inventory_pb.js';
 import {
   answerRepeatedReserve,
@@ -113,28 +114,33 @@ export class InventoryStore {
    */
   async reserve(id: string, lines: Line[]): Promise<ReservationRecord> {
     const sorted = sortLines(lines);
-    return this.db.transaction(async (tx) => {
-      const now = new Date(this.now());
-      const expire = new Date(now.getTime() + this.ttlMs);
-      // Raw statements take timestamps as text (postgres.js does not serialise a Date for an inferred type).
-      const ts = sql`${now.toISOString()}::timestamptz`;
-      const event = outboxInsertSql(
-        outbox,
-        StockReservedSchema,
-        create(StockReservedSchema, {
-          reservationId: id,
-          lines: sorted.map((l) => ({ sku: l.sku, quantity: BigInt(l.quantity) })),
-          occurTime: timestampFromMs(now.getTime()),
-        }),
-        { aggregateId: id, prefix: this.prefix },
-        sql`r`,
-      );
-      const want = sql.join(
-        sorted.map((l) => sql`(${l.sku}::text, ${l.quantity}::bigint)`),
-        sql`, `,
-      );
-      const [res] = resultRows<{ inserted: number; taken: number; held: { sku: string; available: number }[] }>(
-        await tx.execute(sql`
+    const now = new Date(this.now());
+    const expire = new Date(now.getTime() + this.ttlMs);
+    // Raw statements take timestamps as text (postgres.js does not serialise a Date for an inferred type).
+    const ts = sql`${now.toISOString()}::timestamptz`;
+    const event = outboxInsertSql(
+      outbox,
+      StockReservedSchema,
+      create(StockReservedSchema, {
+        reservationId: id,
+        lines: sorted.map((l) => ({ sku: l.sku, quantity: BigInt(l.quantity) })),
+        occurTime: timestampFromMs(now.getTime()),
+      }),
+      { aggregateId: id, prefix: this.prefix },
+      sql`r`,
+    );
+    const want = sql.join(
+      sorted.map((l) => sql`(${l.sku}::text, ${l.quantity}::bigint)`),
+      sql`, `,
+    );
+    // One statement and no explicit transaction (one round trip instead of three): a
+    // statement is all or nothing by itself, and a line that cannot be covered makes it
+    // fail (inventory.short_stock, migration 0001), which undoes the reservation, the
+    // stock already taken and the event.
+    let res: { inserted: number } | undefined;
+    try {
+      [res] = resultRows<{ inserted: number }>(
+        await this.db.execute(sql`
           with r as (
             insert into ${reservations} (id, status, lines, expire_time, create_time, update_time)
             values (${id}, 'RESERVED', ${JSON.stringify(sorted)}::jsonb, ${expire.toISOString()}::timestamptz, ${ts}, ${ts})
@@ -152,22 +158,25 @@ export class InventoryStore {
             where s.sku = w.sku and h.available >= w.quantity
             returning s.sku
           ), e as (${event})
-          select (select count(*) from r)::int as inserted, (select count(*) from taken)::int as taken,
-            (select coalesce(json_agg(json_build_object('sku', sku, 'available', available)), '[]'::json) from held) as held`),
+          select (select count(*) from r)::int as inserted,
+            case when (select count(*) from r) > 0 and (select count(*) from taken) < ${sorted.length}::int
+              then inventory.short_stock((select coalesce(json_agg(json_build_object('sku', sku, 'available', available)), '[]'::json) from held))
+              else 0 end as short`),
       );
-      if (!res || Number(res.inserted) === 0) {
-        const [existing] = await tx.select().from(reservations).where(eq(reservations.id, id));
-        if (!existing) throw new Error(`reservation ${id} conflicted but cannot be read`);
-        return answerRepeatedReserve(record(existing), sorted);
-      }
-      if (Number(res.taken) < sorted.length) {
-        const available = new Map(res.held.map((h) => [h.sku, Number(h.available)]));
-        const short = sorted.find((l) => (available.get(l.sku) ?? 0) < l.quantity)!;
-        throw insufficientStock(short.sku, short.quantity, available.get(short.sku) ?? 0);
-      }
-      await eventsEnqueued(tx, outbox);
-      return { id, status: 'RESERVED', lines: sorted, expireAt: expire.getTime(), releaseReason: '', tombstone: false };
-    });
+    } catch (err) {
+      const held = shortStockDetail(err);
+      if (!held) throw err;
+      const available = new Map(held.map((h) => [h.sku, Number(h.available)]));
+      const short = sorted.find((l) => (available.get(l.sku) ?? 0) < l.quantity)!;
+      throw insufficientStock(short.sku, short.quantity, available.get(short.sku) ?? 0);
+    }
+    if (!res || Number(res.inserted) === 0) {
+      const [existing] = await this.db.select().from(reservations).where(eq(reservations.id, id));
+      if (!existing) throw new Error(`reservation ${id} conflicted but cannot be read`);
+      return answerRepeatedReserve(record(existing), sorted);
+    }
+    announceCommitted(this.db, outboxSchemaName(outbox));
+    return { id, status: 'RESERVED', lines: sorted, expireAt: expire.getTime(), releaseReason: '', tombstone: false };
   }
 
   /**
@@ -340,4 +349,13 @@ function record(row: ReservationRow): ReservationRecord {
     releaseReason: row.releaseReason,
     tombstone: row.tombstone,
   };
+}
+
+/** The held rows carried by inventory.short_stock's error (SQLSTATE PMI01), or undefined for any other error. */
+function shortStockDetail(err: unknown): { sku: string; available: number | string }[] | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const { code, detail } = e as { code?: unknown; detail?: unknown };
+    if (code === 'PMI01' && typeof detail === 'string') return JSON.parse(detail) as { sku: string; available: number | string }[];
+  }
+  return undefined;
 }
