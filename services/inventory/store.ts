@@ -9,8 +9,9 @@
  * reads the latest committed version of a row it had to wait for), so the sum of
  * what succeeds never exceeds what is on hand; the CHECK (reserved <= on_hand)
  * backs that up. Taking the locks in SKU order means two reservations sharing
- * SKUs never deadlock. A short line throws, which rolls back the whole
- * transaction: all lines or none.
+ * SKUs never deadlock. A short line fails the statement (ReserveStock is one
+ * statement, an implicit transaction of its own), which undoes it whole: all
+ * lines or none.
  *
  * Lock order everywhere: the reservation row first, then stock rows in SKU order.
  */
@@ -110,7 +111,7 @@ export class InventoryStore {
    * waits for this transaction, then finds the row), then lock the SKU rows in SKU order
    * and read what they have (FOR UPDATE reads the latest committed row, so each reserver
    * sees what the previous one left), take every line that fits, write StockReserved.
-   * If any line did not fit, throwing rolls the whole transaction back.
+   * If any line did not fit, the statement raises, which undoes all of it.
    */
   async reserve(id: string, lines: Line[]): Promise<ReservationRecord> {
     const sorted = sortLines(lines);
