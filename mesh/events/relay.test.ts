@@ -1,6 +1,6 @@
 import test from "ava";
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { isNull } from "drizzle-orm";
+import { isNull, sql } from "drizzle-orm";
 import { connect, Events, type JetStreamManager } from "nats";
 import { OrderPlacedSchema } from "../../gen/shop/order/v1/order_pb.js";
 import { EVENT_ID, EVENT_TYPE, MSG_ID, msgHdrsToRecord, TRACEPARENT } from "./headers.js";
@@ -104,6 +104,37 @@ test.serial("a second publish of the same event id is dropped by the stream (Nat
   await env.db.update(s.outbox).set({ publishedAt: null });
   t.like(await relay.drainOnce(), { published: 1, duplicates: 1 });
   t.is((await streamMessages(env.jsm, env.prefix, new Set(["dupe-1"]))).length, 1);
+});
+
+test.serial("a row the previous lock holder marked published, committed after the batch's snapshot, is not published again", async (t) => {
+  const s = await freshSchema("relay_recheck");
+  await env.db.transaction((tx) => enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("recheck-1"), { aggregateId: "r", prefix: env.prefix }));
+  // Stands in for the relay that held the lock before: it has marked the row and commits
+  // only once the next batch's statement (lock + read, one snapshot) is under way.
+  const other = env.openDb();
+  let marked!: () => void;
+  let release!: () => void;
+  const isMarked = new Promise<void>((r) => (marked = r));
+  const released = new Promise<void>((r) => (release = r));
+  t.teardown(() => release()); // a failing run must not leave the holder's transaction open
+  const holder = other.db.transaction(async (tx) => {
+    await tx.update(s.outbox).set({ publishedAt: sql`now()` });
+    marked();
+    await released;
+  });
+  await isMarked;
+  const relay = new OutboxRelay({ db: env.db, outbox: s.outbox, js: env.js, listen: false });
+  const batch = relay.drainOnce();
+  // The batch's read waits for the holder's row (FOR UPDATE); without it, it would read the
+  // row as unpublished in its snapshot and publish it a second time.
+  await eventually("the batch to wait for the holder's row lock", async () => {
+    const [w] = await env.client`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`;
+    return w!.n > 0;
+  });
+  release();
+  await holder;
+  t.like(await batch, { locked: true, published: 0 });
+  t.is((await streamMessages(env.jsm, env.prefix, new Set(["recheck-1"]))).length, 0);
 });
 
 test.serial("the relay wakes on NOTIFY (postgres.js), not on its poll", async (t) => {
