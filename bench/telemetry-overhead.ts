@@ -7,6 +7,7 @@
  *   npx tsx bench/telemetry-overhead.ts            # 3 rounds x 5 s per mode, 32 calls in flight
  *   ROUNDS=5 SECONDS=8 CONCURRENCY=64 PARALLEL=0 npx tsx bench/telemetry-overhead.ts
  *   MODES=off,on ROUNDS=9 SECONDS=3 npx tsx bench/telemetry-overhead.ts   # more, shorter rounds
+ *   HOP=mid MODES=off,on PARALLEL=0 npx tsx bench/telemetry-overhead.ts     # a call made inside a handler (see HOP)
  *
  * PARALLEL=1 (default) runs the modes of a round side by side: on a shared machine the
  * scheduler gives each the same CPU, so the calls/s ratio is the CPU cost ratio and noise
@@ -28,6 +29,7 @@
  *     --import=tsx --import=./mesh/telemetry/register.ts bench/telemetry-overhead.ts
  */
 import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
@@ -57,7 +59,20 @@ interface WorkerResult {
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const SECONDS = Number(process.env.SECONDS ?? 5);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 32);
+/**
+ * HOP=mid: every call carries a traceparent of its own, as a call made inside a handler
+ * does (mesh/client forwards the inbound one when telemetry is off, and replaces it with its
+ * CLIENT span's when on). Default HOP=edge: a top-level call, which carries one only with
+ * telemetry on, so it pays for moving the header too (the worst case, and the issue's figure).
+ */
+const HOP = process.env.HOP === "mid" ? "mid" : "edge";
 const PARALLEL = (process.env.PARALLEL ?? "1") !== "0";
+
+/** A fresh, valid W3C traceparent (a different inbound request each call; HPACK cannot index it). */
+function inboundTraceparent(): string {
+  const hex = randomUUID().replaceAll("-", "");
+  return `00-${hex}-${hex.slice(0, 16)}-01`;
+}
 
 /** On-CPU nanoseconds of this process's main thread so far (Linux); 0 elsewhere. */
 async function mainThreadCpuNs(): Promise<number> {
@@ -98,7 +113,7 @@ async function worker(): Promise<void> {
         while (performance.now() < end) {
           const t0 = performance.now();
           try {
-            await client.getProduct({ id: "p-1" });
+            await client.getProduct({ id: "p-1" }, HOP === "mid" ? { headers: { traceparent: inboundTraceparent() } } : undefined);
             calls++;
           } catch {
             errors++;
@@ -225,7 +240,7 @@ async function main(): Promise<void> {
   }
   const results: Record<Mode, WorkerResult[]> = { off: [], on: [], "on+otlp": [] };
   console.log(
-    `unary CatalogService.GetProduct over mesh/server + mesh/client, ${CONCURRENCY} in flight, ${ROUNDS} rounds x ${SECONDS} s per mode, modes ${PARALLEL ? "side by side" : "one after another"}`,
+    `unary CatalogService.GetProduct over mesh/server + mesh/client (HOP=${HOP}), ${CONCURRENCY} in flight, ${ROUNDS} rounds x ${SECONDS} s per mode, modes ${PARALLEL ? "side by side" : "one after another"}`,
   );
   for (let round = 1; round <= ROUNDS; round++) {
     const order = round % 2 ? modes : [...modes].reverse();
