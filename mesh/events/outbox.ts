@@ -44,20 +44,25 @@ export async function enqueueEvent<Desc extends DescMessage>(
   message: MessageShape<Desc>,
   opts: EnqueueOptions,
 ): Promise<string> {
-  if (!opts.aggregateId) throw new Error("enqueueEvent: aggregateId is required");
-  const eventId = opts.eventId ?? randomUUID();
+  const row = outboxRow("enqueueEvent", schema, message, opts);
+  await tx.insert(outbox).values(row);
+  await eventsEnqueued(tx, outbox);
+  return row.id;
+}
+
+/** The outbox row of one event: what enqueueEvent inserts and outboxInsertSql selects. */
+function outboxRow<Desc extends DescMessage>(caller: string, schema: Desc, message: MessageShape<Desc>, opts: EnqueueOptions) {
+  if (!opts.aggregateId) throw new Error(`${caller}: aggregateId is required`);
   const headers: EventHeaders = { ...currentTraceHeaders(), ...opts.headers };
   if (opts.traceparent) headers[TRACEPARENT] = opts.traceparent;
-  await tx.insert(outbox).values({
-    id: eventId,
+  return {
+    id: opts.eventId ?? randomUUID(),
     aggregateId: opts.aggregateId,
     eventType: schema.typeName,
     subject: eventSubject(schema.typeName, opts.prefix ?? ""),
     payload: toBinary(schema, message),
     headers,
-  });
-  await eventsEnqueued(tx, outbox);
-  return eventId;
+  };
 }
 
 /**
@@ -74,14 +79,11 @@ export function outboxInsertSql<Desc extends DescMessage>(
   opts: EnqueueOptions,
   from: SQL,
 ): SQL {
-  if (!opts.aggregateId) throw new Error("outboxInsertSql: aggregateId is required");
-  const headers: EventHeaders = { ...currentTraceHeaders(), ...opts.headers };
-  if (opts.traceparent) headers[TRACEPARENT] = opts.traceparent;
-  const bytes = toBinary(schema, message);
-  const payload = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const row = outboxRow("outboxInsertSql", schema, message, opts);
+  const payload = Buffer.from(row.payload.buffer, row.payload.byteOffset, row.payload.byteLength);
   return sql`insert into ${outbox} (id, aggregate_id, event_type, subject, payload, headers)
-    select ${opts.eventId ?? randomUUID()}::uuid, ${opts.aggregateId}, ${schema.typeName}, ${eventSubject(schema.typeName, opts.prefix ?? "")},
-      ${payload}::bytea, ${JSON.stringify(headers)}::jsonb from ${from}`;
+    select ${row.id}::uuid, ${row.aggregateId}, ${row.eventType}, ${row.subject},
+      ${payload}::bytea, ${JSON.stringify(row.headers)}::jsonb from ${from}`;
 }
 
 /** Makes sure the relay wakes once `tx` commits the outbox rows it wrote (enqueueEvent's last step). */

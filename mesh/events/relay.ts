@@ -21,10 +21,10 @@
 // At-least-once: a crash between PubAck and commit republishes the rows; the stream's
 // duplicate window (Nats-Msg-Id = event id) drops the copies and consumers' inboxes
 // catch anything older than the window.
-import { count, getTableColumns, inArray, isNull, sql } from "drizzle-orm";
+import { count, inArray, isNull, sql } from "drizzle-orm";
 import { Events, type JetStreamClient, type NatsConnection } from "nats";
 import { onOutboxCommitted, PROCESS_NOTIFY_TAG } from "./commit-signal.js";
-import { rowsOf, type EventsDb } from "./db.js";
+import { rowFromDriver, rowsOf, type EventsDb } from "./db.js";
 import { listenFromDb, type Listen } from "./listen.js";
 import { outboxChannel, outboxSchemaName, prunePublished } from "./outbox.js";
 import { publishRawEvent } from "./publisher.js";
@@ -250,7 +250,7 @@ export class OutboxRelay {
       if (!head[0]?.relay_locked) {
         return { locked: false, published: 0, duplicates: 0, full: false, backlog: this.counters.backlog } satisfies BatchResult;
       }
-      const rows = head.filter((r) => r.id !== null && r.id !== undefined).map((r) => fromDriver(outbox, r));
+      const rows = head.filter((r) => r.id !== null && r.id !== undefined).map((r) => rowFromDriver(outbox, r));
       const done: string[] = [];
       let duplicates = 0;
       let error: unknown;
@@ -343,16 +343,6 @@ export class OutboxRelay {
       this.opts.hooks?.onError?.(err);
     }
   }
-}
-
-/** A raw outbox row (column names, driver values) as drizzle's select would shape it. */
-function fromDriver(outbox: OutboxTable, raw: Record<string, unknown>): OutboxTable["$inferSelect"] {
-  const row: Record<string, unknown> = {};
-  for (const [key, column] of Object.entries(getTableColumns(outbox))) {
-    const value = raw[column.name];
-    row[key] = value === null || value === undefined ? value : column.mapFromDriverValue(value);
-  }
-  return row as OutboxTable["$inferSelect"];
 }
 
 /** Creates and starts a relay. */

@@ -19,8 +19,9 @@
 import { randomUUID } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
-import { eq, getTableColumns, sql } from 'drizzle-orm';
+import { eq, sql } from 'drizzle-orm';
 import { resultRows, type Database, type Transaction } from '../../mesh/db.js';
+import { rowFromDriver } from '../../mesh/events/db.js';
 import { notFound } from '../../mesh/errors.js';
 import { enqueueEvent, eventsEnqueued, outboxInsertSql } from '../../mesh/events/outbox.js';
 import {
@@ -188,7 +189,7 @@ export class PaymentStore {
    */
   private async lockOrder(tx: Transaction, orderId: string): Promise<PaymentRecord | undefined> {
     const [row] = resultRows<Record<string, unknown>>(await tx.execute(sql`select * from payment.lock_order(${orderId})`));
-    return row && record(fromDriver(row));
+    return row && record(rowFromDriver(payments, row));
   }
 
   private async setStatus(
@@ -228,16 +229,4 @@ function record(row: PaymentRow): PaymentRecord {
     createTime: row.createTime,
     updateTime: row.updateTime,
   };
-}
-
-const COLUMNS = Object.entries(getTableColumns(payments));
-
-/** A raw payments row (column names, driver values) as drizzle's select would shape it. */
-function fromDriver(raw: Record<string, unknown>): PaymentRow {
-  const row: Record<string, unknown> = {};
-  for (const [key, column] of COLUMNS) {
-    const value = raw[column.name];
-    row[key] = value === null || value === undefined ? value : column.mapFromDriverValue(value);
-  }
-  return row as PaymentRow;
 }
