@@ -262,12 +262,15 @@ class UnaryCall {
     // so work tied to it (downstream calls) stops with the call.
     this.ctx.abort(callCompleted);
     this.opts.inflight?.done();
-    if (this.rpc) {
-      if (this.call.cancelled) this.rpc.end(grpc.status.CANCELLED, "cancelled by the client");
-      else if (status) this.rpc.end(status.code ?? grpc.status.UNKNOWN, status.details);
-      else this.rpc.end(grpc.status.OK);
-    }
+    if (this.rpc) endServerRpc(this.rpc, this.call, status);
   }
+}
+
+/** Ends a call's span and metrics: CANCELLED when the client went away, else the status sent (none: OK). */
+function endServerRpc(rpc: ServerRpc, call: { cancelled: boolean }, status: Partial<grpc.StatusObject> | undefined): void {
+  if (call.cancelled) rpc.end(grpc.status.CANCELLED, "cancelled by the client");
+  else if (status) rpc.end(status.code ?? grpc.status.UNKNOWN, status.details);
+  else rpc.end(grpc.status.OK);
 }
 
 function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOptions): grpc.handleUnaryCall<unknown, unknown> {
@@ -336,8 +339,7 @@ function serverStreamingHandler(
       .finally(() => {
         ctx.abort(callCompleted);
         opts.inflight?.done();
-        if (call.cancelled) rpc?.end(grpc.status.CANCELLED, "cancelled by the client");
-        else rpc?.end(failed?.code ?? grpc.status.OK, failed?.details);
+        if (rpc) endServerRpc(rpc, call, failed);
       });
   };
 }
