@@ -123,17 +123,18 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     }
     return t;
   };
-  // Each HTTP/2 session's peer address, read once per connection.
+  // Each HTTP/2 session's peer address, read once per connection (session.socket is a
+  // Proxy, slow to read per request).
   const sessionIps = new WeakMap<http2.Http2Session, string>();
+  const peerIp = (session: http2.Http2Session | undefined): string | undefined =>
+    (session && sessionIps.get(session)) ?? session?.socket?.remoteAddress;
   const clientIp = (req: AnyRequest): string => {
     if (config.trustForwardedFor) {
       const xff = req.headers["x-forwarded-for"];
       const first = (Array.isArray(xff) ? xff[0] : xff)?.split(",")[0]?.trim();
       if (first) return first;
     }
-    // HTTP/2: the address noted when the session opened (req.socket is a Proxy, slow to read per request).
-    const session = (req as Http2ServerRequest).stream?.session;
-    return (session && sessionIps.get(session)) ?? req.socket?.remoteAddress ?? "unknown";
+    return peerIp((req as Http2ServerRequest).stream?.session) ?? req.socket?.remoteAddress ?? "unknown";
   };
 
   const router = createRestRouter(methods);
@@ -242,8 +243,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
         ? byPath.get(headers[":path"] ?? "")
         : undefined;
       if (m) {
-        const session = stream.session;
-        void grpcProxy(stream, headers, m, (session && sessionIps.get(session)) ?? session?.socket?.remoteAddress ?? "unknown");
+        void grpcProxy(stream, headers, m, peerIp(stream.session) ?? "unknown");
         return;
       }
       for (const l of compat) l(stream, headers, ...rest);

@@ -393,7 +393,6 @@ function stripHop(h: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
 
 const ignore = () => {};
 
-
 function readAll(stream: ServerHttp2Stream, max: number, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
