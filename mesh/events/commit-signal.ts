@@ -71,6 +71,10 @@ export function withEventSignals<D extends EventsDb>(db: D): D {
     get(target, prop) {
       if (prop === "transaction") return transaction;
       const value = Reflect.get(target, prop, target);
+      // The driver client is handed over as it is: postgres.js' `Sql` is a function whose
+      // methods (unsafe, listen, reserve) a bound copy would not carry, so the relay's
+      // listenFromDb(db) and raw statements through `$client` would not find them.
+      if (prop === "$client") return value;
       return typeof value === "function" ? value.bind(target) : value;
     },
   });

@@ -307,3 +307,15 @@ test.serial("withEventSignals(db): a plain db.transaction + enqueueEvent wakes t
   await eventually("the row to be published", async () => (await db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length === 0);
   t.is((await streamMessages(env.jsm, env.prefix, new Set(["wrapped-1"]))).length, 1);
 });
+
+test.serial("withEventSignals(db) hands over the driver client: the relay on it LISTENs and hears another replica's commit", async (t) => {
+  const s = await freshSchema("relay_wrapped_listen");
+  const relay = await startRelay({ db: withEventSignals(env.db), outbox: s.outbox, js: env.js, pollIntervalMs: 3_600_000 });
+  t.teardown(() => relay.stop());
+  await new Promise((r) => setTimeout(r, 100));
+  // Another replica: its own pool, no relay in its process, so its commit is announced by NOTIFY only.
+  const other = env.openDb().db;
+  await other.transaction((tx) => enqueueEvent(tx, s.outbox, OrderPlacedSchema, placed("wrapped-listen-1"), { aggregateId: "wl", prefix: env.prefix }));
+  await eventually("the row to be published", async () => (await env.db.select().from(s.outbox).where(isNull(s.outbox.publishedAt))).length === 0);
+  t.is((await streamMessages(env.jsm, env.prefix, new Set(["wrapped-listen-1"]))).length, 1);
+});
