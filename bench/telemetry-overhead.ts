@@ -27,6 +27,7 @@
  * under --cpu-prof profiles only the measured load:
  *   TOGGLE=0 BENCH_ROLE=worker PROTOMESH_TELEMETRY=on METRICS_PORT=0 node --cpu-prof \
  *     --import=tsx --import=./mesh/telemetry/register.ts bench/telemetry-overhead.ts
+ * PROFILE_DIR=dir profiles only the measured window of every worker (see startWindowProfile).
  */
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -126,6 +127,7 @@ async function worker(): Promise<void> {
   };
 
   await run(1_000); // warm-up: JIT, connections
+  const profiler = await startWindowProfile();
   const latencies: number[] = [];
   const started = performance.now();
   const cpuBefore = process.cpuUsage();
@@ -134,6 +136,7 @@ async function worker(): Promise<void> {
   const cpu = process.cpuUsage(cpuBefore);
   const mainNs = (await mainThreadCpuNs()) - mainBefore;
   const seconds = (performance.now() - started) / 1000;
+  await profiler?.stop(calls);
   latencies.sort((a, b) => a - b);
   const pick = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0;
   gc?.();
@@ -156,6 +159,33 @@ async function worker(): Promise<void> {
   await server.close(1_000);
   process.stdout.write(JSON.stringify(result) + "\n");
   process.exit(0);
+}
+
+/**
+ * PROFILE_DIR=dir: a V8 CPU profile of the measured window only (no start-up, no warm-up),
+ * written to dir/<mode>-<pid>.cpuprofile, with the call count in the file name's sidecar
+ * (<same>.calls), so self time per call can be read off it.
+ */
+async function startWindowProfile(): Promise<{ stop(calls: number): Promise<void> } | undefined> {
+  const dir = process.env.PROFILE_DIR;
+  if (!dir) return undefined;
+  const { Session } = await import("node:inspector/promises");
+  const { mkdirSync, writeFileSync } = await import("node:fs");
+  const session = new Session();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.setSamplingInterval", { interval: 200 });
+  await session.post("Profiler.start");
+  return {
+    async stop(calls) {
+      const { profile } = await session.post("Profiler.stop");
+      mkdirSync(dir, { recursive: true });
+      const base = `${dir}/${process.env.PROTOMESH_TELEMETRY ?? "on"}-${process.pid}`;
+      writeFileSync(`${base}.cpuprofile`, JSON.stringify(profile));
+      writeFileSync(`${base}.calls`, String(calls));
+      session.disconnect();
+    },
+  };
 }
 
 /** See WorkerResult.toggled: slices of 500 ms, SECONDS in all, the two kinds alternating. */

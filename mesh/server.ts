@@ -56,7 +56,7 @@ import type { MethodImplSpec } from "@connectrpc/connect";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import * as reflectionV1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as reflectionV1alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
-import { callContextFromHandler, runWithCallContext } from "./call-context.js";
+import { callContextFromHandler, runInboundCall } from "./call-context.js";
 import { encodeStatusDetails, grpcStatusFromCode, toConnectError } from "./errors.js";
 import { headersToMetadata, methodDefinition } from "./grpc-codec.js";
 import { MeshHandlerContext } from "./handler-context.js";
@@ -282,10 +282,9 @@ function unaryHandler(spec: MethodImplSpec & { kind: "unary" }, opts: HandlerOpt
     const state = new UnaryCall(call, callback, ctx, spec.method, opts, rpc);
     let result: unknown;
     try {
-      const callContext = callContextFromHandler(ctx);
-      result = rpc
-        ? rpc.run(() => runWithCallContext(callContext, () => startUnary(spec, ctx, call.request, interceptors)))
-        : runWithCallContext(callContext, () => startUnary(spec, ctx, call.request, interceptors));
+      result = runInboundCall(callContextFromHandler(ctx), rpc?.trace, () =>
+        startUnary(spec, ctx, call.request, interceptors),
+      );
     } catch (e) {
       state.fail(e);
       return;
@@ -329,8 +328,7 @@ function serverStreamingHandler(
       if (!headerSent) sendHeader(call, plain.responseHeader);
       call.end(headersToMetadata(plain.responseTrailer));
     };
-    const inCallContext = () => runWithCallContext(callContextFromHandler(plain), run);
-    (rpc ? rpc.run(inCallContext) : inCallContext())
+    runInboundCall(callContextFromHandler(plain), rpc?.trace, run)
       .catch((e: unknown) => {
         if (call.cancelled) return;
         failed = errorStatus(e, plain.responseTrailer, spec.method, opts.onInternalError, ctx.abortReason);

@@ -1,23 +1,23 @@
 // The request (or event) being handled right now, carried through async calls so a log
 // line written deep inside a handler still knows its request id. Trace and span ids come
-// from the active OpenTelemetry span; this only holds what OpenTelemetry does not.
-import { AsyncLocalStorage } from "node:async_hooks";
+// from the active OpenTelemetry span; this only holds what OpenTelemetry does not. It rides
+// in mesh/call-context's one AsyncLocalStorage (see there why one).
 import { randomUUID } from "node:crypto";
-import { currentCallContext } from "../call-context.js";
+import { currentCallContext, currentScopeRequestId, runWithRequestId } from "../call-context.js";
 
 export interface RequestContext {
   requestId: string;
 }
 
-const storage = new AsyncLocalStorage<RequestContext>();
-
 /** Run `fn` as part of the request `requestId` (a fresh id when none is given). */
 export function runWithRequestContext<T>(requestId: string | undefined, fn: () => T): T {
-  return storage.run({ requestId: requestId || randomUUID() }, fn);
+  return runWithRequestId(requestId || randomUUID(), fn);
 }
 
+/** The request an event consumer set with runWithRequestContext, if any. */
 export function currentRequestContext(): RequestContext | undefined {
-  return storage.getStore();
+  const requestId = currentScopeRequestId();
+  return requestId === undefined ? undefined : { requestId };
 }
 
 /**
@@ -25,5 +25,5 @@ export function currentRequestContext(): RequestContext | undefined {
  * or, inside an RPC handler, the inbound x-request-id that mesh/server keeps in its call context.
  */
 export function currentRequestId(): string | undefined {
-  return storage.getStore()?.requestId ?? currentCallContext()?.header.get("x-request-id") ?? undefined;
+  return currentScopeRequestId() ?? currentCallContext()?.header.get("x-request-id") ?? undefined;
 }

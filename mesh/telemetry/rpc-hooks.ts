@@ -7,8 +7,12 @@ import type { DescMethod } from "@bufbuild/protobuf";
 
 /** One RPC being served: its SERVER span and its metrics. */
 export interface ServerRpc {
-  /** Runs `fn` (the handler) with the SERVER span active: a child of the caller's traceparent. */
-  run<T>(fn: () => T): T;
+  /**
+   * The trace context the handler runs in, with the SERVER span active (a child of the
+   * caller's traceparent): an OpenTelemetry Context, opaque to mesh/server, which hands it
+   * to runInboundCall (mesh/call-context).
+   */
+  readonly trace: unknown;
   /** Ends the span and counts the call: gRPC status code, and the status message if not OK. */
   end(code: number, message?: string): void;
 }

@@ -26,12 +26,13 @@ import {
   ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
+  TraceFlags,
   type Attributes,
   type Context,
   type Span,
   type SpanOptions,
+  type SpanContext,
   type TextMapGetter,
-  type TextMapSetter,
   type Tracer,
 } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
@@ -47,7 +48,17 @@ const metadataGetter: TextMapGetter<grpc.Metadata> = {
     return values.length === 0 ? undefined : typeof values[0] === "string" ? (values[0] as string) : undefined;
   },
 };
-const metadataSetter: TextMapSetter<grpc.Metadata> = { set: (md, key, value) => md.set(key, value) };
+
+/**
+ * What W3CTraceContextPropagator.inject writes for a span (traceparent, and tracestate when
+ * the span has one), straight from its span context: the propagator would need a Context
+ * made only to carry the span to it. Nothing for an invalid span (tracing suppressed).
+ */
+function writeTraceparent(sc: SpanContext, md: grpc.Metadata): void {
+  if (!trace.isSpanContextValid(sc)) return;
+  md.set("traceparent", `00-${sc.traceId}-${sc.spanId}-0${Number(sc.traceFlags || TraceFlags.NONE).toString(16)}`);
+  if (sc.traceState) md.set("tracestate", sc.traceState.serialize());
+}
 
 /** Services whose calls are probes, not traffic: no spans, no metrics (as before: Check, Watch). */
 const UNTRACED_SERVICES = new Set(["grpc.health.v1.Health"]);
@@ -135,12 +146,8 @@ class ServerCall implements ServerRpc {
   constructor(
     private readonly m: MethodTelemetry,
     private readonly span: Span,
-    private readonly context: Context,
+    readonly trace: Context,
   ) {}
-
-  run<T>(fn: () => T): T {
-    return context.with(this.context, fn);
-  }
 
   end(code: number, message?: string): void {
     const i = codeIndex(code);
@@ -184,10 +191,9 @@ export function createRpcTelemetry(tracer: Tracer): RpcTelemetry {
     client(desc, target, metadata) {
       const m = methodTelemetry(desc);
       if (!m) return undefined;
-      const parent = context.active();
-      const span = tracer.startSpan(m.spanName, clientOptions(m, target), parent);
+      const span = tracer.startSpan(m.spanName, clientOptions(m, target), context.active());
       // Replaces the traceparent copied from the inbound call: the callee's parent is this span.
-      propagator.inject(trace.setSpan(parent, span), metadata, metadataSetter);
+      writeTraceparent(span.spanContext(), metadata);
       return new ClientCall(m, span);
     },
   };

@@ -50,6 +50,7 @@ import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
 import { serviceIdentity } from "./service-identity.js";
 import { enabledInstrumentations } from "./enabled-instrumentations.js";
 import { installRpcTelemetry } from "./rpc-hooks.js";
+import { MeshContextManager } from "./context-manager.js";
 import { createRpcTelemetry } from "./rpc-telemetry.js";
 
 // The header helpers live in trace-context.ts (API only); re-exported here for convenience.
@@ -203,8 +204,9 @@ export async function startTracing(options: TracingOptions = {}): Promise<Tracin
     sampler: new RecordEverythingSampler(),
     spanProcessors: processors,
   });
-  // Registers the AsyncLocalStorage context manager and the W3C traceparent propagator.
-  provider.register();
+  // Registers the W3C traceparent propagator, and the context manager that keeps
+  // OpenTelemetry's context in mesh's one AsyncLocalStorage (context-manager.ts).
+  provider.register({ contextManager: new MeshContextManager() });
   const disable = registerInstrumentations({ instrumentations: options.instrumentations ?? defaultInstrumentations() });
   if (options.rpc ?? true) installRpcTelemetry(createRpcTelemetry(trace.getTracer("protomesh-rpc")));
   handle = {
