@@ -13,9 +13,23 @@ import { ROOT_CONTEXT, type Context } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { currentTraceContext, enterTraceContext, runWithTraceContext } from "../call-context.js";
 
+/**
+ * A trace context made only when something asks for it: what mesh/server hands a handler
+ * when spans are not recorded (rpc-telemetry.ts). A non-recording SERVER span has no
+ * attributes, timestamps or processors; all it is for is its ids, so a handler that logs
+ * nothing, calls nothing downstream and emits no event (a leaf like GetProduct) never
+ * pays for extracting the traceparent or making the span.
+ */
+export abstract class DeferredTraceContext {
+  /** The context, made on the first call; the same one after. */
+  abstract resolve(): Context;
+}
+
 export class MeshContextManager extends AsyncLocalStorageContextManager {
   override active(): Context {
-    return (currentTraceContext() as Context | undefined) ?? ROOT_CONTEXT;
+    const trace = currentTraceContext();
+    if (trace === undefined) return ROOT_CONTEXT;
+    return trace instanceof DeferredTraceContext ? trace.resolve() : (trace as Context);
   }
 
   override with<A extends unknown[], F extends (...args: A) => ReturnType<F>>(

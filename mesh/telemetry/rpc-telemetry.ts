@@ -38,6 +38,7 @@ import {
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { rpcSeries, type RpcSeries } from "./metrics.js";
 import type { ClientRpc, RpcTelemetry, ServerRpc } from "./rpc-hooks.js";
+import { DeferredTraceContext } from "./context-manager.js";
 
 const propagator = new W3CTraceContextPropagator();
 
@@ -141,20 +142,45 @@ function finish(span: Span, code: number, message: string | undefined, isError: 
 
 // Classes, not closures: nothing but the instance is made per call (tsx names every
 // function made per call, which costs; see mesh/handler-context).
-class ServerCall implements ServerRpc {
+//
+// The SERVER span is made when the call starts if spans are recorded (its start time
+// matters), else only when the handler's context is first asked for (DeferredTraceContext):
+// by a log line, a downstream call or an event.
+class ServerCall extends DeferredTraceContext implements ServerRpc {
   private readonly started = performance.now();
+  private span: Span | undefined;
+  private context: Context | undefined;
+
   constructor(
     private readonly m: MethodTelemetry,
-    private readonly span: Span,
-    readonly trace: Context,
-  ) {}
+    private readonly tracer: Tracer,
+    private readonly metadata: grpc.Metadata,
+    deferred: boolean,
+  ) {
+    super();
+    if (!deferred) this.resolve();
+  }
+
+  get trace(): unknown {
+    return this.context ?? this;
+  }
+
+  resolve(): Context {
+    if (this.context === undefined) {
+      // From the root: the caller's traceparent is the parent, never what was active here.
+      const parent = propagator.extract(ROOT_CONTEXT, this.metadata, metadataGetter);
+      this.span = this.tracer.startSpan(this.m.spanName, this.m.serverOptions, parent);
+      this.context = trace.setSpan(parent, this.span);
+    }
+    return this.context;
+  }
 
   end(code: number, message?: string): void {
     const i = codeIndex(code);
     (this.m.serverSeries[i] ??= rpcSeries("server", this.m.service, this.m.method, i)).record(
       (performance.now() - this.started) / 1000,
     );
-    finish(this.span, code, message, SERVER_ERROR_CODES.has(code));
+    if (this.span) finish(this.span, code, message, SERVER_ERROR_CODES.has(code));
   }
 }
 
@@ -177,16 +203,22 @@ class ClientCall implements ClientRpc {
   }
 }
 
+export interface RpcTelemetryOptions {
+  /**
+   * Make a SERVER span only when the handler's context is asked for: right when spans are
+   * not recorded (startTracing sets it when nothing exports), since such a span is only ids.
+   */
+  deferServerSpans?: boolean;
+}
+
 /** The RPC telemetry startTracing installs; spans come from `tracer`. */
-export function createRpcTelemetry(tracer: Tracer): RpcTelemetry {
+export function createRpcTelemetry(tracer: Tracer, options: RpcTelemetryOptions = {}): RpcTelemetry {
+  const deferred = options.deferServerSpans ?? false;
   return {
     server(desc, metadata) {
       const m = methodTelemetry(desc);
       if (!m) return undefined;
-      // From the root: the caller's traceparent is the parent, never what was active here.
-      const parent = propagator.extract(ROOT_CONTEXT, metadata, metadataGetter);
-      const span = tracer.startSpan(m.spanName, m.serverOptions, parent);
-      return new ServerCall(m, span, trace.setSpan(parent, span));
+      return new ServerCall(m, tracer, metadata, deferred);
     },
     client(desc, target, metadata) {
       const m = methodTelemetry(desc);

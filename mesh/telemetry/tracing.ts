@@ -18,7 +18,9 @@
 // Cost model: with no exporter (no OTLP endpoint) and no extra span processor nothing
 // records spans, so every span is non-recording (PropagatingTracerProvider): it has fresh
 // ids, so trace ids still reach logs, gRPC metadata and event headers, but no attributes,
-// timestamps or processors. The RPC metrics do not depend on spans.
+// timestamps or processors; and mesh/server makes a call's SERVER span only when its
+// handler's context is first asked for (rpc-telemetry.ts, DeferredTraceContext). Ids come
+// from a CSPRNG pool (ids.ts). The RPC metrics do not depend on spans.
 import {
   context,
   trace,
@@ -35,7 +37,6 @@ import {
   BatchSpanProcessor,
   ConsoleSpanExporter,
   InMemorySpanExporter,
-  RandomIdGenerator,
   SamplingDecision,
   SimpleSpanProcessor,
   type ReadableSpan,
@@ -51,6 +52,7 @@ import { serviceIdentity } from "./service-identity.js";
 import { enabledInstrumentations } from "./enabled-instrumentations.js";
 import { installRpcTelemetry } from "./rpc-hooks.js";
 import { MeshContextManager } from "./context-manager.js";
+import { IdPool } from "./ids.js";
 import { createRpcTelemetry } from "./rpc-telemetry.js";
 
 // The header helpers live in trace-context.ts (API only); re-exported here for convenience.
@@ -113,7 +115,7 @@ class PropagatingTracerProvider extends NodeTracerProvider {
 }
 
 class PropagatingTracer implements Tracer {
-  private readonly ids = new RandomIdGenerator();
+  private readonly ids = new IdPool();
 
   startSpan(_name: string, options: SpanOptions = {}, ctx: Context = context.active()): Span {
     if (isTracingSuppressed(ctx)) return trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
@@ -202,13 +204,16 @@ export async function startTracing(options: TracingOptions = {}): Promise<Tracin
       "service.instance.id": id.instance,
     }),
     sampler: new RecordEverythingSampler(),
+    idGenerator: new IdPool(),
     spanProcessors: processors,
   });
   // Registers the W3C traceparent propagator, and the context manager that keeps
   // OpenTelemetry's context in mesh's one AsyncLocalStorage (context-manager.ts).
   provider.register({ contextManager: new MeshContextManager() });
   const disable = registerInstrumentations({ instrumentations: options.instrumentations ?? defaultInstrumentations() });
-  if (options.rpc ?? true) installRpcTelemetry(createRpcTelemetry(trace.getTracer("protomesh-rpc")));
+  if (options.rpc ?? true) {
+    installRpcTelemetry(createRpcTelemetry(trace.getTracer("protomesh-rpc"), { deferServerSpans: !recording }));
+  }
   handle = {
     exporter: exporterKind,
     finishedSpans: () => memory?.getFinishedSpans() ?? [],
