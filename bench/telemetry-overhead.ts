@@ -27,7 +27,8 @@
  * under --cpu-prof profiles only the measured load:
  *   TOGGLE=0 BENCH_ROLE=worker PROTOMESH_TELEMETRY=on METRICS_PORT=0 node --cpu-prof \
  *     --import=tsx --import=./mesh/telemetry/register.ts bench/telemetry-overhead.ts
- * PROFILE_DIR=dir profiles only the measured window of every worker (see startWindowProfile).
+ * PROFILE_DIR=dir profiles only the measured window of every worker (see startWindowProfile);
+ * with PROFILE_HEAP=1 it samples allocations instead of CPU.
  */
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -173,15 +174,27 @@ async function startWindowProfile(): Promise<{ stop(calls: number): Promise<void
   const { mkdirSync, writeFileSync } = await import("node:fs");
   const session = new Session();
   session.connect();
-  await session.post("Profiler.enable");
-  await session.post("Profiler.setSamplingInterval", { interval: 200 });
-  await session.post("Profiler.start");
+  // PROFILE_HEAP=1: allocations instead of CPU (V8's sampling heap profiler, which scales
+  // its samples to bytes allocated, collected objects included): what GC will have to do.
+  const heap = process.env.PROFILE_HEAP === "1";
+  if (heap) {
+    await session.post("HeapProfiler.enable");
+    await session.post("HeapProfiler.startSampling", {
+      samplingInterval: 256,
+      includeObjectsCollectedByMajorGC: true,
+      includeObjectsCollectedByMinorGC: true,
+    });
+  } else {
+    await session.post("Profiler.enable");
+    await session.post("Profiler.setSamplingInterval", { interval: 200 });
+    await session.post("Profiler.start");
+  }
   return {
     async stop(calls) {
-      const { profile } = await session.post("Profiler.stop");
+      const { profile } = heap ? await session.post("HeapProfiler.stopSampling") : await session.post("Profiler.stop");
       mkdirSync(dir, { recursive: true });
       const base = `${dir}/${process.env.PROTOMESH_TELEMETRY ?? "on"}-${process.pid}`;
-      writeFileSync(`${base}.cpuprofile`, JSON.stringify(profile));
+      writeFileSync(`${base}.${heap ? "heapprofile" : "cpuprofile"}`, JSON.stringify(profile));
       writeFileSync(`${base}.calls`, String(calls));
       session.disconnect();
     },

@@ -27,6 +27,7 @@ import {
   SpanKind,
   SpanStatusCode,
   TraceFlags,
+  INVALID_TRACEID,
   type Attributes,
   type Context,
   type Span,
@@ -56,7 +57,9 @@ const metadataGetter: TextMapGetter<grpc.Metadata> = {
  * made only to carry the span to it. Nothing for an invalid span (tracing suppressed).
  */
 function writeTraceparent(sc: SpanContext, md: grpc.Metadata): void {
-  if (!trace.isSpanContextValid(sc)) return;
+  // A tracer's span is valid by construction, or INVALID_SPAN_CONTEXT when tracing is
+  // suppressed: no need for the API's two regular expressions per call.
+  if (sc.traceId === INVALID_TRACEID) return;
   md.set("traceparent", `00-${sc.traceId}-${sc.spanId}-0${Number(sc.traceFlags || TraceFlags.NONE).toString(16)}`);
   if (sc.traceState) md.set("tracestate", sc.traceState.serialize());
 }
@@ -209,11 +212,14 @@ export interface RpcTelemetryOptions {
    * not recorded (startTracing sets it when nothing exports), since such a span is only ids.
    */
   deferServerSpans?: boolean;
+  /** The active context for CLIENT spans; default the API's context.active(). */
+  activeContext?: () => Context;
 }
 
 /** The RPC telemetry startTracing installs; spans come from `tracer`. */
 export function createRpcTelemetry(tracer: Tracer, options: RpcTelemetryOptions = {}): RpcTelemetry {
   const deferred = options.deferServerSpans ?? false;
+  const active = options.activeContext ?? (() => context.active());
   return {
     server(desc, metadata) {
       const m = methodTelemetry(desc);
@@ -223,7 +229,7 @@ export function createRpcTelemetry(tracer: Tracer, options: RpcTelemetryOptions 
     client(desc, target, metadata) {
       const m = methodTelemetry(desc);
       if (!m) return undefined;
-      const span = tracer.startSpan(m.spanName, clientOptions(m, target), context.active());
+      const span = tracer.startSpan(m.spanName, clientOptions(m, target), active());
       // Replaces the traceparent copied from the inbound call: the callee's parent is this span.
       writeTraceparent(span.spanContext(), metadata);
       return new ClientCall(m, span);

@@ -209,10 +209,15 @@ export async function startTracing(options: TracingOptions = {}): Promise<Tracin
   });
   // Registers the W3C traceparent propagator, and the context manager that keeps
   // OpenTelemetry's context in mesh's one AsyncLocalStorage (context-manager.ts).
-  provider.register({ contextManager: new MeshContextManager() });
+  const contextManager = new MeshContextManager();
+  provider.register({ contextManager });
   const disable = registerInstrumentations({ instrumentations: options.instrumentations ?? defaultInstrumentations() });
   if (options.rpc ?? true) {
-    installRpcTelemetry(createRpcTelemetry(trace.getTracer("protomesh-rpc"), { deferServerSpans: !recording }));
+    installRpcTelemetry(createRpcTelemetry(trace.getTracer("protomesh-rpc"), {
+        deferServerSpans: !recording,
+        // Straight to the manager: the API's context.active() looks the global up per call.
+        activeContext: () => contextManager.active(),
+      }));
   }
   handle = {
     exporter: exporterKind,
