@@ -49,6 +49,7 @@ import {
 import { orders, sagas } from './schema.js';
 import { finishSaga, outboxRow } from './writes.js';
 import { money } from './store.js';
+import { runStatement } from './statements.js';
 
 export interface SagaPorts {
   inventory: Client<typeof InventoryService>;
@@ -378,22 +379,18 @@ export class SagaOrchestrator {
 
   /** Stores a transition under our lease; final ones also move the order and write its event. */
   async #store(s: SagaSubject, leaseToken: string, t: SagaTransition): Promise<void> {
-    const keepLease = t.delayMs === 0 && t.step !== 'done';
-    const nextRunAt = keepLease
-      ? sql`now() + ${this.#settings.leaseMs} * interval '1 millisecond'`
-      : sql`now() + ${t.delayMs} * interval '1 millisecond'`;
-    const set = {
-      step: t.step,
-      attempt: t.attempt,
-      nextRunAt,
-      leaseToken: keepLease ? leaseToken : null,
-      lastError: t.lastError,
-      updateTime: sql`now()`,
-      ...(t.cancelReason !== undefined ? { cancelReason: t.cancelReason } : {}),
-    };
-    const mine = and(eq(sagas.orderId, s.orderId), eq(sagas.leaseToken, leaseToken));
     if (!t.finalStatus) {
-      const updated = await this.#db.update(sagas).set(set).where(mine).returning({ id: sagas.orderId });
+      const keepLease = t.delayMs === 0 && t.step !== 'done';
+      const updated = await runStatement(this.#db, t.cancelReason !== undefined ? STORE_STEP_AND_REASON : STORE_STEP, [
+        t.step,
+        t.attempt,
+        keepLease ? this.#settings.leaseMs : t.delayMs,
+        keepLease ? leaseToken : null,
+        t.lastError ?? null,
+        s.orderId,
+        leaseToken,
+        ...(t.cancelReason !== undefined ? [t.cancelReason] : []),
+      ]);
       if (updated.length === 0) throw new LeaseLost();
       return;
     }
@@ -463,6 +460,18 @@ export class SagaOrchestrator {
     });
   }
 }
+
+/**
+ * A transition that does not end the saga, under our lease ($7): the next step, when it
+ * runs (now + $3 ms: the rest of our lease, or a retry's backoff) and who holds it ($4:
+ * us, or nobody until the poller claims it). STORE_STEP_AND_REASON also records the
+ * cancel reason ($8). Fixed text, see statements.ts.
+ */
+const STORE_STEP_SET = `update "order".sagas set step = $1, attempt = $2, next_run_at = now() + $3 * interval '1 millisecond',
+    lease_token = $4::uuid, last_error = $5, update_time = now()`;
+const STORE_STEP_WHERE = `where order_id = $6::uuid and lease_token = $7::uuid returning order_id`;
+const STORE_STEP = `${STORE_STEP_SET} ${STORE_STEP_WHERE}`;
+const STORE_STEP_AND_REASON = `${STORE_STEP_SET}, cancel_reason = $8 ${STORE_STEP_WHERE}`;
 
 /** Why a step that was refused for good cancels the order, in the words OrderCancelled uses. */
 function refusalReason(step: SagaStep, e: ConnectError): string {

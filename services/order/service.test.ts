@@ -19,7 +19,7 @@ import { PaymentSchema, PaymentService, PaymentStatus } from '../../gen/shop/pay
 import { closeMeshClients, createMeshClient } from '../../mesh/client.js';
 import { parseConfig } from '../../mesh/config.js';
 import { resultRows } from '../../mesh/db.js';
-import { fieldViolations } from '../../mesh/errors.js';
+import { fieldViolations, invalidArguments } from '../../mesh/errors.js';
 import { identityHeaders } from '../../mesh/identity.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
 import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../../mesh/testing/index.js';
@@ -31,13 +31,23 @@ import { orderSettings, startOrder, type OrderApp } from './main.js';
 const products = new Map([
   ['A-1', { name: 'Apple', currency: 'EUR', price: 150n }],
   ['B-2', { name: 'Banana', currency: 'EUR', price: 40n }],
+  ['C-3', { name: 'Cherry', currency: 'EUR', price: 7n }],
   ['U-1', { name: 'Dollar thing', currency: 'USD', price: 100n }],
   ['FLAKY-1', { name: 'Flaky', currency: 'EUR', price: 10n }],
   ['RARE-1', { name: 'Rare', currency: 'EUR', price: 9999n }],
 ]);
 
+/** BatchGetProducts calls that asked for C-3 (only the coalescing test orders it). */
+let coalescedCatalogCalls = 0;
 const fakeCatalog: Partial<ServiceImpl<typeof CatalogService>> = {
   async batchGetProducts(req) {
+    // The catalog refuses REFUSED-1 as it would a malformed SKU: naming the field of the request.
+    const refused = req.skus.flatMap((sku, i) => (sku === 'REFUSED-1' ? [{ field: `skus[${i}]`, description: 'refused' }] : []));
+    if (refused.length > 0) throw invalidArguments(refused);
+    if (req.skus.includes('C-3')) {
+      coalescedCatalogCalls++;
+      await new Promise((r) => setTimeout(r, 20)); // a call in flight while the others arrive
+    }
     return {
       products: req.skus.flatMap((sku) => {
         const p = products.get(sku);
@@ -52,6 +62,7 @@ const fakeCatalog: Partial<ServiceImpl<typeof CatalogService>> = {
 const stock = new Map<string, bigint>([
   ['A-1', 1000n],
   ['B-2', 1000n],
+  ['C-3', 1000n],
   ['FLAKY-1', 1000n],
   ['RARE-1', 2n],
 ]);
@@ -292,6 +303,34 @@ test('bad requests: the field is named; anonymous callers are refused', async (t
   t.is(anon.code, Code.Unauthenticated);
   const badId = await errorOf(client.getOrder({ id: 'nope' }, as(user)));
   t.is(fieldViolations(badId)[0]?.field, 'id');
+});
+
+test('concurrent PlaceOrders share catalog calls, and each hears its own answer (products, unknown SKUs, a SKU the catalog refuses)', async (t) => {
+  const user = `u-${randomUUID()}`;
+  const place = (lines: { sku: string; quantity: bigint }[]) =>
+    client.placeOrder({ idempotencyKey: key(), lines, paymentToken: 'tok_visa' }, as(user)).then(
+      (r) => ({ ok: r.order! }),
+      (e) => ({ err: ConnectError.from(e) }),
+    );
+  const good = Array.from({ length: 12 }, (_, i) => place([{ sku: 'C-3', quantity: BigInt(i + 1) }, { sku: 'B-2', quantity: 1n }]));
+  const unknown = Array.from({ length: 4 }, () => place([{ sku: 'C-3', quantity: 1n }, { sku: 'NOPE-7', quantity: 1n }]));
+  const refused = Array.from({ length: 3 }, () => place([{ sku: 'REFUSED-1', quantity: 1n }, { sku: 'C-3', quantity: 1n }]));
+  const [g, u, r] = await Promise.all([Promise.all(good), Promise.all(unknown), Promise.all(refused)]);
+  g.forEach((res, i) => {
+    if (!('ok' in res)) return t.fail(`order ${i}: ${res.err.message}`);
+    t.is(res.ok.total?.amountMinor, 7n * BigInt(i + 1) + 40n);
+    t.deepEqual(res.ok.lines.map((l) => l.name), ['Cherry', 'Banana']);
+  });
+  for (const res of u) {
+    t.true('err' in res && res.err.code === Code.InvalidArgument && fieldViolations(res.err)[0]?.field === 'lines[1].sku');
+  }
+  for (const res of r) {
+    t.true('err' in res && res.err.code === Code.InvalidArgument && fieldViolations(res.err)[0]?.field === 'lines[0].sku');
+  }
+  // 19 lookups that ask for C-3: fewer calls than that means they were shared (the one-by-one
+  // retries after REFUSED-1 add a few).
+  t.true(coalescedCatalogCalls < 19, `${coalescedCatalogCalls} catalog calls for 19 lookups`);
+  for (const res of g) if ('ok' in res) await watchToEnd(res.ok.id, user);
 });
 
 test("GetOrder and ListOrders show only the caller's orders, newest first, in pages, filtered by status", async (t) => {

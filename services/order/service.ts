@@ -29,6 +29,7 @@ import {
 import type { SagaOrchestrator, SagaSubject } from './saga.js';
 import { orders, type OrderRow } from './schema.js';
 import { insertOrder, outboxRow } from './writes.js';
+import { CatalogPrices } from './prices.js';
 import { lineToProto, linesOf, listOrders, loadOrder, money, orderToProto, STATUS_TO_PROTO, statusFromProto } from './store.js';
 
 const ORDER = 'shop.order.v1.Order';
@@ -50,6 +51,8 @@ export interface OrderServiceDeps {
 export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof OrderService> {
   const { db, saga, changes } = deps;
   const watchPollMs = deps.watchPollMs ?? 1000;
+  // Concurrent PlaceOrders share their catalog calls (prices.ts).
+  const prices = new CatalogPrices(deps.catalog);
 
   return {
     /**
@@ -67,7 +70,7 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
       // pricing fails, a repeat is still answered (its order needs no pricing).
       let priced: PricedOrder;
       try {
-        priced = await price(deps.catalog, input.lines);
+        priced = await price(prices, input.lines);
       } catch (err) {
         const existing = await findByKey(db, caller.userId, input.idempotencyKey);
         if (existing) return { order: existing };
@@ -280,14 +283,15 @@ async function findByKey(db: Database, userId: string, key: string): Promise<Ord
 }
 
 /**
- * Prices the lines through the catalog. The catalog's own INVALID_ARGUMENT
+ * Prices the lines through the catalog (one lookup, maybe sharing a
+ * BatchGetProducts with other orders). The catalog's own INVALID_ARGUMENT
  * about `skus[i]` is about our `lines[i].sku` (we send the SKUs in line
  * order), so the caller hears about the field it sent.
  */
-async function price(catalog: Client<typeof CatalogService>, lines: LineInput[]): Promise<PricedOrder> {
+async function price(catalog: CatalogPrices, lines: LineInput[]): Promise<PricedOrder> {
   let res;
   try {
-    res = await catalog.batchGetProducts({ skus: lines.map((l) => l.sku) });
+    res = await catalog.lookup(lines.map((l) => l.sku));
   } catch (err) {
     const e = ConnectError.from(err);
     if (e.code === Code.InvalidArgument) {

@@ -4,13 +4,14 @@
  */
 import { create } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
-import { and, asc, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm';
-import { resultRows, type Database } from '../../mesh/db.js';
+import { and, asc, desc, eq, inArray, lt, type SQL } from 'drizzle-orm';
+import type { Database } from '../../mesh/db.js';
 import type { Money } from '../../gen/shop/common/v1/money_pb.js';
 import { MoneySchema } from '../../gen/shop/common/v1/money_pb.js';
 import { OrderLineSchema, OrderSchema, OrderStatus, type Order, type OrderLine } from '../../gen/shop/order/v1/order_pb.js';
 import type { OrderStatusName } from './domain.js';
 import { orderLines, orders, type OrderLineRow, type OrderRow } from './schema.js';
+import { runStatement } from './statements.js';
 
 export const STATUS_TO_PROTO: Record<OrderStatusName, OrderStatus> = {
   PENDING: OrderStatus.PENDING,
@@ -77,7 +78,7 @@ export async function linesOf(db: Database, orderIds: string[]): Promise<Map<str
  * and every WatchOrder start read through here.
  */
 export async function loadOrder(db: Database, id: string, userId?: string): Promise<{ row: OrderRow; lines: OrderLineRow[] } | undefined> {
-  const rows = resultRows<{
+  const rows = await runStatement<{
     id: string;
     seq: string | number;
     user_id: string;
@@ -89,17 +90,7 @@ export async function loadOrder(db: Database, id: string, userId?: string): Prom
     create_time: string | Date;
     update_time: string | Date;
     lines: string | Array<{ sku: string; name: string; quantity: string | number; unit_price_minor: string | number; position: number }>;
-  }>(
-    await db.execute(sql`
-      select o.id, o.seq, o.user_id, o.idempotency_key, o.status, o.currency, o.total_minor, o.cancel_reason,
-             o.create_time, o.update_time,
-             (select coalesce(json_agg(json_build_object('sku', l.sku, 'name', l.name, 'quantity', l.quantity::text,
-                                                         'unit_price_minor', l.unit_price_minor::text, 'position', l.position)
-                                       order by l.position), '[]'::json)
-              from "order".order_lines l where l.order_id = o.id) as lines
-      from "order".orders o
-      where o.id = ${id}::uuid ${userId === undefined ? sql`` : sql`and o.user_id = ${userId}`}`),
-  );
+  }>(db, userId === undefined ? LOAD_ORDER : LOAD_OWN_ORDER, userId === undefined ? [id] : [id, userId]);
   const r = rows[0];
   if (!r) return undefined;
   const lines = typeof r.lines === 'string' ? (JSON.parse(r.lines) as Exclude<typeof r.lines, string>) : r.lines;
@@ -126,6 +117,18 @@ export async function loadOrder(db: Database, id: string, userId?: string): Prom
     })),
   };
 }
+
+/** loadOrder's statement (fixed text, see statements.ts); LOAD_OWN_ORDER also requires the user ($2). */
+const LOAD_ORDER = `
+      select o.id, o.seq, o.user_id, o.idempotency_key, o.status, o.currency, o.total_minor, o.cancel_reason,
+             o.create_time, o.update_time,
+             (select coalesce(json_agg(json_build_object('sku', l.sku, 'name', l.name, 'quantity', l.quantity::text,
+                                                         'unit_price_minor', l.unit_price_minor::text, 'position', l.position)
+                                       order by l.position), '[]'::json)
+              from "order".order_lines l where l.order_id = o.id) as lines
+      from "order".orders o
+      where o.id = $1::uuid`;
+const LOAD_OWN_ORDER = `${LOAD_ORDER} and o.user_id = $2`;
 
 /** A user's orders newest first, `limit` of them, strictly older than `beforeSeq` when given. */
 export async function listOrders(

@@ -19,12 +19,11 @@
 import { randomUUID } from 'node:crypto';
 import { toBinary, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
 import { context, propagation } from '@opentelemetry/api';
-import { sql, type SQL } from 'drizzle-orm';
 import type { Database } from '../../mesh/db.js';
-import { resultRows } from '../../mesh/db.js';
 import { eventSubject } from '../../mesh/events/naming.js';
 import { announceCommitted } from '../../mesh/events/commit-signal.js';
 import type { PricedLine } from './domain.js';
+import { runStatement } from './statements.js';
 
 /** The schema these statements write (the tables of schema.ts). */
 const SCHEMA = 'order';
@@ -46,10 +45,15 @@ export function outboxRow<Desc extends DescMessage>(schema: Desc, message: Messa
 
 type OutboxRow = ReturnType<typeof outboxRow>;
 
-/** `insert into outbox ... select ... from <from>`: one event row, written only when <from> has a row. */
-function insertOutbox(e: OutboxRow, from: SQL): SQL {
-  return sql`insert into "order".outbox (id, aggregate_id, event_type, subject, payload, headers)
-    select ${e.id}::uuid, ${e.aggregateId}, ${e.eventType}, ${e.subject}, ${e.payload}::bytea, ${e.headers}::jsonb from ${from}`;
+/**
+ * `insert into outbox ... select ... from <from>`: one event row, written only when <from>
+ * has a row. Its six values are the parameters from $<first> on, in OutboxRow's order
+ * (id, aggregateId, eventType, subject, payload, headers).
+ */
+function outboxInsertFrom(from: string, first: number): string {
+  const [id, aggregate, type, subject, payload, headers] = [0, 1, 2, 3, 4, 5].map((k) => `$${first + k}`);
+  return `insert into "order".outbox (id, aggregate_id, event_type, subject, payload, headers)
+    select ${id}::uuid, ${aggregate}, ${type}, ${subject}, ${payload}::bytea, ${headers}::jsonb from ${from}`;
 }
 
 export interface NewOrder {
@@ -76,40 +80,56 @@ export async function insertOrder(
   db: Database,
   o: NewOrder,
 ): Promise<{ seq: bigint; createTime: Date; updateTime: Date; deadlineAt: Date } | undefined> {
-  const lines = sql.join(
-    o.lines.map(
-      (l, i) =>
-        sql`(${i}::int, ${l.sku}::text, ${l.name}::text, ${String(l.quantity)}::bigint, ${String(l.unitPriceMinor)}::bigint)`,
-    ),
-    sql`, `,
-  );
-  const rows = resultRows<{ seq: string | number; create_time: string | Date; update_time: string | Date; deadline_at: string | Date; }>(
-    await db.execute(sql`
-      with o as (
-        insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)
-        values (${o.id}::uuid, ${o.userId}, ${o.idempotencyKey}, 'PENDING', ${o.currency}, ${String(o.totalMinor)}::bigint)
-        on conflict (user_id, idempotency_key) do nothing
-        returning id, seq, create_time, update_time
-      ), l as (
-        insert into "order".order_lines (order_id, position, sku, name, quantity, unit_price_minor)
-        select o.id, x.position, x.sku, x.name, x.quantity, x.unit_price_minor
-        from o, (values ${lines}) as x(position, sku, name, quantity, unit_price_minor)
-      ), s as (
-        insert into "order".sagas (order_id, step, payment_token, lease_token, next_run_at, deadline_at)
-        select o.id, 'reserve', ${o.paymentToken}, ${o.leaseToken}::uuid,
-               now() + ${o.leaseMs} * interval '1 millisecond', now() + ${o.deadlineMs} * interval '1 millisecond'
-        from o
-        returning deadline_at
-      ), e as (
-        ${insertOutbox(o.event, sql`o`)}
-      )
-      select o.seq, o.create_time, o.update_time, s.deadline_at
-      from o, s`),
+  const e = o.event;
+  const params: (string | number | Buffer)[] = [
+    o.id, o.userId, o.idempotencyKey, o.currency, String(o.totalMinor),
+    o.paymentToken, o.leaseToken, o.leaseMs, o.deadlineMs,
+    e.id, e.aggregateId, e.eventType, e.subject, e.payload, e.headers,
+  ];
+  for (const [i, l] of o.lines.entries()) params.push(i, l.sku, l.name, String(l.quantity), String(l.unitPriceMinor));
+  const rows = await runStatement<{ seq: string | number; create_time: string | Date; update_time: string | Date; deadline_at: string | Date }>(
+    db,
+    insertOrderText(o.lines.length),
+    params,
   );
   const row = rows[0];
   if (!row) return undefined;
   announceCommitted(db, SCHEMA);
   return { seq: BigInt(row.seq), createTime: new Date(row.create_time), updateTime: new Date(row.update_time), deadlineAt: new Date(row.deadline_at) };
+}
+
+/** insertOrder's statement for `lineCount` lines: built once per count (parameters $16 on are the lines, five each). */
+const insertOrderTexts = new Map<number, string>();
+function insertOrderText(lineCount: number): string {
+  let text = insertOrderTexts.get(lineCount);
+  if (text) return text;
+  const values = Array.from({ length: lineCount }, (_, i) => {
+    const p = 16 + i * 5;
+    return `($${p}::int, $${p + 1}::text, $${p + 2}::text, $${p + 3}::bigint, $${p + 4}::bigint)`;
+  }).join(', ');
+  text = `
+      with o as (
+        insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)
+        values ($1::uuid, $2, $3, 'PENDING', $4, $5::bigint)
+        on conflict (user_id, idempotency_key) do nothing
+        returning id, seq, create_time, update_time
+      ), l as (
+        insert into "order".order_lines (order_id, position, sku, name, quantity, unit_price_minor)
+        select o.id, x.position, x.sku, x.name, x.quantity, x.unit_price_minor
+        from o, (values ${values}) as x(position, sku, name, quantity, unit_price_minor)
+      ), s as (
+        insert into "order".sagas (order_id, step, payment_token, lease_token, next_run_at, deadline_at)
+        select o.id, 'reserve', $6, $7::uuid,
+               now() + $8 * interval '1 millisecond', now() + $9 * interval '1 millisecond'
+        from o
+        returning deadline_at
+      ), e as (
+        ${outboxInsertFrom('o', 10)}
+      )
+      select o.seq, o.create_time, o.update_time, s.deadline_at
+      from o, s`;
+  insertOrderTexts.set(lineCount, text);
+  return text;
 }
 
 export interface FinishSaga {
@@ -129,24 +149,28 @@ export interface FinishSaga {
  * (the saga row is still closed, no event is written twice).
  */
 export async function finishSaga(db: Database, f: FinishSaga): Promise<{ lease: boolean; moved: boolean; updateTime?: Date }> {
-  const rows = resultRows<{ saga: string | number; update_time: string | Date | null }>(
-    await db.execute(sql`
-      with s as (
-        update "order".sagas set step = 'done', attempt = 0, next_run_at = now(), lease_token = null,
-          last_error = ${f.lastError}, update_time = now()
-        where order_id = ${f.orderId}::uuid and lease_token = ${f.leaseToken}::uuid
-        returning order_id
-      ), o as (
-        update "order".orders set status = ${f.status}, cancel_reason = ${f.cancelReason}, update_time = now()
-        where id = (select order_id from s) and status = 'PENDING'
-        returning id, update_time
-      ), e as (
-        ${insertOutbox(f.event, sql`o`)}
-      )
-      select (select count(*) from s) as saga, (select update_time from o) as update_time`),
-  );
+  const e = f.event;
+  const rows = await runStatement<{ saga: string | number; update_time: string | Date | null }>(db, FINISH_SAGA, [
+    f.lastError, f.orderId, f.leaseToken, f.status, f.cancelReason,
+    e.id, e.aggregateId, e.eventType, e.subject, e.payload, e.headers,
+  ]);
   const row = rows[0]!;
   if (row.update_time !== null) announceCommitted(db, SCHEMA);
   const lease = Number(row.saga) > 0;
   return { lease, moved: row.update_time !== null, updateTime: row.update_time === null ? undefined : new Date(row.update_time) };
 }
+
+const FINISH_SAGA = `
+      with s as (
+        update "order".sagas set step = 'done', attempt = 0, next_run_at = now(), lease_token = null,
+          last_error = $1, update_time = now()
+        where order_id = $2::uuid and lease_token = $3::uuid
+        returning order_id
+      ), o as (
+        update "order".orders set status = $4, cancel_reason = $5, update_time = now()
+        where id = (select order_id from s) and status = 'PENDING'
+        returning id, update_time
+      ), e as (
+        ${outboxInsertFrom('o', 6)}
+      )
+      select (select count(*) from s) as saga, (select update_time from o) as update_time`;
