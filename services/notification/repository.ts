@@ -59,14 +59,15 @@ export async function recordNotification(
     sql`n`,
   );
   const announcement: RecordedAnnouncement = { id, userId: n.userId };
-  const insert = tx
-    .insert(notifications)
-    .values({ id, ...n, createTime })
-    .onConflictDoNothing({ target: notifications.sourceEventId })
-    .returning({ id: notifications.id, seq: notifications.seq });
+  // Written out rather than through drizzle's insert builder, which cost ~10 % of this
+  // process's CPU under the orders bench (it maps every column of every call).
+  const insert = sql`insert into "notification"."notifications" (id, user_id, kind, title, body, order_id, source_event_id, create_time)
+    values (${id}::uuid, ${n.userId}, ${n.kind}, ${n.title}, ${n.body}, ${n.orderId}, ${n.sourceEventId}, ${createTime.toISOString()}::timestamptz)
+    on conflict (source_event_id) do nothing
+    returning id, seq`;
   const [row] = resultRows<{ seq: string | number | bigint }>(
     await tx.execute(sql`
-      with n as (${insert.getSQL()}), e as (${event})
+      with n as (${insert}), e as (${event})
       select n.seq, pg_notify(${RECORDED_CHANNEL}, ${JSON.stringify(announcement)}) from n`),
   );
   if (!row) return undefined;
