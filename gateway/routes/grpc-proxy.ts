@@ -16,6 +16,7 @@ import { isRetryable } from "../policy/retry.js";
 import { formatGrpcTimeout, parseGrpcTimeout } from "../policy/timeout.js";
 import { encodeGrpcMessage } from "./grpc-status.js";
 import { headerView } from "./header-view.js";
+import { releaseListeners } from "./release-listeners.js";
 
 const {
   HTTP2_HEADER_CONTENT_TYPE,
@@ -338,6 +339,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         up.on("close", () => {
           // Closed without end (reset): treat as a connection failure.
           if (!up.readableEnded) up.emit("error", new Error("upstream stream reset"));
+          releaseListeners(up);
         });
         if (buffered) up.end(buffered);
         else pipeLimited(stream, up, o.limits().maxBodyBytes, () => {
@@ -392,6 +394,7 @@ function stripHop(h: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
 }
 
 const ignore = () => {};
+
 
 function readAll(stream: ServerHttp2Stream, max: number, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
