@@ -124,6 +124,11 @@ const defaultChannelOptions: grpc.ChannelOptions = {
   "grpc.max_send_message_length": 8 * 1024 * 1024,
   "grpc.initial_reconnect_backoff_ms": 200,
   "grpc.max_reconnect_backoff_ms": 5_000,
+  // No channelz: nothing serves it, and grpc-js's per-call bookkeeping for it (call counters,
+  // timestamps, trace events on channel, subchannel and server) cost 4.7 % of a unary call,
+  // client and server together (in-process A/B, alternating slices). channelOptions can
+  // turn it back on.
+  "grpc.enable_channelz": 0,
 };
 
 /** A ConnectError for a status received from grpc-js. */

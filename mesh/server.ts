@@ -425,6 +425,9 @@ export async function startMeshServer(options: MeshServerOptions): Promise<MeshS
   const server = new grpc.Server({
     "grpc.max_receive_message_length": maxBytes,
     "grpc.max_send_message_length": maxBytes,
+    // No channelz: nothing serves it, and its bookkeeping costs on every call (see
+    // mesh/client's defaultChannelOptions). grpcOptions can turn it back on.
+    "grpc.enable_channelz": 0,
     // Find dead peers within a minute.
     "grpc.keepalive_time_ms": 60_000,
     "grpc.keepalive_timeout_ms": 20_000,
