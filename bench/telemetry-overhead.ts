@@ -55,7 +55,7 @@ interface WorkerResult {
    * main-thread CPU µs per call in each. Immune to other work on the machine, but it
    * leaves out what the process pays either way (SDK loaded, context manager, /metrics).
    */
-  toggled?: { withUs: number; withoutUs: number };
+  toggled?: { withUs: number; withoutUs: number; ratio: number };
 }
 
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -201,7 +201,11 @@ async function startWindowProfile(): Promise<{ stop(calls: number): Promise<void
   };
 }
 
-/** See WorkerResult.toggled: slices of 500 ms, SECONDS in all, the two kinds alternating. */
+/**
+ * See WorkerResult.toggled: TOGGLE_SLICES slices (default 40) of 250 ms, the two kinds
+ * alternating. Many short slices: a noisy host slows both kinds alike.
+ */
+const TOGGLE_SLICES = Number(process.env.TOGGLE_SLICES ?? 40);
 async function toggledRpcTelemetry(
   run: (ms: number) => Promise<{ calls: number }>,
 ): Promise<WorkerResult["toggled"]> {
@@ -209,18 +213,29 @@ async function toggledRpcTelemetry(
   const installed = rpcTelemetry();
   if (!installed || process.env.TOGGLE === "0") return undefined;
   const sum = { with: { ns: 0, calls: 0 }, without: { ns: 0, calls: 0 } };
-  for (let i = 0; i < SECONDS * 2; i++) {
+  const pairRatios: number[] = [];
+  let withSlice = 0;
+  for (let i = 0; i < TOGGLE_SLICES; i++) {
     const on = i % 2 === 0;
     installRpcTelemetry(on ? installed : undefined);
     const before = await mainThreadCpuNs();
     // run() waits for the calls in flight: a slice holds only calls of its kind.
-    const { calls } = await run(500);
+    const { calls } = await run(250);
+    const ns = (await mainThreadCpuNs()) - before;
     const acc = on ? sum.with : sum.without;
-    acc.ns += (await mainThreadCpuNs()) - before;
+    acc.ns += ns;
     acc.calls += calls;
+    // A pair is a slice with and the next one without: the median of their ratios shrugs
+    // off a slice the host happened to slow down.
+    if (on) withSlice = ns / Math.max(1, calls);
+    else pairRatios.push(withSlice / (ns / Math.max(1, calls)));
   }
   installRpcTelemetry(installed);
-  return { withUs: sum.with.ns / 1000 / sum.with.calls, withoutUs: sum.without.ns / 1000 / sum.without.calls };
+  return {
+    withUs: sum.with.ns / 1000 / sum.with.calls,
+    withoutUs: sum.without.ns / 1000 / sum.without.calls,
+    ratio: median(pairRatios),
+  };
 }
 
 type Mode = "off" | "on" | "on+otlp";
@@ -258,10 +273,10 @@ function runWorker(mode: Mode, otlpEndpoint: string): Promise<WorkerResult> {
   });
 }
 
-const median = (xs: number[]) => {
+function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)] ?? 0;
-};
+}
 
 async function main(): Promise<void> {
   // A stand-in OTLP/HTTP collector: accepts and drops the export requests, counting bytes.
@@ -359,8 +374,8 @@ async function main(): Promise<void> {
     const withUs = median(ts.map((x) => x.withUs));
     const withoutUs = median(ts.map((x) => x.withoutUs));
     console.log(
-      `telemetry ${s.mode}, one process, RPC telemetry installed/removed every 500 ms: main-thread CPU ${withoutUs.toFixed(0)} -> ${withUs.toFixed(0)} µs per call ` +
-        `(+${median(ts.map((x) => x.withUs - x.withoutUs)).toFixed(1)} µs, ${pct(median(ts.map((x) => x.withUs / x.withoutUs)))}); the rest of the on/off gap is what the process pays either way`,
+      `telemetry ${s.mode}, one process, RPC telemetry installed/removed every 250 ms: main-thread CPU ${withoutUs.toFixed(0)} -> ${withUs.toFixed(0)} µs per call ` +
+        `(+${median(ts.map((x) => x.withUs - x.withoutUs)).toFixed(1)} µs; median ratio of adjacent slices ${pct(median(ts.map((x) => x.ratio)))}); the rest of the on/off gap is what the process pays either way`,
     );
   }
   console.log(`OTLP sink received ${exportRequests} export requests, ${(exportedBytes / 2 ** 20).toFixed(1)} MB`);
