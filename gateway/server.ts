@@ -20,7 +20,6 @@ import { createAuthenticator, type JwtSettings } from "./policy/auth.js";
 import { Breakers } from "./policy/circuit-breaker.js";
 import { corsResponseHeaders, preflight } from "./policy/cors.js";
 import { UpstreamSessions, createGrpcProxy } from "./routes/grpc-proxy.js";
-import { releaseListeners } from "./routes/release-listeners.js";
 import { createRestHandler, writeRestError, type AnyRequest, type AnyResponse } from "./routes/rest.js";
 import { createRpcRoutes } from "./routes/rpc.js";
 import { createRestRouter } from "./transcode/router.js";
@@ -239,7 +238,6 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     const compat = h2.listeners("stream") as Array<(...args: unknown[]) => void>;
     h2.removeAllListeners("stream");
     h2.on("stream", (stream, headers, ...rest) => {
-      stream.once("close", () => releaseListeners(stream));
       const ct = headers["content-type"];
       const m = typeof ct === "string" && ct.startsWith("application/grpc") && !ct.startsWith("application/grpc-web")
         ? byPath.get(headers[":path"] ?? "")

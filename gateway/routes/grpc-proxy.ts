@@ -14,6 +14,7 @@ import type { Admission, Pipeline } from "../pipeline.js";
 import { throughBreaker } from "../policy/circuit-breaker.js";
 import { isRetryable } from "../policy/retry.js";
 import { formatGrpcTimeout, parseGrpcTimeout } from "../policy/timeout.js";
+import "../upstream/async-bind.js"; // every upstream request binds an AsyncResource
 import { encodeGrpcMessage } from "./grpc-status.js";
 import { headerView } from "./header-view.js";
 import { releaseListeners } from "./release-listeners.js";
@@ -182,6 +183,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
     // A reset from the client surfaces as a stream error: it ends this call,
     // never the process (the close handlers below clean up).
     stream.on("error", ignore);
+    stream.once("close", () => releaseListeners(stream));
     // The pipeline only reads a few headers: look them up in place instead of
     // copying every header into a Headers object on this hot path.
     const h = headerView(headers);
