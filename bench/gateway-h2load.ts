@@ -7,6 +7,11 @@
  *   gw-grpc     h2load -> gateway (gRPC fast path) -> upstream
  *   gw-rest     h2load -> gateway (REST GET /v1/echo/{id}) -> upstream
  *   gw-connect  h2load -> gateway (Connect JSON POST) -> upstream
+ *   bare        h2load -> a bare node:http2 frame proxy (bench/bare-h2-proxy.ts,
+ *               no policies) -> upstream: the floor for a Node HTTP/2 hop
+ *   base-grpc, base-rest   with BASE=<checkout>: the gateway of another checkout
+ *               (e.g. a git worktree of the commit before a change), interleaved
+ *               with this one in the same run (before/after)
  *   gw-grpc+otel, gw-rest+otel   the same through a second gateway started as
  *               scripts/stack.ts starts it (--import mesh/telemetry/register.ts);
  *               deploy/gateway.yaml starts it without. nginx traces nothing, so
@@ -19,11 +24,13 @@
  *
  * Throughput: -c CONNS -m STREAMS for DURATION seconds after a warm-up.
  * Added latency: one client at RPS requests/s (moderate load), per-request
- * times from h2load --log-file; p50/p99 minus the direct p50/p99.
+ * times from h2load --log-file, interleaved over ROUNDS (median round by p99);
+ * p50/p99 minus the direct p50/p99.
  *
  * Needs h2load (apt-get install nghttp2-client) and nginx (apt-get install nginx).
  * Run: npx tsx bench/gateway-h2load.ts   (env: DURATION=10 CONNS=8 STREAMS=16 RPS=500 ROUNDS=3 OTEL=1 (0: no traced gateway)
- *      WORKERS=1: processes for nginx (worker_processes) and the gateway (GATEWAY_WORKERS) alike)
+ *      WORKERS=1: processes for nginx (worker_processes) and the gateway (GATEWAY_WORKERS) alike;
+ *      BASE=/tmp/base: also a gateway from that checkout; GATEWAY_NODE_FLAGS="--max-semi-space-size=32": node flags for the gateways)
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -51,8 +58,16 @@ const work = mkdtempSync(join(tmpdir(), "gw-bench-"));
 const children: ChildProcess[] = [];
 
 
-async function startNode(script: string, env: Record<string, string>, readyUrl?: string, imports: string[] = []): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", ...imports.flatMap((i) => ["--import", i]), join(root, script)], {
+async function startNode(
+  script: string,
+  env: Record<string, string>,
+  readyUrl?: string,
+  imports: string[] = [],
+  flags: string[] = [],
+  from = root,
+): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [...flags, "--import", "tsx", ...imports.flatMap((i) => ["--import", i]), join(from, script)], {
+    cwd: from,
     env: { ...process.env, LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -172,9 +187,17 @@ async function latency(t: Target): Promise<{ p50: number; p99: number; n: number
 }
 
 async function main() {
-  const [upPort, gwPort, otelPort, nginxPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [upPort, gwPort, otelPort, nginxPort, barePort, basePort] = [
+    await freePort(),
+    await freePort(),
+    await freePort(),
+    await freePort(),
+    await freePort(),
+    await freePort(),
+  ];
   const upstream = await startNode("gateway/testing/echo-main.ts", { PORT: String(upPort) });
-  const startGateway = (port: number, imports: string[]) =>
+  const gatewayFlags = (process.env.GATEWAY_NODE_FLAGS ?? "").split(" ").filter(Boolean);
+  const startGateway = (port: number, imports: string[], from = root) =>
     startNode(
       "gateway/main.ts",
       {
@@ -188,6 +211,8 @@ async function main() {
       // /healthz: /readyz also probes the shop upstreams (not running here).
       `http://127.0.0.1:${port}/healthz`,
       imports,
+      gatewayFlags,
+      from,
     );
   const gateway = await startGateway(gwPort, []);
   // OTEL=0 skips the traced gateway; one that does not start is reported and skipped.
@@ -199,6 +224,8 @@ async function main() {
           return undefined;
         });
   const nginx = await startNginx(nginxPort, upPort);
+  const bare = await startNode("bench/bare-h2-proxy.ts", { PORT: String(barePort), UPSTREAM: `127.0.0.1:${upPort}` });
+  const base = process.env.BASE ? await startGateway(basePort, [], process.env.BASE) : undefined;
 
   const body = toBinary(EchoRequestSchema, create(EchoRequestSchema, { id: "bench", count: 1 }));
   const framed = Buffer.alloc(5 + body.length);
@@ -213,6 +240,7 @@ async function main() {
   const targets: Target[] = [
     { name: "direct", url: `http://127.0.0.1:${upPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: upstream.pid! },
     { name: "nginx", url: `http://127.0.0.1:${nginxPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: nginx.pid! },
+    { name: "bare", url: `http://127.0.0.1:${barePort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: bare.pid! },
     { name: "gw-grpc", url: `http://127.0.0.1:${gwPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: gateway.pid! },
     { name: "gw-rest", url: `http://127.0.0.1:${gwPort}/v1/echo/bench?count=1`, args: [], pid: gateway.pid! },
     {
@@ -222,6 +250,12 @@ async function main() {
       pid: gateway.pid!,
     },
   ];
+  if (base) {
+    targets.push(
+      { name: "base-grpc", url: `http://127.0.0.1:${basePort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: base.pid! },
+      { name: "base-rest", url: `http://127.0.0.1:${basePort}/v1/echo/bench?count=1`, args: [], pid: base.pid! },
+    );
+  }
   if (gatewayOtel) {
     targets.push(
       { name: "gw-grpc+otel", url: `http://127.0.0.1:${otelPort}/protomesh.testing.v1.EchoService/Echo`, args: grpcArgs, pid: gatewayOtel.pid! },
@@ -263,19 +297,27 @@ async function main() {
         `  (upstream ${median(upUs[t.name]).toFixed(0)}, h2load ${median(loadUs[t.name]).toFixed(0)} us/req; ok ${r.succeeded}, failed ${r.failed}, non-2xx ${r.non2xx})`,
     );
   }
+  // Latency runs are interleaved over the rounds too; the median round (by p99) is reported.
+  const latRuns: Record<string, Array<{ p50: number; p99: number; n: number }>> = {};
+  for (let round = 0; round < ROUNDS; round++) for (const t of targets) (latRuns[t.name] ??= []).push(await latency(t));
   const lat: Record<string, { p50: number; p99: number; n: number }> = {};
   for (const t of targets) {
-    lat[t.name] = await latency(t);
-    console.log(`${t.name.padEnd(12)} at ${RPS} req/s: p50 ${lat[t.name].p50.toFixed(3)} ms  p99 ${lat[t.name].p99.toFixed(3)} ms  (n=${lat[t.name].n})`);
+    const runs = [...latRuns[t.name]].sort((a, b) => a.p99 - b.p99);
+    lat[t.name] = runs[Math.floor(runs.length / 2)];
+    const all = latRuns[t.name].map((r) => `${r.p50.toFixed(2)}/${r.p99.toFixed(2)}`).join(" ");
+    console.log(`${t.name.padEnd(12)} at ${RPS} req/s: p50 ${lat[t.name].p50.toFixed(3)} ms  p99 ${lat[t.name].p99.toFixed(3)} ms  (n=${lat[t.name].n}; p50/p99 per round ${all})`);
   }
   const ratio = (a: string, b: string) => (results[a].rps / results[b].rps).toFixed(2);
   console.log("");
   console.log(`gateway gRPC / nginx grpc_pass : ${ratio("gw-grpc", "nginx")}x   (goal >= 1.0)`);
   console.log(`gateway REST / gateway gRPC    : ${ratio("gw-rest", "gw-grpc")}x   (goal >= 0.8)`);
   console.log(`gateway Connect / gateway gRPC : ${ratio("gw-connect", "gw-grpc")}x`);
+  console.log(`gateway gRPC / bare Node proxy: ${ratio("gw-grpc", "bare")}x`);
+  if (base) console.log(`this checkout / BASE          : gRPC ${ratio("gw-grpc", "base-grpc")}x, REST ${ratio("gw-rest", "base-rest")}x`);
   if (gatewayOtel) console.log(`with telemetry: gRPC / nginx ${ratio("gw-grpc+otel", "nginx")}x, REST / gRPC ${ratio("gw-rest+otel", "gw-grpc+otel")}x`);
   const cpuRatio = (a: string, b: string) => (cpuMedian[b] / cpuMedian[a]).toFixed(2);
   console.log(`by CPU per request (capacity ratio, b/a): gw-grpc vs nginx ${cpuRatio("gw-grpc", "nginx")}x, gw-rest vs gw-grpc ${cpuRatio("gw-rest", "gw-grpc")}x`);
+  if (base) console.log(`CPU per request, this checkout / BASE: gRPC ${(cpuMedian["gw-grpc"] / cpuMedian["base-grpc"]).toFixed(2)}x, REST ${(cpuMedian["gw-rest"] / cpuMedian["base-rest"]).toFixed(2)}x`);
   for (const n of targets.map((t) => t.name).filter((n) => n !== "direct")) {
     console.log(
       `added latency ${n.padEnd(12)}: p50 ${(lat[n].p50 - lat.direct.p50).toFixed(3)} ms, p99 ${(lat[n].p99 - lat.direct.p99).toFixed(3)} ms   (goal p99 < 1 ms)`,

@@ -4,7 +4,9 @@
 // admission, buffers) is copied and promoted with it. That promoted garbage is
 // what makes each scavenge long (pause ~ bytes surviving) and brings on the
 // mark-compacts. Dropping a finished stream's listeners lets the call's own
-// objects die young.
+// objects die young. Used on the gRPC fast path (promoted per call 8.3 ->
+// 3.7-4.5 KiB); on the REST path (compat layer, h2 transport) it changed
+// nothing measurable and removeAllListeners is not free (~1 % of busy time).
 import type { Http2Stream } from "node:http2";
 
 const ignore = () => {};

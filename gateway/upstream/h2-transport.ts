@@ -20,7 +20,6 @@ import {
 import { Code, ConnectError, type StreamResponse, type Transport, type UnaryResponse } from "@connectrpc/connect";
 import { decodeStatusDetails } from "../../mesh/errors.js";
 import type { UpstreamSessions } from "../routes/grpc-proxy.js";
-import { releaseListeners } from "../routes/release-listeners.js";
 import { formatGrpcTimeout } from "../policy/timeout.js";
 
 const { NGHTTP2_CANCEL } = http2.constants;
@@ -167,7 +166,6 @@ export function createH2GrpcTransport(sessions: UpstreamSessions, target: string
         s.on("trailers", (t) => (trailers = t));
         s.on("error", () => fail(new ConnectError("upstream connection failed", Code.Unavailable)));
         s.on("close", () => {
-          releaseListeners(s);
           if (done) return;
           const status = trailers ?? (responseHeaders["grpc-status"] !== undefined ? responseHeaders : undefined);
           if (!status) {
@@ -267,7 +265,6 @@ export function createH2GrpcTransport(sessions: UpstreamSessions, target: string
       s.on("trailers", (t) => (trailers = t));
       s.on("error", () => finish(new ConnectError("upstream connection failed", Code.Unavailable)));
       s.on("close", () => {
-        releaseListeners(s);
         if (!trailers) finish(new ConnectError("upstream closed the stream without a status", Code.Unavailable));
         else finish(statusError(trailers) ?? null);
       });
