@@ -32,6 +32,7 @@
  */
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
@@ -79,7 +80,6 @@ function inboundTraceparent(): string {
 /** On-CPU nanoseconds of this process's main thread so far (Linux); 0 elsewhere. */
 async function mainThreadCpuNs(): Promise<number> {
   try {
-    const { readFileSync } = await import("node:fs");
     return Number(readFileSync(`/proc/self/task/${process.pid}/schedstat`, "utf8").split(" ")[0]);
   } catch {
     return 0;
