@@ -145,6 +145,8 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     sessions,
     targetFor: (u) => o.upstreams[u],
     limits: () => config.limits,
+    // The same series as the other protocols (route = the RPC path; gRPC answers HTTP 200).
+    onClosed: (m, seconds) => observeHttpRequest("POST", m.grpcPath, 200, seconds),
   });
   const openapi = JSON.stringify(buildOpenApi(methods));
   const readiness = createUpstreamReadiness(o.upstreams);

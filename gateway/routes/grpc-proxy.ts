@@ -145,6 +145,8 @@ export interface GrpcProxyOptions {
   readonly targetFor: (upstream: string) => string;
   /** Current limits (they follow config reloads). */
   readonly limits: () => { readonly maxBodyBytes: number; readonly bodyTimeoutMs: number };
+  /** Called once per call when the client's stream closes (the HTTP request metrics). */
+  readonly onClosed?: (m: GatewayMethod, seconds: number) => void;
 }
 
 type Outcome = { code: number; sentAnything: boolean };
@@ -182,8 +184,12 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
   ): Promise<void> {
     // A reset from the client surfaces as a stream error: it ends this call,
     // never the process (the close handlers below clean up).
+    const started = performance.now();
     stream.on("error", ignore);
-    stream.once("close", () => releaseListeners(stream));
+    stream.once("close", () => {
+      o.onClosed?.(m, (performance.now() - started) / 1000);
+      releaseListeners(stream);
+    });
     // The pipeline only reads a few headers: look them up in place instead of
     // copying every header into a Headers object on this hot path.
     const h = headerView(headers);
