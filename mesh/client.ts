@@ -57,6 +57,8 @@ import { currentCallContext } from "./call-context.js";
 import { codeFromGrpcStatus, decodeStatusDetails } from "./errors.js";
 import { deserializer, headersToMetadata, metadataToHeaders, methodPath, serializer } from "./grpc-codec.js";
 import { rpcTelemetry, type ClientRpc } from "./telemetry/rpc-hooks.js";
+// Node 20 builds two deprecate wrappers per ClientHttp2Session.request; grpc-js makes one per call.
+import "./async-bind.js";
 
 /** What `new Headers(...)` accepts (the DOM lib is not loaded). */
 type HeaderInit = ConstructorParameters<typeof Headers>[0];

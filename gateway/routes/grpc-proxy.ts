@@ -14,7 +14,7 @@ import type { Admission, Pipeline } from "../pipeline.js";
 import { throughBreaker } from "../policy/circuit-breaker.js";
 import { isRetryable } from "../policy/retry.js";
 import { formatGrpcTimeout, parseGrpcTimeout } from "../policy/timeout.js";
-import "../upstream/async-bind.js"; // every upstream request binds an AsyncResource
+import "../../mesh/async-bind.js"; // every upstream request binds an AsyncResource
 import { encodeGrpcMessage } from "./grpc-status.js";
 import { headerView } from "./header-view.js";
 import { releaseListeners } from "./release-listeners.js";

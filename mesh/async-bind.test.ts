@@ -1,4 +1,4 @@
-// The gateway's AsyncResource.prototype.bind behaves like Node's.
+// mesh's AsyncResource.prototype.bind (async-bind.ts) behaves like Node's.
 import test from "ava";
 import { AsyncLocalStorage, AsyncResource, executionAsyncId } from "node:async_hooks";
 import { asyncBindPatched } from "./async-bind.js";
