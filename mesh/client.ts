@@ -54,7 +54,7 @@ import type {
 } from "@bufbuild/protobuf";
 import { method as methodOption } from "../gen/protomesh/v1/options_pb.js";
 import { currentCallContext } from "./call-context.js";
-import { codeFromGrpcStatus, decodeStatusDetails } from "./errors.js";
+import { callCompleted, codeFromGrpcStatus, decodeStatusDetails } from "./errors.js";
 import { deserializer, headersToMetadata, metadataToHeaders, methodPath, serializer } from "./grpc-codec.js";
 import { rpcTelemetry, type ClientRpc } from "./telemetry/rpc-hooks.js";
 // Node 20 builds two deprecate wrappers per ClientHttp2Session.request; grpc-js makes one per call.
@@ -171,9 +171,6 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     signal.addEventListener("abort", done);
   });
 }
-
-/** The reason a unary call's signal is aborted with once the call is over. */
-const callCompleted = new ConnectError("the call is complete", Code.Canceled);
 
 /**
  * Connect's runUnaryCall for this transport: interceptors around `next`, one signal that

@@ -9,6 +9,7 @@
  *   codeName(code: Code): string                    "INVALID_ARGUMENT"
  *   codeJsonName(code: Code): string                "invalid_argument" (Connect JSON errors)
  *   toConnectError(e: unknown): ConnectError        a ConnectError as is; anything else INTERNAL, no internals leaked
+ *   callCompleted: ConnectError                     the shared reason a finished call's signal is aborted with
  *   encodeStatusDetails(err: ConnectError): Buffer | undefined   google.rpc.Status for grpc-status-details-bin
  *   decodeStatusDetails(bin, code, message, metadata?): ConnectError
  *   invalidArgument(field, description, reason?): ConnectError   + google.rpc.BadRequest
@@ -112,6 +113,13 @@ export function codeJsonName(code: Code): string {
  * message, so stack traces and SQL never reach a caller. The original stays
  * in `cause` for logs.
  */
+/**
+ * The reason a call's signal is aborted with once the call is over, on either side
+ * (mesh/server, mesh/client): one shared object, since aborting without a reason makes
+ * Node build a DOMException with a stack trace per call.
+ */
+export const callCompleted = new ConnectError("the call is complete", Code.Canceled);
+
 export function toConnectError(e: unknown): ConnectError {
   if (e instanceof ConnectError) return e;
   return new ConnectError("internal error", Code.Internal, undefined, undefined, e);

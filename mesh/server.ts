@@ -57,7 +57,7 @@ import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import * as reflectionV1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as reflectionV1alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { callContextFromHandler, runInboundCall } from "./call-context.js";
-import { encodeStatusDetails, grpcStatusFromCode, toConnectError } from "./errors.js";
+import { callCompleted, encodeStatusDetails, grpcStatusFromCode, toConnectError } from "./errors.js";
 import { headersToMetadata, methodDefinition } from "./grpc-codec.js";
 import { MeshHandlerContext } from "./handler-context.js";
 import { createHealthImpl, HealthState, ServingStatus } from "./health.js";
@@ -169,8 +169,8 @@ function errorStatus(
 
 type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
 
-// Abort reasons, shared: creating an error per call is measurable.
-const callCompleted = new ConnectError("the call is complete", Code.Canceled);
+// Abort reasons, shared: creating an error per call is measurable (callCompleted is
+// mesh/errors', which mesh/client aborts its calls with too).
 const clientCancelled = new ConnectError("the call was cancelled by the client", Code.Canceled);
 
 function handlerContext(call: AnyCall, method: DescMethod, shutdownSignal: AbortSignal | undefined) {

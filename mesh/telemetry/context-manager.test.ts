@@ -9,6 +9,7 @@ import { currentCallContext, runWithCallContext } from "../call-context.js";
 import { serve, startMeshServer, type MeshServer } from "../server.js";
 import { closeMeshClients, createMeshClient } from "../client.js";
 import { startTracing, type TracingHandle } from "./tracing.js";
+import { MeshContextManager } from "./context-manager.js";
 
 let tracing: TracingHandle;
 const servers: MeshServer[] = [];
@@ -42,6 +43,23 @@ test("context.with nests, survives awaits and restores; the call context stays b
     t.is(context.active(), ROOT_CONTEXT);
   });
   t.is(currentCallContext(), undefined);
+});
+
+test("attach makes a context active until disposed, and disposing twice restores once", (t) => {
+  const manager = new MeshContextManager();
+  const header = new Headers({ "x-request-id": "req-attach" });
+  runWithCallContext({ header }, () => {
+    const token = manager.attach(ROOT_CONTEXT.setValue(key, "attached"));
+    t.is(manager.active().getValue(key), "attached");
+    t.is(currentCallContext()?.header.get("x-request-id"), "req-attach", "attach keeps the call context");
+    token.dispose();
+    t.is(manager.active().getValue(key), undefined);
+    const again = manager.attach(ROOT_CONTEXT.setValue(key, "second"));
+    token.dispose(); // already disposed: must not undo the second attach
+    t.is(manager.active().getValue(key), "second");
+    again.dispose();
+    t.is(manager.active().getValue(key), undefined);
+  });
 });
 
 test("bind carries a context into a callback run later", async (t) => {
