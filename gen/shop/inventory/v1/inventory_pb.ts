@@ -7,6 +7,8 @@ import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Status } from "../../../google/rpc/status_pb.js";
+import { file_google_rpc_status } from "../../../google/rpc/status_pb.js";
 import { file_protomesh_v1_options } from "../../../protomesh/v1/options_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/inventory/v1/inventory.proto.
  */
 export const file_shop_inventory_v1_inventory: GenFile = /*@__PURE__*/
-  fileDesc("CiFzaG9wL2ludmVudG9yeS92MS9pbnZlbnRvcnkucHJvdG8SEXNob3AuaW52ZW50b3J5LnYxIk8KClN0b2NrTGV2ZWwSCwoDc2t1GAEgASgJEg8KB29uX2hhbmQYAiABKAMSEAoIcmVzZXJ2ZWQYAyABKAMSEQoJYXZhaWxhYmxlGAQgASgDIioKCVN0b2NrTGluZRILCgNza3UYASABKAkSEAoIcXVhbnRpdHkYAiABKAMirQEKC1Jlc2VydmF0aW9uEgoKAmlkGAEgASgJEisKBWxpbmVzGAIgAygLMhwuc2hvcC5pbnZlbnRvcnkudjEuU3RvY2tMaW5lEjQKBnN0YXR1cxgDIAEoDjIkLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uU3RhdHVzEi8KC2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIvCg9TZXRTdG9ja1JlcXVlc3QSCwoDc2t1GAEgASgJEg8KB29uX2hhbmQYAiABKAMiQAoQU2V0U3RvY2tSZXNwb25zZRIsCgVzdG9jaxgBIAEoCzIdLnNob3AuaW52ZW50b3J5LnYxLlN0b2NrTGV2ZWwiHgoPR2V0U3RvY2tSZXF1ZXN0EgsKA3NrdRgBIAEoCSJAChBHZXRTdG9ja1Jlc3BvbnNlEiwKBXN0b2NrGAEgASgLMh0uc2hvcC5pbnZlbnRvcnkudjEuU3RvY2tMZXZlbCJaChNSZXNlcnZlU3RvY2tSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEisKBWxpbmVzGAIgAygLMhwuc2hvcC5pbnZlbnRvcnkudjEuU3RvY2tMaW5lIksKFFJlc2VydmVTdG9ja1Jlc3BvbnNlEjMKC3Jlc2VydmF0aW9uGAEgASgLMh4uc2hvcC5pbnZlbnRvcnkudjEuUmVzZXJ2YXRpb24iQwoZUmVsZWFzZVJlc2VydmF0aW9uUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiUQoaUmVsZWFzZVJlc2VydmF0aW9uUmVzcG9uc2USMwoLcmVzZXJ2YXRpb24YASABKAsyHi5zaG9wLmludmVudG9yeS52MS5SZXNlcnZhdGlvbiIyChhDb21taXRSZXNlcnZhdGlvblJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkiUAoZQ29tbWl0UmVzZXJ2YXRpb25SZXNwb25zZRIzCgtyZXNlcnZhdGlvbhgBIAEoCzIeLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uIpoBCg1TdG9ja1Jlc2VydmVkEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEisKBWxpbmVzGAIgAygLMhwuc2hvcC5pbnZlbnRvcnkudjEuU3RvY2tMaW5lEi4KCm9jY3VyX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wOhSSoRkQCg5yZXNlcnZhdGlvbl9pZCKqAQoNU3RvY2tSZWxlYXNlZBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIrCgVsaW5lcxgCIAMoCzIcLnNob3AuaW52ZW50b3J5LnYxLlN0b2NrTGluZRIOCgZyZWFzb24YAyABKAkSLgoKb2NjdXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6FJKhGRAKDnJlc2VydmF0aW9uX2lkKpsBChFSZXNlcnZhdGlvblN0YXR1cxIiCh5SRVNFUlZBVElPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIfChtSRVNFUlZBVElPTl9TVEFUVVNfUkVTRVJWRUQQARIfChtSRVNFUlZBVElPTl9TVEFUVVNfUkVMRUFTRUQQAhIgChxSRVNFUlZBVElPTl9TVEFUVVNfQ09NTUlUVEVEEAMyqAUKEEludmVudG9yeVNlcnZpY2USjAEKCFNldFN0b2NrEiIuc2hvcC5pbnZlbnRvcnkudjEuU2V0U3RvY2tSZXF1ZXN0GiMuc2hvcC5pbnZlbnRvcnkudjEuU2V0U3RvY2tSZXNwb25zZSI3kqEZEggBEAMaAggCIAEqBggyGGQgAoLT5JMCGzoBKmIFc3RvY2saDy92MS9zdG9jay97c2t1fRKLAQoIR2V0U3RvY2sSIi5zaG9wLmludmVudG9yeS52MS5HZXRTdG9ja1JlcXVlc3QaIy5zaG9wLmludmVudG9yeS52MS5HZXRTdG9ja1Jlc3BvbnNlIjaSoRkUCAEQARoCCAIgASoICMgBGJADIAGC0+STAhhiBXN0b2NrEg8vdjEvc3RvY2sve3NrdX0SawoMUmVzZXJ2ZVN0b2NrEiYuc2hvcC5pbnZlbnRvcnkudjEuUmVzZXJ2ZVN0b2NrUmVxdWVzdBonLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmVTdG9ja1Jlc3BvbnNlIgqSoRkGGgIIAyABEn0KElJlbGVhc2VSZXNlcnZhdGlvbhIsLnNob3AuaW52ZW50b3J5LnYxLlJlbGVhc2VSZXNlcnZhdGlvblJlcXVlc3QaLS5zaG9wLmludmVudG9yeS52MS5SZWxlYXNlUmVzZXJ2YXRpb25SZXNwb25zZSIKkqEZBhoCCAMgARJ6ChFDb21taXRSZXNlcnZhdGlvbhIrLnNob3AuaW52ZW50b3J5LnYxLkNvbW1pdFJlc2VydmF0aW9uUmVxdWVzdBosLnNob3AuaW52ZW50b3J5LnYxLkNvbW1pdFJlc2VydmF0aW9uUmVzcG9uc2UiCpKhGQYaAggDIAEaD5KhGQsKCWludmVudG9yeWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_timestamp, file_protomesh_v1_options]);
+  fileDesc("CiFzaG9wL2ludmVudG9yeS92MS9pbnZlbnRvcnkucHJvdG8SEXNob3AuaW52ZW50b3J5LnYxIk8KClN0b2NrTGV2ZWwSCwoDc2t1GAEgASgJEg8KB29uX2hhbmQYAiABKAMSEAoIcmVzZXJ2ZWQYAyABKAMSEQoJYXZhaWxhYmxlGAQgASgDIioKCVN0b2NrTGluZRILCgNza3UYASABKAkSEAoIcXVhbnRpdHkYAiABKAMirQEKC1Jlc2VydmF0aW9uEgoKAmlkGAEgASgJEisKBWxpbmVzGAIgAygLMhwuc2hvcC5pbnZlbnRvcnkudjEuU3RvY2tMaW5lEjQKBnN0YXR1cxgDIAEoDjIkLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uU3RhdHVzEi8KC2V4cGlyZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIvCg9TZXRTdG9ja1JlcXVlc3QSCwoDc2t1GAEgASgJEg8KB29uX2hhbmQYAiABKAMiQAoQU2V0U3RvY2tSZXNwb25zZRIsCgVzdG9jaxgBIAEoCzIdLnNob3AuaW52ZW50b3J5LnYxLlN0b2NrTGV2ZWwiHgoPR2V0U3RvY2tSZXF1ZXN0EgsKA3NrdRgBIAEoCSJAChBHZXRTdG9ja1Jlc3BvbnNlEiwKBXN0b2NrGAEgASgLMh0uc2hvcC5pbnZlbnRvcnkudjEuU3RvY2tMZXZlbCJaChNSZXNlcnZlU3RvY2tSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEisKBWxpbmVzGAIgAygLMhwuc2hvcC5pbnZlbnRvcnkudjEuU3RvY2tMaW5lIksKFFJlc2VydmVTdG9ja1Jlc3BvbnNlEjMKC3Jlc2VydmF0aW9uGAEgASgLMh4uc2hvcC5pbnZlbnRvcnkudjEuUmVzZXJ2YXRpb24iQwoZUmVsZWFzZVJlc2VydmF0aW9uUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiUQoaUmVsZWFzZVJlc2VydmF0aW9uUmVzcG9uc2USMwoLcmVzZXJ2YXRpb24YASABKAsyHi5zaG9wLmludmVudG9yeS52MS5SZXNlcnZhdGlvbiIyChhDb21taXRSZXNlcnZhdGlvblJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkiUAoZQ29tbWl0UmVzZXJ2YXRpb25SZXNwb25zZRIzCgtyZXNlcnZhdGlvbhgBIAEoCzIeLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmF0aW9uIlQKGEJhdGNoUmVzZXJ2ZVN0b2NrUmVxdWVzdBI4CghyZXF1ZXN0cxgBIAMoCzImLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmVTdG9ja1JlcXVlc3Qi1wEKGUJhdGNoUmVzZXJ2ZVN0b2NrUmVzcG9uc2USRAoHcmVzdWx0cxgBIAMoCzIzLnNob3AuaW52ZW50b3J5LnYxLkJhdGNoUmVzZXJ2ZVN0b2NrUmVzcG9uc2UuUmVzdWx0GnQKBlJlc3VsdBI7CghyZXNwb25zZRgBIAEoCzInLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmVTdG9ja1Jlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCJfCh5CYXRjaENvbW1pdFJlc2VydmF0aW9uc1JlcXVlc3QSPQoIcmVxdWVzdHMYASADKAsyKy5zaG9wLmludmVudG9yeS52MS5Db21taXRSZXNlcnZhdGlvblJlcXVlc3Qi6AEKH0JhdGNoQ29tbWl0UmVzZXJ2YXRpb25zUmVzcG9uc2USSgoHcmVzdWx0cxgBIAMoCzI5LnNob3AuaW52ZW50b3J5LnYxLkJhdGNoQ29tbWl0UmVzZXJ2YXRpb25zUmVzcG9uc2UuUmVzdWx0GnkKBlJlc3VsdBJACghyZXNwb25zZRgBIAEoCzIsLnNob3AuaW52ZW50b3J5LnYxLkNvbW1pdFJlc2VydmF0aW9uUmVzcG9uc2VIABIjCgVlcnJvchgCIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSABCCAoGcmVzdWx0IpoBCg1TdG9ja1Jlc2VydmVkEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEisKBWxpbmVzGAIgAygLMhwuc2hvcC5pbnZlbnRvcnkudjEuU3RvY2tMaW5lEi4KCm9jY3VyX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wOhSSoRkQCg5yZXNlcnZhdGlvbl9pZCKqAQoNU3RvY2tSZWxlYXNlZBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIrCgVsaW5lcxgCIAMoCzIcLnNob3AuaW52ZW50b3J5LnYxLlN0b2NrTGluZRIOCgZyZWFzb24YAyABKAkSLgoKb2NjdXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6FJKhGRAKDnJlc2VydmF0aW9uX2lkKpsBChFSZXNlcnZhdGlvblN0YXR1cxIiCh5SRVNFUlZBVElPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIfChtSRVNFUlZBVElPTl9TVEFUVVNfUkVTRVJWRUQQARIfChtSRVNFUlZBVElPTl9TVEFUVVNfUkVMRUFTRUQQAhIgChxSRVNFUlZBVElPTl9TVEFUVVNfQ09NTUlUVEVEEAMyswcKEEludmVudG9yeVNlcnZpY2USjAEKCFNldFN0b2NrEiIuc2hvcC5pbnZlbnRvcnkudjEuU2V0U3RvY2tSZXF1ZXN0GiMuc2hvcC5pbnZlbnRvcnkudjEuU2V0U3RvY2tSZXNwb25zZSI3kqEZEggBEAMaAggCIAEqBggyGGQgAoLT5JMCGzoBKmIFc3RvY2saDy92MS9zdG9jay97c2t1fRKLAQoIR2V0U3RvY2sSIi5zaG9wLmludmVudG9yeS52MS5HZXRTdG9ja1JlcXVlc3QaIy5zaG9wLmludmVudG9yeS52MS5HZXRTdG9ja1Jlc3BvbnNlIjaSoRkUCAEQARoCCAIgASoICMgBGJADIAGC0+STAhhiBXN0b2NrEg8vdjEvc3RvY2sve3NrdX0SawoMUmVzZXJ2ZVN0b2NrEiYuc2hvcC5pbnZlbnRvcnkudjEuUmVzZXJ2ZVN0b2NrUmVxdWVzdBonLnNob3AuaW52ZW50b3J5LnYxLlJlc2VydmVTdG9ja1Jlc3BvbnNlIgqSoRkGGgIIAyABEn0KElJlbGVhc2VSZXNlcnZhdGlvbhIsLnNob3AuaW52ZW50b3J5LnYxLlJlbGVhc2VSZXNlcnZhdGlvblJlcXVlc3QaLS5zaG9wLmludmVudG9yeS52MS5SZWxlYXNlUmVzZXJ2YXRpb25SZXNwb25zZSIKkqEZBhoCCAMgARJ6ChFDb21taXRSZXNlcnZhdGlvbhIrLnNob3AuaW52ZW50b3J5LnYxLkNvbW1pdFJlc2VydmF0aW9uUmVxdWVzdBosLnNob3AuaW52ZW50b3J5LnYxLkNvbW1pdFJlc2VydmF0aW9uUmVzcG9uc2UiCpKhGQYaAggDIAESegoRQmF0Y2hSZXNlcnZlU3RvY2sSKy5zaG9wLmludmVudG9yeS52MS5CYXRjaFJlc2VydmVTdG9ja1JlcXVlc3QaLC5zaG9wLmludmVudG9yeS52MS5CYXRjaFJlc2VydmVTdG9ja1Jlc3BvbnNlIgqSoRkGGgIIAyABEowBChdCYXRjaENvbW1pdFJlc2VydmF0aW9ucxIxLnNob3AuaW52ZW50b3J5LnYxLkJhdGNoQ29tbWl0UmVzZXJ2YXRpb25zUmVxdWVzdBoyLnNob3AuaW52ZW50b3J5LnYxLkJhdGNoQ29tbWl0UmVzZXJ2YXRpb25zUmVzcG9uc2UiCpKhGQYaAggDIAEaD5KhGQsKCWludmVudG9yeWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_timestamp, file_google_rpc_status, file_protomesh_v1_options]);
 
 /**
  * Stock of one SKU.
@@ -360,6 +362,167 @@ export const CommitReservationResponseSchema: GenMessage<CommitReservationRespon
   messageDesc(file_shop_inventory_v1_inventory, 12);
 
 /**
+ * Request for BatchReserveStock.
+ *
+ * @generated from message shop.inventory.v1.BatchReserveStockRequest
+ */
+export type BatchReserveStockRequest = Message<"shop.inventory.v1.BatchReserveStockRequest"> & {
+  /**
+   * The reservations to make, 1-100, each exactly what ReserveStock takes.
+   * A field error names the request by index: "requests[3].lines[0].quantity".
+   *
+   * @generated from field: repeated shop.inventory.v1.ReserveStockRequest requests = 1;
+   */
+  requests: ReserveStockRequest[];
+};
+
+/**
+ * Describes the message shop.inventory.v1.BatchReserveStockRequest.
+ * Use `create(BatchReserveStockRequestSchema)` to create a new message.
+ */
+export const BatchReserveStockRequestSchema: GenMessage<BatchReserveStockRequest> = /*@__PURE__*/
+  messageDesc(file_shop_inventory_v1_inventory, 13);
+
+/**
+ * Response for BatchReserveStock.
+ *
+ * @generated from message shop.inventory.v1.BatchReserveStockResponse
+ */
+export type BatchReserveStockResponse = Message<"shop.inventory.v1.BatchReserveStockResponse"> & {
+  /**
+   * One result per request, in request order.
+   *
+   * @generated from field: repeated shop.inventory.v1.BatchReserveStockResponse.Result results = 1;
+   */
+  results: BatchReserveStockResponse_Result[];
+};
+
+/**
+ * Describes the message shop.inventory.v1.BatchReserveStockResponse.
+ * Use `create(BatchReserveStockResponseSchema)` to create a new message.
+ */
+export const BatchReserveStockResponseSchema: GenMessage<BatchReserveStockResponse> = /*@__PURE__*/
+  messageDesc(file_shop_inventory_v1_inventory, 14);
+
+/**
+ * What ReserveStock would have answered one request.
+ *
+ * @generated from message shop.inventory.v1.BatchReserveStockResponse.Result
+ */
+export type BatchReserveStockResponse_Result = Message<"shop.inventory.v1.BatchReserveStockResponse.Result"> & {
+  /**
+   * The request's answer.
+   *
+   * @generated from oneof shop.inventory.v1.BatchReserveStockResponse.Result.result
+   */
+  result: {
+    /**
+     * The reservation, as ReserveStock answers it.
+     *
+     * @generated from field: shop.inventory.v1.ReserveStockResponse response = 1;
+     */
+    value: ReserveStockResponse;
+    case: "response";
+  } | {
+    /**
+     * The error ReserveStock would have failed with (code, message and
+     * details, e.g. FAILED_PRECONDITION with INSUFFICIENT_STOCK).
+     *
+     * @generated from field: google.rpc.Status error = 2;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message shop.inventory.v1.BatchReserveStockResponse.Result.
+ * Use `create(BatchReserveStockResponse_ResultSchema)` to create a new message.
+ */
+export const BatchReserveStockResponse_ResultSchema: GenMessage<BatchReserveStockResponse_Result> = /*@__PURE__*/
+  messageDesc(file_shop_inventory_v1_inventory, 14, 0);
+
+/**
+ * Request for BatchCommitReservations.
+ *
+ * @generated from message shop.inventory.v1.BatchCommitReservationsRequest
+ */
+export type BatchCommitReservationsRequest = Message<"shop.inventory.v1.BatchCommitReservationsRequest"> & {
+  /**
+   * The reservations to commit, 1-100, each exactly what CommitReservation
+   * takes. A field error names the request by index: "requests[3].reservation_id".
+   *
+   * @generated from field: repeated shop.inventory.v1.CommitReservationRequest requests = 1;
+   */
+  requests: CommitReservationRequest[];
+};
+
+/**
+ * Describes the message shop.inventory.v1.BatchCommitReservationsRequest.
+ * Use `create(BatchCommitReservationsRequestSchema)` to create a new message.
+ */
+export const BatchCommitReservationsRequestSchema: GenMessage<BatchCommitReservationsRequest> = /*@__PURE__*/
+  messageDesc(file_shop_inventory_v1_inventory, 15);
+
+/**
+ * Response for BatchCommitReservations.
+ *
+ * @generated from message shop.inventory.v1.BatchCommitReservationsResponse
+ */
+export type BatchCommitReservationsResponse = Message<"shop.inventory.v1.BatchCommitReservationsResponse"> & {
+  /**
+   * One result per request, in request order.
+   *
+   * @generated from field: repeated shop.inventory.v1.BatchCommitReservationsResponse.Result results = 1;
+   */
+  results: BatchCommitReservationsResponse_Result[];
+};
+
+/**
+ * Describes the message shop.inventory.v1.BatchCommitReservationsResponse.
+ * Use `create(BatchCommitReservationsResponseSchema)` to create a new message.
+ */
+export const BatchCommitReservationsResponseSchema: GenMessage<BatchCommitReservationsResponse> = /*@__PURE__*/
+  messageDesc(file_shop_inventory_v1_inventory, 16);
+
+/**
+ * What CommitReservation would have answered one request.
+ *
+ * @generated from message shop.inventory.v1.BatchCommitReservationsResponse.Result
+ */
+export type BatchCommitReservationsResponse_Result = Message<"shop.inventory.v1.BatchCommitReservationsResponse.Result"> & {
+  /**
+   * The request's answer.
+   *
+   * @generated from oneof shop.inventory.v1.BatchCommitReservationsResponse.Result.result
+   */
+  result: {
+    /**
+     * The reservation, as CommitReservation answers it.
+     *
+     * @generated from field: shop.inventory.v1.CommitReservationResponse response = 1;
+     */
+    value: CommitReservationResponse;
+    case: "response";
+  } | {
+    /**
+     * The error CommitReservation would have failed with.
+     *
+     * @generated from field: google.rpc.Status error = 2;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message shop.inventory.v1.BatchCommitReservationsResponse.Result.
+ * Use `create(BatchCommitReservationsResponse_ResultSchema)` to create a new message.
+ */
+export const BatchCommitReservationsResponse_ResultSchema: GenMessage<BatchCommitReservationsResponse_Result> = /*@__PURE__*/
+  messageDesc(file_shop_inventory_v1_inventory, 16, 0);
+
+/**
  * Published when stock is reserved for an order.
  *
  * @generated from message shop.inventory.v1.StockReserved
@@ -392,7 +555,7 @@ export type StockReserved = Message<"shop.inventory.v1.StockReserved"> & {
  * Use `create(StockReservedSchema)` to create a new message.
  */
 export const StockReservedSchema: GenMessage<StockReserved> = /*@__PURE__*/
-  messageDesc(file_shop_inventory_v1_inventory, 13);
+  messageDesc(file_shop_inventory_v1_inventory, 17);
 
 /**
  * Published when a reservation is given back, on request or on expiry.
@@ -434,7 +597,7 @@ export type StockReleased = Message<"shop.inventory.v1.StockReleased"> & {
  * Use `create(StockReleasedSchema)` to create a new message.
  */
 export const StockReleasedSchema: GenMessage<StockReleased> = /*@__PURE__*/
-  messageDesc(file_shop_inventory_v1_inventory, 14);
+  messageDesc(file_shop_inventory_v1_inventory, 18);
 
 /**
  * The state of a reservation.
@@ -537,6 +700,39 @@ export const InventoryService: GenService<{
     methodKind: "unary";
     input: typeof CommitReservationRequestSchema;
     output: typeof CommitReservationResponseSchema;
+  },
+  /**
+   * ReserveStock for several reservations in one call (the order saga
+   * coalesces concurrent sagas' reservations into one). Each request is
+   * handled exactly as a ReserveStock of its own: all of its lines or none,
+   * keyed by its reservation id, with its own StockReserved event; one
+   * request's refusal (a short SKU, a released id, a bad field) is that
+   * request's result and never fails the others. 1-100 requests; results in
+   * request order. The call itself fails only when the batch as a whole is
+   * malformed (INVALID_ARGUMENT on `requests`: none or over 100) or cannot
+   * be served (UNAVAILABLE, DEADLINE_EXCEEDED, ...): then each request may or
+   * may not have taken effect, and the batch may be retried as it is, every
+   * request being idempotent by its id. Internal.
+   *
+   * @generated from rpc shop.inventory.v1.InventoryService.BatchReserveStock
+   */
+  batchReserveStock: {
+    methodKind: "unary";
+    input: typeof BatchReserveStockRequestSchema;
+    output: typeof BatchReserveStockResponseSchema;
+  },
+  /**
+   * CommitReservation for several reservations in one call, each request
+   * handled exactly as a CommitReservation of its own (idempotent by
+   * reservation id; an unknown or released one is that request's error).
+   * 1-100 requests; results in request order. Internal.
+   *
+   * @generated from rpc shop.inventory.v1.InventoryService.BatchCommitReservations
+   */
+  batchCommitReservations: {
+    methodKind: "unary";
+    input: typeof BatchCommitReservationsRequestSchema;
+    output: typeof BatchCommitReservationsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_shop_inventory_v1_inventory, 0);

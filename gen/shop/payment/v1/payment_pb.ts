@@ -7,6 +7,8 @@ import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Status } from "../../../google/rpc/status_pb.js";
+import { file_google_rpc_status } from "../../../google/rpc/status_pb.js";
 import { file_protomesh_v1_options } from "../../../protomesh/v1/options_pb.js";
 import type { Money } from "../../common/v1/money_pb.js";
 import { file_shop_common_v1_money } from "../../common/v1/money_pb.js";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/payment/v1/payment.proto.
  */
 export const file_shop_payment_v1_payment: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zaG9wL3BheW1lbnQvdjEvcGF5bWVudC5wcm90bxIPc2hvcC5wYXltZW50LnYxIp0CCgdQYXltZW50EgoKAmlkGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSJQoGYW1vdW50GAQgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkSLgoGc3RhdHVzGAUgASgOMh4uc2hvcC5wYXltZW50LnYxLlBheW1lbnRTdGF0dXMSFgoOZGVjbGluZV9yZWFzb24YBiABKAkSEgoKY2FyZF9sYXN0NBgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIncKF0F1dGhvcml6ZVBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSJQoGYW1vdW50GAMgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkSEgoKY2FyZF90b2tlbhgEIAEoCSJFChhBdXRob3JpemVQYXltZW50UmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IikKFUNhcHR1cmVQYXltZW50UmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSJDChZDYXB0dXJlUGF5bWVudFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCI4ChRSZWZ1bmRQYXltZW50UmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiQgoVUmVmdW5kUGF5bWVudFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCIlChFHZXRQYXltZW50UmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSI/ChJHZXRQYXltZW50UmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IrEBChFQYXltZW50QXV0aG9yaXplZBISCgpwYXltZW50X2lkGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSJQoGYW1vdW50GAQgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkSLgoKb2NjdXJfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6DpKhGQoKCG9yZGVyX2lkIpYBCg1QYXltZW50RmFpbGVkEhIKCnBheW1lbnRfaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIOCgZyZWFzb24YBCABKAkSLgoKb2NjdXJfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6DpKhGQoKCG9yZGVyX2lkIr8BCg9QYXltZW50UmVmdW5kZWQSEgoKcGF5bWVudF9pZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEiUKBmFtb3VudBgEIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5Eg4KBnJlYXNvbhgFIAEoCRIuCgpvY2N1cl90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoOkqEZCgoIb3JkZXJfaWQqwAEKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIdChlQQVlNRU5UX1NUQVRVU19BVVRIT1JJWkVEEAESGwoXUEFZTUVOVF9TVEFUVVNfQ0FQVFVSRUQQAhIbChdQQVlNRU5UX1NUQVRVU19ERUNMSU5FRBADEhkKFVBBWU1FTlRfU1RBVFVTX1ZPSURFRBAEEhsKF1BBWU1FTlRfU1RBVFVTX1JFRlVOREVEEAUyjQQKDlBheW1lbnRTZXJ2aWNlEnMKEEF1dGhvcml6ZVBheW1lbnQSKC5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUGF5bWVudFJlcXVlc3QaKS5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUGF5bWVudFJlc3BvbnNlIgqSoRkGGgIICiABEm0KDkNhcHR1cmVQYXltZW50EiYuc2hvcC5wYXltZW50LnYxLkNhcHR1cmVQYXltZW50UmVxdWVzdBonLnNob3AucGF5bWVudC52MS5DYXB0dXJlUGF5bWVudFJlc3BvbnNlIgqSoRkGGgIIBSABEmoKDVJlZnVuZFBheW1lbnQSJS5zaG9wLnBheW1lbnQudjEuUmVmdW5kUGF5bWVudFJlcXVlc3QaJi5zaG9wLnBheW1lbnQudjEuUmVmdW5kUGF5bWVudFJlc3BvbnNlIgqSoRkGGgIIBSABEpsBCgpHZXRQYXltZW50EiIuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXF1ZXN0GiMuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXNwb25zZSJEkqEZEggBEAIaAggCIAEqBggyGGQgAoLT5JMCKGIHcGF5bWVudBIdL3YxL29yZGVycy97b3JkZXJfaWR9L3BheW1lbnQaDZKhGQkKB3BheW1lbnRiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp, file_protomesh_v1_options, file_shop_common_v1_money]);
+  fileDesc("Ch1zaG9wL3BheW1lbnQvdjEvcGF5bWVudC5wcm90bxIPc2hvcC5wYXltZW50LnYxIp0CCgdQYXltZW50EgoKAmlkGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSJQoGYW1vdW50GAQgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkSLgoGc3RhdHVzGAUgASgOMh4uc2hvcC5wYXltZW50LnYxLlBheW1lbnRTdGF0dXMSFgoOZGVjbGluZV9yZWFzb24YBiABKAkSEgoKY2FyZF9sYXN0NBgHIAEoCRIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIncKF0F1dGhvcml6ZVBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSJQoGYW1vdW50GAMgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkSEgoKY2FyZF90b2tlbhgEIAEoCSJFChhBdXRob3JpemVQYXltZW50UmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IikKFUNhcHR1cmVQYXltZW50UmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCSJDChZDYXB0dXJlUGF5bWVudFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCJbCh1CYXRjaEF1dGhvcml6ZVBheW1lbnRzUmVxdWVzdBI6CghyZXF1ZXN0cxgBIAMoCzIoLnNob3AucGF5bWVudC52MS5BdXRob3JpemVQYXltZW50UmVxdWVzdCLhAQoeQmF0Y2hBdXRob3JpemVQYXltZW50c1Jlc3BvbnNlEkcKB3Jlc3VsdHMYASADKAsyNi5zaG9wLnBheW1lbnQudjEuQmF0Y2hBdXRob3JpemVQYXltZW50c1Jlc3BvbnNlLlJlc3VsdBp2CgZSZXN1bHQSPQoIcmVzcG9uc2UYASABKAsyKS5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUGF5bWVudFJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCJXChtCYXRjaENhcHR1cmVQYXltZW50c1JlcXVlc3QSOAoIcmVxdWVzdHMYASADKAsyJi5zaG9wLnBheW1lbnQudjEuQ2FwdHVyZVBheW1lbnRSZXF1ZXN0ItsBChxCYXRjaENhcHR1cmVQYXltZW50c1Jlc3BvbnNlEkUKB3Jlc3VsdHMYASADKAsyNC5zaG9wLnBheW1lbnQudjEuQmF0Y2hDYXB0dXJlUGF5bWVudHNSZXNwb25zZS5SZXN1bHQadAoGUmVzdWx0EjsKCHJlc3BvbnNlGAEgASgLMicuc2hvcC5wYXltZW50LnYxLkNhcHR1cmVQYXltZW50UmVzcG9uc2VIABIjCgVlcnJvchgCIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSABCCAoGcmVzdWx0IjgKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJCChVSZWZ1bmRQYXltZW50UmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IiUKEUdldFBheW1lbnRSZXF1ZXN0EhAKCG9yZGVyX2lkGAEgASgJIj8KEkdldFBheW1lbnRSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQisQEKEVBheW1lbnRBdXRob3JpemVkEhIKCnBheW1lbnRfaWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIlCgZhbW91bnQYBCABKAsyFS5zaG9wLmNvbW1vbi52MS5Nb25leRIuCgpvY2N1cl90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoOkqEZCgoIb3JkZXJfaWQilgEKDVBheW1lbnRGYWlsZWQSEgoKcGF5bWVudF9pZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpvY2N1cl90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoOkqEZCgoIb3JkZXJfaWQivwEKD1BheW1lbnRSZWZ1bmRlZBISCgpwYXltZW50X2lkGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSJQoGYW1vdW50GAQgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkSDgoGcmVhc29uGAUgASgJEi4KCm9jY3VyX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wOg6SoRkKCghvcmRlcl9pZCrAAQoNUGF5bWVudFN0YXR1cxIeChpQQVlNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGVBBWU1FTlRfU1RBVFVTX0FVVEhPUklaRUQQARIbChdQQVlNRU5UX1NUQVRVU19DQVBUVVJFRBACEhsKF1BBWU1FTlRfU1RBVFVTX0RFQ0xJTkVEEAMSGQoVUEFZTUVOVF9TVEFUVVNfVk9JREVEEAQSGwoXUEFZTUVOVF9TVEFUVVNfUkVGVU5ERUQQBTKWBgoOUGF5bWVudFNlcnZpY2UScwoQQXV0aG9yaXplUGF5bWVudBIoLnNob3AucGF5bWVudC52MS5BdXRob3JpemVQYXltZW50UmVxdWVzdBopLnNob3AucGF5bWVudC52MS5BdXRob3JpemVQYXltZW50UmVzcG9uc2UiCpKhGQYaAggKIAESbQoOQ2FwdHVyZVBheW1lbnQSJi5zaG9wLnBheW1lbnQudjEuQ2FwdHVyZVBheW1lbnRSZXF1ZXN0Gicuc2hvcC5wYXltZW50LnYxLkNhcHR1cmVQYXltZW50UmVzcG9uc2UiCpKhGQYaAggFIAEShQEKFkJhdGNoQXV0aG9yaXplUGF5bWVudHMSLi5zaG9wLnBheW1lbnQudjEuQmF0Y2hBdXRob3JpemVQYXltZW50c1JlcXVlc3QaLy5zaG9wLnBheW1lbnQudjEuQmF0Y2hBdXRob3JpemVQYXltZW50c1Jlc3BvbnNlIgqSoRkGGgIICiABEn8KFEJhdGNoQ2FwdHVyZVBheW1lbnRzEiwuc2hvcC5wYXltZW50LnYxLkJhdGNoQ2FwdHVyZVBheW1lbnRzUmVxdWVzdBotLnNob3AucGF5bWVudC52MS5CYXRjaENhcHR1cmVQYXltZW50c1Jlc3BvbnNlIgqSoRkGGgIIBSABEmoKDVJlZnVuZFBheW1lbnQSJS5zaG9wLnBheW1lbnQudjEuUmVmdW5kUGF5bWVudFJlcXVlc3QaJi5zaG9wLnBheW1lbnQudjEuUmVmdW5kUGF5bWVudFJlc3BvbnNlIgqSoRkGGgIIBSABEpsBCgpHZXRQYXltZW50EiIuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXF1ZXN0GiMuc2hvcC5wYXltZW50LnYxLkdldFBheW1lbnRSZXNwb25zZSJEkqEZEggBEAIaAggCIAEqBggyGGQgAoLT5JMCKGIHcGF5bWVudBIdL3YxL29yZGVycy97b3JkZXJfaWR9L3BheW1lbnQaDZKhGQkKB3BheW1lbnRiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp, file_google_rpc_status, file_protomesh_v1_options, file_shop_common_v1_money]);
 
 /**
  * The payment of one order.
@@ -201,6 +203,167 @@ export const CapturePaymentResponseSchema: GenMessage<CapturePaymentResponse> = 
   messageDesc(file_shop_payment_v1_payment, 4);
 
 /**
+ * Request for BatchAuthorizePayments.
+ *
+ * @generated from message shop.payment.v1.BatchAuthorizePaymentsRequest
+ */
+export type BatchAuthorizePaymentsRequest = Message<"shop.payment.v1.BatchAuthorizePaymentsRequest"> & {
+  /**
+   * The authorizations, 1-100, each exactly what AuthorizePayment takes.
+   * A field error names the request by index: "requests[3].amount.amount_minor".
+   *
+   * @generated from field: repeated shop.payment.v1.AuthorizePaymentRequest requests = 1;
+   */
+  requests: AuthorizePaymentRequest[];
+};
+
+/**
+ * Describes the message shop.payment.v1.BatchAuthorizePaymentsRequest.
+ * Use `create(BatchAuthorizePaymentsRequestSchema)` to create a new message.
+ */
+export const BatchAuthorizePaymentsRequestSchema: GenMessage<BatchAuthorizePaymentsRequest> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment, 5);
+
+/**
+ * Response for BatchAuthorizePayments.
+ *
+ * @generated from message shop.payment.v1.BatchAuthorizePaymentsResponse
+ */
+export type BatchAuthorizePaymentsResponse = Message<"shop.payment.v1.BatchAuthorizePaymentsResponse"> & {
+  /**
+   * One result per request, in request order.
+   *
+   * @generated from field: repeated shop.payment.v1.BatchAuthorizePaymentsResponse.Result results = 1;
+   */
+  results: BatchAuthorizePaymentsResponse_Result[];
+};
+
+/**
+ * Describes the message shop.payment.v1.BatchAuthorizePaymentsResponse.
+ * Use `create(BatchAuthorizePaymentsResponseSchema)` to create a new message.
+ */
+export const BatchAuthorizePaymentsResponseSchema: GenMessage<BatchAuthorizePaymentsResponse> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment, 6);
+
+/**
+ * What AuthorizePayment would have answered one request.
+ *
+ * @generated from message shop.payment.v1.BatchAuthorizePaymentsResponse.Result
+ */
+export type BatchAuthorizePaymentsResponse_Result = Message<"shop.payment.v1.BatchAuthorizePaymentsResponse.Result"> & {
+  /**
+   * The request's answer.
+   *
+   * @generated from oneof shop.payment.v1.BatchAuthorizePaymentsResponse.Result.result
+   */
+  result: {
+    /**
+     * The payment, AUTHORIZED or DECLINED, as AuthorizePayment answers it.
+     *
+     * @generated from field: shop.payment.v1.AuthorizePaymentResponse response = 1;
+     */
+    value: AuthorizePaymentResponse;
+    case: "response";
+  } | {
+    /**
+     * The error AuthorizePayment would have failed with (code, message and
+     * details), e.g. UNAVAILABLE when the processor is down: retry that one.
+     *
+     * @generated from field: google.rpc.Status error = 2;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message shop.payment.v1.BatchAuthorizePaymentsResponse.Result.
+ * Use `create(BatchAuthorizePaymentsResponse_ResultSchema)` to create a new message.
+ */
+export const BatchAuthorizePaymentsResponse_ResultSchema: GenMessage<BatchAuthorizePaymentsResponse_Result> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment, 6, 0);
+
+/**
+ * Request for BatchCapturePayments.
+ *
+ * @generated from message shop.payment.v1.BatchCapturePaymentsRequest
+ */
+export type BatchCapturePaymentsRequest = Message<"shop.payment.v1.BatchCapturePaymentsRequest"> & {
+  /**
+   * The captures, 1-100, each exactly what CapturePayment takes. A field
+   * error names the request by index: "requests[3].order_id".
+   *
+   * @generated from field: repeated shop.payment.v1.CapturePaymentRequest requests = 1;
+   */
+  requests: CapturePaymentRequest[];
+};
+
+/**
+ * Describes the message shop.payment.v1.BatchCapturePaymentsRequest.
+ * Use `create(BatchCapturePaymentsRequestSchema)` to create a new message.
+ */
+export const BatchCapturePaymentsRequestSchema: GenMessage<BatchCapturePaymentsRequest> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment, 7);
+
+/**
+ * Response for BatchCapturePayments.
+ *
+ * @generated from message shop.payment.v1.BatchCapturePaymentsResponse
+ */
+export type BatchCapturePaymentsResponse = Message<"shop.payment.v1.BatchCapturePaymentsResponse"> & {
+  /**
+   * One result per request, in request order.
+   *
+   * @generated from field: repeated shop.payment.v1.BatchCapturePaymentsResponse.Result results = 1;
+   */
+  results: BatchCapturePaymentsResponse_Result[];
+};
+
+/**
+ * Describes the message shop.payment.v1.BatchCapturePaymentsResponse.
+ * Use `create(BatchCapturePaymentsResponseSchema)` to create a new message.
+ */
+export const BatchCapturePaymentsResponseSchema: GenMessage<BatchCapturePaymentsResponse> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment, 8);
+
+/**
+ * What CapturePayment would have answered one request.
+ *
+ * @generated from message shop.payment.v1.BatchCapturePaymentsResponse.Result
+ */
+export type BatchCapturePaymentsResponse_Result = Message<"shop.payment.v1.BatchCapturePaymentsResponse.Result"> & {
+  /**
+   * The request's answer.
+   *
+   * @generated from oneof shop.payment.v1.BatchCapturePaymentsResponse.Result.result
+   */
+  result: {
+    /**
+     * The payment, CAPTURED.
+     *
+     * @generated from field: shop.payment.v1.CapturePaymentResponse response = 1;
+     */
+    value: CapturePaymentResponse;
+    case: "response";
+  } | {
+    /**
+     * The error CapturePayment would have failed with.
+     *
+     * @generated from field: google.rpc.Status error = 2;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message shop.payment.v1.BatchCapturePaymentsResponse.Result.
+ * Use `create(BatchCapturePaymentsResponse_ResultSchema)` to create a new message.
+ */
+export const BatchCapturePaymentsResponse_ResultSchema: GenMessage<BatchCapturePaymentsResponse_Result> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment, 8, 0);
+
+/**
  * Request for RefundPayment.
  *
  * @generated from message shop.payment.v1.RefundPaymentRequest
@@ -226,7 +389,7 @@ export type RefundPaymentRequest = Message<"shop.payment.v1.RefundPaymentRequest
  * Use `create(RefundPaymentRequestSchema)` to create a new message.
  */
 export const RefundPaymentRequestSchema: GenMessage<RefundPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 5);
+  messageDesc(file_shop_payment_v1_payment, 9);
 
 /**
  * Response for RefundPayment.
@@ -247,7 +410,7 @@ export type RefundPaymentResponse = Message<"shop.payment.v1.RefundPaymentRespon
  * Use `create(RefundPaymentResponseSchema)` to create a new message.
  */
 export const RefundPaymentResponseSchema: GenMessage<RefundPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 6);
+  messageDesc(file_shop_payment_v1_payment, 10);
 
 /**
  * Request for GetPayment.
@@ -268,7 +431,7 @@ export type GetPaymentRequest = Message<"shop.payment.v1.GetPaymentRequest"> & {
  * Use `create(GetPaymentRequestSchema)` to create a new message.
  */
 export const GetPaymentRequestSchema: GenMessage<GetPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 7);
+  messageDesc(file_shop_payment_v1_payment, 11);
 
 /**
  * Response for GetPayment.
@@ -289,7 +452,7 @@ export type GetPaymentResponse = Message<"shop.payment.v1.GetPaymentResponse"> &
  * Use `create(GetPaymentResponseSchema)` to create a new message.
  */
 export const GetPaymentResponseSchema: GenMessage<GetPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 8);
+  messageDesc(file_shop_payment_v1_payment, 12);
 
 /**
  * Published when a payment is authorized.
@@ -338,7 +501,7 @@ export type PaymentAuthorized = Message<"shop.payment.v1.PaymentAuthorized"> & {
  * Use `create(PaymentAuthorizedSchema)` to create a new message.
  */
 export const PaymentAuthorizedSchema: GenMessage<PaymentAuthorized> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 9);
+  messageDesc(file_shop_payment_v1_payment, 13);
 
 /**
  * Published when a card is declined.
@@ -387,7 +550,7 @@ export type PaymentFailed = Message<"shop.payment.v1.PaymentFailed"> & {
  * Use `create(PaymentFailedSchema)` to create a new message.
  */
 export const PaymentFailedSchema: GenMessage<PaymentFailed> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 10);
+  messageDesc(file_shop_payment_v1_payment, 14);
 
 /**
  * Published when a payment is refunded or voided.
@@ -443,7 +606,7 @@ export type PaymentRefunded = Message<"shop.payment.v1.PaymentRefunded"> & {
  * Use `create(PaymentRefundedSchema)` to create a new message.
  */
 export const PaymentRefundedSchema: GenMessage<PaymentRefunded> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment, 11);
+  messageDesc(file_shop_payment_v1_payment, 15);
 
 /**
  * Where a payment stands.
@@ -533,6 +696,40 @@ export const PaymentService: GenService<{
     methodKind: "unary";
     input: typeof CapturePaymentRequestSchema;
     output: typeof CapturePaymentResponseSchema;
+  },
+  /**
+   * AuthorizePayment for several orders in one call (the order saga
+   * coalesces concurrent sagas' authorizations into one). Each request is
+   * handled exactly as an AuthorizePayment of its own: keyed by its order id
+   * (a repeat answers the first result, never a second charge), DECLINED as
+   * a normal answer with PaymentFailed, its own PaymentAuthorized otherwise;
+   * one request's refusal or error (a bad field, a tombstone, the processor
+   * down for its card) is that request's result and never fails the others.
+   * 1-100 requests; results in request order. The call takes as long as its
+   * slowest card. It fails as a whole only when malformed (INVALID_ARGUMENT
+   * on `requests`: none or over 100) or not served (UNAVAILABLE,
+   * DEADLINE_EXCEEDED, ...): then each request may or may not have taken
+   * effect, and the batch may be retried as it is. Internal.
+   *
+   * @generated from rpc shop.payment.v1.PaymentService.BatchAuthorizePayments
+   */
+  batchAuthorizePayments: {
+    methodKind: "unary";
+    input: typeof BatchAuthorizePaymentsRequestSchema;
+    output: typeof BatchAuthorizePaymentsResponseSchema;
+  },
+  /**
+   * CapturePayment for several orders in one call, each request handled
+   * exactly as a CapturePayment of its own (idempotent by order id; an order
+   * without payment or not AUTHORIZED is that request's error). 1-100
+   * requests; results in request order. Internal.
+   *
+   * @generated from rpc shop.payment.v1.PaymentService.BatchCapturePayments
+   */
+  batchCapturePayments: {
+    methodKind: "unary";
+    input: typeof BatchCapturePaymentsRequestSchema;
+    output: typeof BatchCapturePaymentsResponseSchema;
   },
   /**
    * Refunds a captured payment or voids an authorized one. Idempotent; an
