@@ -12,11 +12,18 @@
  *   ALREADY_EXISTS       ReserveStock repeating an id with different lines
  *   NOT_FOUND            CommitReservation of an id never reserved
  *   UNAUTHENTICATED / PERMISSION_DENIED   SetStock without the admin role (x-mesh-user-role)
+ *
+ * BatchReserveStock and BatchCommitReservations answer each request with what
+ * ReserveStock / CommitReservation would have (response, or one of the errors
+ * above as its Status, fields named "requests[i]..."); the call itself fails
+ * only for INVALID_ARGUMENT on `requests` (none or over 100) or an internal error.
  */
 import { create } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import type { ServiceImpl } from '@connectrpc/connect';
 import {
+  BatchCommitReservationsResponseSchema,
+  BatchReserveStockResponseSchema,
   CommitReservationResponseSchema,
   GetStockResponseSchema,
   InventoryService,
@@ -29,6 +36,7 @@ import {
   type Reservation,
   type StockLevel,
 } from '../../gen/shop/inventory/v1/inventory_pb.js';
+import { answerItem, checkBatchSize, passes } from '../../mesh/batch-items.js';
 import { requireAdmin } from '../../mesh/identity.js';
 import {
   validateLines,
@@ -77,6 +85,40 @@ export function inventoryService(store: InventoryStore): ServiceImpl<typeof Inve
       return create(CommitReservationResponseSchema, {
         reservation: reservation(await store.commit(req.reservationId)),
       });
+    },
+
+    // Each reservation is one statement of its own (all of its lines or none), as
+    // ReserveStock's; the batch saves the RPC, not the statements.
+    async batchReserveStock(req) {
+      checkBatchSize(req.requests);
+      const results = await Promise.all(
+        req.requests.map((r, i) =>
+          answerItem(i, async () => {
+            validateReservationId(r.reservationId);
+            const lines = validateLines(r.lines);
+            return create(ReserveStockResponseSchema, { reservation: reservation(await store.reserve(r.reservationId, lines)) });
+          }),
+        ),
+      );
+      return create(BatchReserveStockResponseSchema, { results: results.map((result) => ({ result })) });
+    },
+
+    // The valid requests are committed together (one statement, store.commitMany).
+    async batchCommitReservations(req) {
+      checkBatchSize(req.requests);
+      const valid = req.requests.filter((r) => passes(() => validateReservationId(r.reservationId))).map((r) => r.reservationId);
+      const outcomes = valid.length > 0 ? await store.commitMany(valid) : new Map();
+      const results = await Promise.all(
+        req.requests.map((r, i) =>
+          answerItem(i, async () => {
+            validateReservationId(r.reservationId);
+            const outcome = outcomes.get(r.reservationId)!;
+            if (outcome instanceof Error) throw outcome;
+            return create(CommitReservationResponseSchema, { reservation: reservation(outcome) });
+          }),
+        ),
+      );
+      return create(BatchCommitReservationsResponseSchema, { results: results.map((result) => ({ result })) });
     },
   };
 }

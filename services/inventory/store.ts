@@ -252,6 +252,63 @@ export class InventoryStore {
   }
 
   /**
+   * CommitReservation for several ids at once, each answered as commit() would (the
+   * reservation, or the error it would throw), in one statement: lock the reservations in
+   * id order, then every SKU row they hold in SKU order (the global lock order, so batches
+   * and single calls never deadlock), and commit each reservation whose SKU rows are all
+   * there, moving each SKU once by the sum of its committed lines (an UPDATE moves a row
+   * once, however many lines match it). A repeated id is one reservation.
+   */
+  async commitMany(ids: string[]): Promise<Map<string, ReservationRecord | Error>> {
+    const ts = sql`${new Date(this.now()).toISOString()}::timestamptz`;
+    const wanted = sql.join(
+      [...new Set(ids)].map((id) => sql`${id}`),
+      sql`, `,
+    );
+    const rows = resultRows<ReservationSql & { ok: boolean }>(
+      await this.db.execute(sql`
+        with cur as materialized (
+          select id, status, lines, expire_time, release_reason, tombstone from ${reservations}
+          where id in (${wanted}) order by id for update
+        ), want as materialized (
+          select cur.id, x.sku, x.quantity from cur, jsonb_to_recordset(cur.lines) as x(sku text, quantity bigint) where cur.status = 'RESERVED'
+        ), held as materialized (
+          select s.sku from ${stock} s where s.sku in (select sku from want) order by s.sku for update
+        ), ok as materialized (
+          select cur.id, not exists (select 1 from want w where w.id = cur.id and w.sku not in (select sku from held)) as ok from cur
+        ), done as (
+          update ${reservations} r set status = 'COMMITTED', update_time = ${ts}
+          from cur join ok on ok.id = cur.id where r.id = cur.id and cur.status = 'RESERVED' and ok.ok
+          returning r.id
+        ), taken as (
+          update ${stock} s set on_hand = s.on_hand - t.quantity, reserved = s.reserved - t.quantity, update_time = ${ts}
+          from (select w.sku, sum(w.quantity)::bigint as quantity from want w join ok on ok.id = w.id where ok.ok group by w.sku) t
+          where s.sku = t.sku
+          returning s.sku
+        )
+        select cur.*, ok.ok from cur join ok on ok.id = cur.id`),
+    );
+    const found = new Map(rows.map((row) => [row.id, row]));
+    const answers = new Map<string, ReservationRecord | Error>();
+    for (const id of ids) {
+      const row = found.get(id);
+      if (!row) {
+        answers.set(id, notFound('reservation', id));
+        continue;
+      }
+      const before = recordFromSql(row);
+      try {
+        if (commitDecision(before) === 'already') answers.set(id, before);
+        else if (!row.ok) answers.set(id, new Error(`a stock row of reservation ${id} is missing`));
+        else answers.set(id, { ...before, status: 'COMMITTED' });
+      } catch (err) {
+        answers.set(id, err as Error);
+      }
+    }
+    return answers;
+  }
+
+  /**
    * Releases up to `limit` RESERVED reservations whose time is up, with
    * StockReleased reason "expired"; answers how many. Safe with several
    * replicas sweeping at once: SKIP LOCKED hands each expired reservation to

@@ -16,12 +16,19 @@
  *   GetPayment         the caller's own payment (admins: any); another user's or none: NOT_FOUND.
  *   INVALID_ARGUMENT   a malformed field, named (order_id, user_id, amount, amount.currency_code,
  *                      amount.amount_minor, card_token, reason).
+ *
+ * BatchAuthorizePayments and BatchCapturePayments answer each request with what
+ * AuthorizePayment / CapturePayment would have (response, or one of the errors above as
+ * its Status, fields named "requests[i]..."), in one transaction for the batch; the call
+ * itself fails only for INVALID_ARGUMENT on `requests` (none or over 100) or an internal error.
  */
 import { create } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { ServiceImpl } from '@connectrpc/connect';
 import {
   AuthorizePaymentResponseSchema,
+  BatchAuthorizePaymentsResponseSchema,
+  BatchCapturePaymentsResponseSchema,
   CapturePaymentResponseSchema,
   GetPaymentResponseSchema,
   PaymentSchema,
@@ -30,6 +37,7 @@ import {
   RefundPaymentResponseSchema,
   type Payment,
 } from '../../gen/shop/payment/v1/payment_pb.js';
+import { answerItem, checkBatchSize, passes } from '../../mesh/batch-items.js';
 import { notFound } from '../../mesh/errors.js';
 import { requireUser } from '../../mesh/identity.js';
 import { validateAuthorize, validateOrderId, validateReason, visibleTo, type PaymentRecord } from './domain.js';
@@ -45,6 +53,43 @@ export function paymentService(store: PaymentStore): ServiceImpl<typeof PaymentS
     async capturePayment(req) {
       validateOrderId(req.orderId);
       return create(CapturePaymentResponseSchema, { payment: payment(await store.capture(req.orderId)) });
+    },
+
+    async batchAuthorizePayments(req, ctx) {
+      checkBatchSize(req.requests);
+      const inputs = req.requests.map((r) => (passes(() => validateAuthorize(r)) ? validateAuthorize(r) : undefined));
+      const valid = inputs.filter((i) => i !== undefined);
+      const outcomes = valid.length > 0 ? await store.authorizeMany(valid, ctx.signal) : [];
+      const byInput = new Map(valid.map((input, k) => [input, outcomes[k]!]));
+      const results = await Promise.all(
+        req.requests.map((r, i) =>
+          answerItem(i, async () => {
+            const input = inputs[i] ?? validateAuthorize(r); // an invalid one throws its own error again, indexed
+            const outcome = byInput.get(input)!;
+            if (outcome instanceof Error) throw outcome;
+            return create(AuthorizePaymentResponseSchema, { payment: payment(outcome) });
+          }),
+        ),
+      );
+      return create(BatchAuthorizePaymentsResponseSchema, { results: results.map((result) => ({ result })) });
+    },
+
+    async batchCapturePayments(req) {
+      checkBatchSize(req.requests);
+      const valid = req.requests.filter((r) => passes(() => validateOrderId(r.orderId))).map((r) => r.orderId);
+      const outcomes = valid.length > 0 ? await store.captureMany(valid) : [];
+      const byOrder = new Map(valid.map((orderId, k) => [orderId, outcomes[k]!]));
+      const results = await Promise.all(
+        req.requests.map((r, i) =>
+          answerItem(i, async () => {
+            validateOrderId(r.orderId);
+            const outcome = byOrder.get(r.orderId)!;
+            if (outcome instanceof Error) throw outcome;
+            return create(CapturePaymentResponseSchema, { payment: payment(outcome) });
+          }),
+        ),
+      );
+      return create(BatchCapturePaymentsResponseSchema, { results: results.map((result) => ({ result })) });
     },
 
     async refundPayment(req) {

@@ -19,7 +19,8 @@
 import { randomUUID } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
-import { eq, sql } from 'drizzle-orm';
+import { ConnectError } from '@connectrpc/connect';
+import { eq, sql, type SQL } from 'drizzle-orm';
 import { resultRows, type Database, type Transaction } from '../../mesh/db.js';
 import { rowFromDriver } from '../../mesh/events/db.js';
 import { notFound } from '../../mesh/errors.js';
@@ -37,7 +38,7 @@ import {
   type AuthorizeInput,
   type PaymentRecord,
 } from './domain.js';
-import type { CardProcessor } from './processor.js';
+import type { AuthorizeResult, CardProcessor } from './processor.js';
 import { outbox, payments, type PaymentRow } from './schema.js';
 
 export interface PaymentStoreOptions {
@@ -77,53 +78,111 @@ export class PaymentStore {
         { idempotencyKey: req.orderId, cardToken: req.cardToken, amountMinor: req.amountMinor, currencyCode: req.currencyCode },
         signal,
       );
-      const now = new Date(this.now());
-      const p: PaymentRecord = {
-        id: randomUUID(),
-        orderId: req.orderId,
-        userId: req.userId,
-        amountMinor: req.amountMinor,
-        currencyCode: req.currencyCode,
-        status: result.approved ? 'AUTHORIZED' : 'DECLINED',
-        declineReason: result.approved ? '' : result.declineReason,
-        authorizationCode: result.approved ? result.authorizationCode : '',
-        cardLast4: cardLast4(req.cardToken),
-        createTime: now,
-        updateTime: now,
-      };
-      const occurTime = timestampFromMs(now.getTime());
-      const event = result.approved
-        ? outboxInsertSql(
-            outbox,
-            PaymentAuthorizedSchema,
-            create(PaymentAuthorizedSchema, {
-              paymentId: p.id,
-              orderId: p.orderId,
-              userId: p.userId,
-              amount: { currencyCode: p.currencyCode, amountMinor: p.amountMinor },
-              occurTime,
-            }),
-            { aggregateId: p.orderId, prefix: this.prefix },
-            sql`p`,
-          )
-        : outboxInsertSql(
-            outbox,
-            PaymentFailedSchema,
-            create(PaymentFailedSchema, { paymentId: p.id, orderId: p.orderId, userId: p.userId, reason: p.declineReason, occurTime }),
-            { aggregateId: p.orderId, prefix: this.prefix },
-            sql`p`,
-          );
-      // The payment and its event in one statement (one round trip less), written out rather
-      // than through drizzle's insert builder, which maps every column of every call.
-      const insert = sql`insert into "payment"."payments" (id, order_id, user_id, amount_minor, currency_code, status,
-          decline_reason, card_last4, authorization_code, refund_reason, create_time, update_time)
-        values (${p.id}::uuid, ${p.orderId}, ${p.userId}, ${String(p.amountMinor)}::bigint, ${p.currencyCode}, ${p.status},
-          ${p.declineReason}, ${p.cardLast4}, ${p.authorizationCode}, '', ${now.toISOString()}::timestamptz, ${now.toISOString()}::timestamptz)
-        returning id`;
-      await tx.execute(sql`with p as (${insert}), e as (${event}) select id from p`);
-      await eventsEnqueued(tx, outbox);
+      const p = newPayment(req, result, new Date(this.now()));
+      await this.insertWithEvents(tx, [p]);
       return p;
     });
+  }
+
+  /**
+   * AuthorizePayment for several requests in one transaction, each answered as authorize()
+   * would (its payment, or the error it would throw; results in request order): the order
+   * ids are locked and their payments read in one round trip, the processor is asked for
+   * every order without a payment (at once; an order's repeats in the batch wait for its
+   * first request and then answer like retries), and the new payments and their events are
+   * written in one statement. A processor outage for one card is that request's
+   * UNAVAILABLE: nothing is written for it. Anything else that fails (the database) fails
+   * the whole batch, which rolls back: nothing was recorded, every request may be retried.
+   */
+  async authorizeMany(reqs: AuthorizeInput[], signal?: AbortSignal): Promise<(PaymentRecord | Error)[]> {
+    return this.db.transaction(async (tx) => {
+      const known = await this.lockOrders(tx, reqs.map((r) => r.orderId));
+      const created: PaymentRecord[] = [];
+      const answers: (PaymentRecord | Error)[] = new Array(reqs.length);
+      const byOrder = new Map<string, number[]>();
+      reqs.forEach((r, i) => byOrder.set(r.orderId, [...(byOrder.get(r.orderId) ?? []), i]));
+      await Promise.all(
+        [...byOrder.values()].map(async (indexes) => {
+          for (const i of indexes) {
+            const req = reqs[i]!;
+            try {
+              const existing = known.get(req.orderId);
+              if (existing) {
+                answers[i] = answerRepeatedAuthorize(existing, req);
+                continue;
+              }
+              const result = await this.processor.authorize(
+                { idempotencyKey: req.orderId, cardToken: req.cardToken, amountMinor: req.amountMinor, currencyCode: req.currencyCode },
+                signal,
+              );
+              const p = newPayment(req, result, new Date(this.now()));
+              known.set(req.orderId, p);
+              created.push(p);
+              answers[i] = p;
+            } catch (err) {
+              if (!(err instanceof ConnectError)) throw err;
+              answers[i] = err;
+            }
+          }
+        }),
+      );
+      if (created.length > 0) await this.insertWithEvents(tx, created);
+      return answers;
+    });
+  }
+
+  /**
+   * New payments and their events (PaymentAuthorized or PaymentFailed) in one statement,
+   * written out rather than through drizzle's insert builder, which maps every column of
+   * every call; then the relay's wake-up.
+   */
+  private async insertWithEvents(tx: Transaction, created: PaymentRecord[]): Promise<void> {
+    const values = sql.join(
+      created.map(
+        (p) => sql`(${p.id}::uuid, ${p.orderId}, ${p.userId}, ${String(p.amountMinor)}::bigint, ${p.currencyCode}, ${p.status},
+          ${p.declineReason}, ${p.cardLast4}, ${p.authorizationCode}, '', ${p.createTime.toISOString()}::timestamptz, ${p.updateTime.toISOString()}::timestamptz)`,
+      ),
+      sql`, `,
+    );
+    const insert = sql`insert into "payment"."payments" (id, order_id, user_id, amount_minor, currency_code, status,
+        decline_reason, card_last4, authorization_code, refund_reason, create_time, update_time)
+      values ${values}
+      returning id`;
+    // One event per payment, each from a one-row source (an insert in WITH runs once whether read or not).
+    const events = sql.join(
+      created.map((p, i) => sql`, ${sql.raw(`e${i}`)} as (${this.eventSql(p)})`),
+      sql``,
+    );
+    await tx.execute(sql`with p as (${insert})${events} select count(*) from p`);
+    await eventsEnqueued(tx, outbox);
+  }
+
+  /** The outbox insert of a new payment's event: PaymentAuthorized, or PaymentFailed for a decline. */
+  private eventSql(p: PaymentRecord): SQL {
+    const occurTime = timestampFromMs(p.createTime.getTime());
+    const opts = { aggregateId: p.orderId, prefix: this.prefix };
+    const one = sql`(values (1)) as one(x)`;
+    return p.status === 'AUTHORIZED'
+      ? outboxInsertSql(
+          outbox,
+          PaymentAuthorizedSchema,
+          create(PaymentAuthorizedSchema, {
+            paymentId: p.id,
+            orderId: p.orderId,
+            userId: p.userId,
+            amount: { currencyCode: p.currencyCode, amountMinor: p.amountMinor },
+            occurTime,
+          }),
+          opts,
+          one,
+        )
+      : outboxInsertSql(
+          outbox,
+          PaymentFailedSchema,
+          create(PaymentFailedSchema, { paymentId: p.id, orderId: p.orderId, userId: p.userId, reason: p.declineReason, occurTime }),
+          opts,
+          one,
+        );
   }
 
   /** Charges an AUTHORIZED payment; a CAPTURED one is answered as it is. */
@@ -134,6 +193,46 @@ export class PaymentStore {
       if (captureDecision(existing) === 'already') return existing;
       await this.processor.capture(orderId, existing.authorizationCode);
       return this.setStatus(tx, orderId, { status: 'CAPTURED' });
+    });
+  }
+
+  /**
+   * CapturePayment for several orders in one transaction, each answered as capture() would
+   * (results in request order; a repeated order id answers the same): lock and read all in
+   * one round trip, ask the processor to capture every AUTHORIZED one (at once; a failure
+   * is that order's error and leaves it AUTHORIZED), mark the captured ones in one statement.
+   */
+  async captureMany(orderIds: string[]): Promise<(PaymentRecord | Error)[]> {
+    return this.db.transaction(async (tx) => {
+      const known = await this.lockOrders(tx, orderIds);
+      const outcome = new Map<string, PaymentRecord | Error>();
+      const toMark: string[] = [];
+      await Promise.all(
+        [...new Set(orderIds)].map(async (orderId) => {
+          try {
+            const existing = known.get(orderId);
+            if (!existing) throw notFound('payment', orderId, `order ${orderId} has no payment`);
+            if (captureDecision(existing) === 'already') return outcome.set(orderId, existing);
+            await this.processor.capture(orderId, existing.authorizationCode);
+            toMark.push(orderId);
+          } catch (err) {
+            if (!(err instanceof ConnectError)) throw err;
+            outcome.set(orderId, err);
+          }
+        }),
+      );
+      if (toMark.length > 0) {
+        const rows = resultRows<Record<string, unknown>>(
+          await tx.execute(sql`update "payment"."payments" set status = 'CAPTURED',
+              update_time = ${new Date(this.now()).toISOString()}::timestamptz
+            where order_id in (${sql.join(toMark.map((id) => sql`${id}`), sql`, `)}) returning *`),
+        );
+        for (const row of rows) {
+          const p = record(rowFromDriver(payments, row));
+          outcome.set(p.orderId, p);
+        }
+      }
+      return orderIds.map((id) => outcome.get(id)!);
     });
   }
 
@@ -197,6 +296,24 @@ export class PaymentStore {
     return row && record(rowFromDriver(payments, row));
   }
 
+  /**
+   * lockOrder for several orders in one round trip: the locks are taken in the order of
+   * their keys (two batches sharing orders never deadlock; a single call takes one lock),
+   * each read after its lock as lockOrder's. Answers the payments found, by order id.
+   */
+  private async lockOrders(tx: Transaction, orderIds: string[]): Promise<Map<string, PaymentRecord>> {
+    const ids = sql.join([...new Set(orderIds)].map((id) => sql`(${id}::text)`), sql`, `);
+    const rows = resultRows<Record<string, unknown>>(
+      await tx.execute(sql`select p.* from
+          (select id from (values ${ids}) as v(id) order by hashtextextended('payment:' || id, 0)) as u
+          cross join lateral payment.lock_order(u.id) as p`),
+    );
+    return new Map(rows.map((row) => {
+      const p = record(rowFromDriver(payments, row));
+      return [p.orderId, p];
+    }));
+  }
+
   private async setStatus(
     tx: Transaction,
     orderId: string,
@@ -220,6 +337,23 @@ export class PaymentStore {
   ): Promise<string> {
     return enqueueEvent(tx, outbox, schema, message, { aggregateId: orderId, prefix: this.prefix });
   }
+}
+
+/** The payment an authorization leaves: AUTHORIZED with its code, or DECLINED with the reason. */
+function newPayment(req: AuthorizeInput, result: AuthorizeResult, now: Date): PaymentRecord {
+  return {
+    id: randomUUID(),
+    orderId: req.orderId,
+    userId: req.userId,
+    amountMinor: req.amountMinor,
+    currencyCode: req.currencyCode,
+    status: result.approved ? 'AUTHORIZED' : 'DECLINED',
+    declineReason: result.approved ? '' : result.declineReason,
+    authorizationCode: result.approved ? result.authorizationCode : '',
+    cardLast4: cardLast4(req.cardToken),
+    createTime: now,
+    updateTime: now,
+  };
 }
 
 function record(row: PaymentRow): PaymentRecord {
