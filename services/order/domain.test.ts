@@ -90,7 +90,7 @@ test('orders only move from PENDING to a final state', (t) => {
   t.false(canTransition('PENDING', 'PENDING'));
 });
 
-const pos = { attempt: 0, deadlineAt: 10_000 };
+const pos = { attempt: 0, deadlineAt: 10_000, finalBy: 1_000_000, orderFinal: false };
 
 test('the happy path walks reserve -> authorize -> confirm -> done(CONFIRMED)', (t) => {
   t.like(nextTransition({ ...pos, step: 'reserve' }, { kind: 'ok' }, 0), { step: 'authorize', delayMs: 0 });
@@ -154,9 +154,57 @@ test('cancel reasons default and are bounded', (t) => {
 });
 
 test('only reserve -> authorize goes on without being stored', (t) => {
-  const pos = { step: 'reserve' as const, attempt: 0, deadlineAt: 1_000 };
+  const pos = { step: 'reserve' as const, attempt: 0, deadlineAt: 1_000, finalBy: 2_000, orderFinal: false };
   t.false(mustStore('reserve', nextTransition(pos, { kind: 'ok' }, 0)));
   t.true(mustStore('authorize', nextTransition({ ...pos, step: 'authorize' }, { kind: 'ok' }, 0)), 'confirm is the barrier for CancelOrder');
   t.true(mustStore('reserve', nextTransition(pos, { kind: 'transient', error: 'x' }, 0)), 'a retry keeps its backoff');
   t.true(mustStore('reserve', nextTransition(pos, { kind: 'refused', reason: 'out of stock' }, 0)));
+});
+
+test('confirm moves to commit once a commit may be out, and only then', (t) => {
+  const x = { kind: 'transient' as const, error: 'x' };
+  t.like(nextTransition({ ...pos, step: 'confirm' }, x, 0), { step: 'confirm', attempt: 1 }, 'capture failed: no commit sent');
+  t.like(nextTransition({ ...pos, step: 'confirm' }, { ...x, commitSent: true }, 0), { step: 'commit', attempt: 1 });
+  t.like(nextTransition({ ...pos, step: 'commit' }, x, 0), { step: 'commit', attempt: 1 });
+  t.like(nextTransition({ ...pos, step: 'commit' }, { kind: 'ok' }, 0), { step: 'done', finalStatus: 'CONFIRMED' });
+  // The reservation was released (expired) before the commit: undo the rest.
+  t.like(nextTransition({ ...pos, step: 'commit' }, { kind: 'refused', reason: REASON_TIMEOUT }, 0), { step: 'compensate' });
+  t.true(mustStore('confirm', nextTransition({ ...pos, step: 'confirm' }, { ...x, commitSent: true }, 0)));
+});
+
+test('before the bound a retry is never scheduled past it, and nothing settles', (t) => {
+  const near = { ...pos, finalBy: 1_010 };
+  const r = nextTransition({ ...near, step: 'compensate', attempt: 10 }, { kind: 'transient', error: 'x' }, 1_000);
+  t.is(r.delayMs, 10);
+  t.is(r.settle, undefined);
+  t.is(nextTransition({ ...near, step: 'compensate' }, { kind: 'refused', reason: 'x' }, 1_000).delayMs, 10);
+});
+
+test('at the bound a failing saga settles its order on the status it is committed to, and goes on', (t) => {
+  const late = { ...pos, finalBy: 1_000 };
+  const x = { kind: 'transient' as const, error: 'inventory: Unavailable' };
+  // Compensating: CANCELLED now, compensation keeps retrying.
+  t.like(nextTransition({ ...late, step: 'compensate' }, x, 1_000), {
+    step: 'compensate',
+    settle: 'CANCELLED',
+    finalStatus: undefined,
+  });
+  t.like(nextTransition({ ...late, step: 'compensate' }, { kind: 'refused', reason: 'x' }, 1_000), { step: 'compensate', settle: 'CANCELLED' });
+  // Confirm, no commit sent: undo (a capture whose answer was lost is refunded).
+  t.like(nextTransition({ ...late, step: 'confirm' }, x, 1_000), { step: 'compensate', settle: 'CANCELLED', cancelReason: REASON_TIMEOUT, delayMs: 0 });
+  // A commit may be out: CONFIRMED now, commit keeps retrying.
+  t.like(nextTransition({ ...late, step: 'confirm' }, { ...x, commitSent: true }, 1_000), { step: 'commit', settle: 'CONFIRMED' });
+  t.like(nextTransition({ ...late, step: 'commit' }, x, 1_000), { step: 'commit', settle: 'CONFIRMED' });
+  // Reserve/authorize (a deadline configured past the bound): undo.
+  t.like(nextTransition({ ...late, deadlineAt: 5_000, step: 'authorize' }, x, 1_000), { step: 'compensate', settle: 'CANCELLED' });
+  // A step that just worked goes on at once; the next one decides.
+  const ok = nextTransition({ ...late, step: 'authorize' }, { kind: 'ok' }, 1_000);
+  t.like(ok, { step: 'confirm', delayMs: 0 });
+  t.is(ok.settle, undefined);
+  // Settled already: only obligations are left, with their own backoff, no second settle.
+  const after = nextTransition({ ...late, orderFinal: true, step: 'compensate', attempt: 20 }, x, 999_999);
+  t.is(after.settle, undefined);
+  t.true(after.delayMs > 0);
+  t.like(nextTransition({ ...late, orderFinal: true, step: 'commit' }, { kind: 'ok' }, 999_999), { step: 'done', finalStatus: 'CONFIRMED' });
+  t.true(mustStore('reserve', { step: 'authorize', attempt: 0, delayMs: 0, lastError: null, settle: 'CANCELLED' }));
 });

@@ -1,15 +1,16 @@
 /**
  * The order context's rules, with no I/O: what a valid PlaceOrder is, how an
  * order is priced, which status changes are allowed, and how the saga moves
- * from step to step (including its retry schedule and its deadline).
+ * from step to step (including its retry schedule, its deadline and its bound).
  *
  * The saga, in one picture:
  *
  *   reserve ──ok──> authorize ──authorized──> confirm ──ok──> done (CONFIRMED)
- *      │                │                        │
- *      │ short/refused  │ declined/refused       │ refused (reservation gone...)
- *      │ or deadline    │ or deadline            │
- *      └────────────────┴──────────> compensate ─┴──ok──> done (CANCELLED, reason)
+ *      │                │                      │   │ transient after the capture
+ *      │ short/refused  │ declined/refused     │   └──────> commit ──ok──> done (CONFIRMED)
+ *      │ or deadline    │ or deadline          │ refused       │ refused (reservation expired)
+ *      └────────────────┴──────────> compensate <──────────────┘
+ *                                        └──ok──> done (CANCELLED, reason)
  *
  * A transient failure (UNAVAILABLE, DEADLINE_EXCEEDED, ...) leaves the step as
  * it is and schedules it again with a growing delay; every downstream call is
@@ -17,6 +18,73 @@
  * always asks for both a refund/void and a release: both are idempotent and
  * leave a tombstone when there is nothing to undo, so a late reserve or
  * authorize that is still in flight is refused instead of leaking.
+ *
+ * Two clocks, both from PlaceOrder:
+ *   - the deadline (SAGA_DEADLINE, 60 s): reserve and authorize give up after
+ *     it and compensate with "timeout";
+ *   - the bound (SAGA_FINAL_WITHIN, 2 m, longer than the deadline): the ORDER
+ *     is CONFIRMED or CANCELLED by then (plus one downstream call), even while
+ *     inventory or payment is down for good. On the normal path nothing
+ *     changes: the order goes final when its saga ends (a declined card ends
+ *     CANCELLED with the stock already back). Only a saga still short of its
+ *     end at the bound "settles": the order takes the final status the saga is
+ *     now committed to, with its event, and the saga keeps retrying what is
+ *     left (its obligations) in the background, unbounded, until done. The
+ *     order row then says final while the saga row is not 'done' yet; that gap
+ *     is logged and counted (order_saga_obligations_pending).
+ *
+ * Which status a saga settles on, by where it stands at the bound, so that the
+ * status never contradicts what happens once the services are back. What the
+ * other services answer (inventory/domain.ts, payment/domain.ts) decides it:
+ * Release of RESERVED releases, of RELEASED/COMMITTED answers it unchanged (a
+ * COMMITTED stays sold); Commit of RELEASED is refused for good, and the
+ * inventory sweeper releases a RESERVED reservation once RESERVATION_TTL
+ * (15 m) passes; Refund voids AUTHORIZED, refunds CAPTURED, answers VOIDED,
+ * REFUNDED, DECLINED unchanged and tombstones an unknown order; Capture of
+ * AUTHORIZED always succeeds (authorizations do not expire), of CAPTURED
+ * answers it.
+ *
+ *   compensate  -> CANCELLED. The decision to undo is final: the saga never
+ *                  sends reserve, authorize, capture or commit again, and
+ *                  compensation is entered only while no commit can have
+ *                  landed (see confirm/commit). Refund leaves the card
+ *                  uncharged whatever state the payment is in (a capture whose
+ *                  answer was lost is refunded: charged once, given back
+ *                  once); release gives the stock back or finds it already
+ *                  released (expired). So once both answer, CANCELLED is true.
+ *   confirm     -> compensate, CANCELLED "timeout". In this step no
+ *                  CommitReservation has been sent yet (the saga moves to
+ *                  'commit', stored, before it retries after a commit that got
+ *                  no answer; a saga taken over from a dead worker in confirm
+ *                  is treated as 'commit'). The capture may have happened with
+ *                  its answer lost: the refund undoes it. Settling CONFIRMED
+ *                  here would be unsafe: while payment is down the reservation
+ *                  keeps ageing, and the sweeper may release it before the
+ *                  commit could be sent.
+ *   commit      -> CONFIRMED; the saga keeps sending Capture (answers CAPTURED
+ *                  again) and Commit. A commit may already have landed, so
+ *                  cancelling could leave the stock sold to a cancelled order
+ *                  (Release of COMMITTED changes nothing). Confirming is true
+ *                  once the commit lands: the capture cannot fail (AUTHORIZED
+ *                  stays capturable; CancelOrder refuses from confirm on), and
+ *                  the commit only fails if the reservation was released,
+ *                  which for an order in 'commit' happens only when inventory
+ *                  stays away past the rest of RESERVATION_TTL (which must
+ *                  therefore far exceed SAGA_FINAL_WITHIN: 15 m against 2 m by
+ *                  default). That one residual case is an error log line: the
+ *                  saga refunds and releases (compensates), and the order stays
+ *                  CONFIRMED for a person to sort out.
+ *   reserve, authorize -> (only when the deadline was configured past the
+ *                  bound) compensate, CANCELLED "timeout".
+ *
+ * CancelOrder racing any of this: it locks the order row and refuses unless the
+ * order is PENDING in reserve or authorize (it answers the order as it is when
+ * it is final, FAILED_PRECONDITION in confirm/commit), and it takes the saga
+ * over with a fresh lease, so the worker's later transitions (a settle among
+ * them) are dropped: settling is stored under the worker's lease in one
+ * statement with the order's move and its event, like the end of a saga.
+ * Ending a settled saga moves nothing (the order is no longer PENDING) and
+ * writes no second event.
  */
 import { Code } from '@connectrpc/connect';
 import { invalidArgument, failedPrecondition } from '../../mesh/errors.js';
@@ -159,7 +227,7 @@ export function priceOrder(lines: LineInput[], prices: CatalogPrice[], missingSk
 
 // ---- the saga ------------------------------------------------------------------------------
 
-export const SAGA_STEPS = ['reserve', 'authorize', 'confirm', 'compensate', 'done'] as const;
+export const SAGA_STEPS = ['reserve', 'authorize', 'confirm', 'commit', 'compensate', 'done'] as const;
 export type SagaStep = (typeof SAGA_STEPS)[number];
 
 /** The step a crash test can stop the process right after (its effect is stored). */
@@ -176,8 +244,12 @@ export type StepOutcome =
   | { kind: 'ok' }
   /** Downstream refused for good (out of stock, declined, tombstone...): compensate with this reason. */
   | { kind: 'refused'; reason: string }
-  /** Could not tell (downstream unavailable, deadline): run the same step again later. */
-  | { kind: 'transient'; error: string };
+  /**
+   * Could not tell (downstream unavailable, deadline): run the same step again later.
+   * `commitSent`: confirm got as far as sending CommitReservation (the capture answered),
+   * so a commit may have landed.
+   */
+  | { kind: 'transient'; error: string; commitSent?: boolean };
 
 export interface SagaPosition {
   step: SagaStep;
@@ -185,6 +257,10 @@ export interface SagaPosition {
   attempt: number;
   /** When the saga must have reached confirm, or it is compensated with "timeout" (epoch ms). */
   deadlineAt: number;
+  /** The bound: when the order must be final, settled if its saga has not ended (epoch ms). */
+  finalBy: number;
+  /** The order is already CONFIRMED or CANCELLED (settled earlier): only obligations are left. */
+  orderFinal: boolean;
 }
 
 /** Where the saga goes next and what the order becomes, if anything. */
@@ -196,8 +272,10 @@ export interface SagaTransition {
   lastError: string | null;
   /** Set when the saga starts compensating: the reason the order will be cancelled with. */
   cancelReason?: string;
-  /** Set when the order reaches a final state with this transition. */
+  /** Set when the saga ends with this transition: the order's final status (if it is still PENDING). */
   finalStatus?: 'CONFIRMED' | 'CANCELLED';
+  /** Set when the order goes final now while the saga goes on (the bound passed): see the header. */
+  settle?: 'CONFIRMED' | 'CANCELLED';
 }
 
 export interface RetryPolicy {
@@ -219,10 +297,11 @@ export function retryDelay(attempt: number, policy: RetryPolicy = DEFAULT_RETRY,
   return Math.round(exp / 2 + (exp / 2) * random());
 }
 
-const NEXT: Record<'reserve' | 'authorize' | 'confirm', SagaStep> = {
+const NEXT: Record<'reserve' | 'authorize' | 'confirm' | 'commit', SagaStep> = {
   reserve: 'authorize',
   authorize: 'confirm',
   confirm: 'done',
+  commit: 'done',
 };
 
 /**
@@ -233,8 +312,24 @@ const NEXT: Record<'reserve' | 'authorize' | 'confirm', SagaStep> = {
  * by then stock is held and payment authorized, and finishing is as safe as
  * undoing (both need the same services); a refusal there still compensates.
  * Compensation ignores it too: it must finish, so it retries until it does.
+ *
+ * The bound (`finalBy`) limits how long the ORDER waits for all that: a step
+ * that fails (transiently, or compensation refused) past it, while the order is still PENDING, settles the order
+ * (`settle`) on the status the header's table gives, and the saga goes on.
+ * Before the bound, a retry is never scheduled later than the bound, so the
+ * order is final within it plus one step's calls.
  */
 export function nextTransition(pos: SagaPosition, outcome: StepOutcome, now: number, policy = DEFAULT_RETRY): SagaTransition {
+  const t = baseTransition(pos, outcome, now, policy);
+  if (pos.orderFinal || t.step === 'done') return t;
+  // Settle only when what was due failed: a step that just succeeded (or a refusal on its
+  // way to compensation) goes on at once, and the order ends the normal way if the next call works.
+  const failed = outcome.kind === 'transient' || (outcome.kind === 'refused' && pos.step === 'compensate');
+  if (failed && now >= pos.finalBy) return settleAtBound(t);
+  return { ...t, delayMs: Math.min(t.delayMs, pos.finalBy - now) };
+}
+
+function baseTransition(pos: SagaPosition, outcome: StepOutcome, now: number, policy: RetryPolicy): SagaTransition {
   const { step } = pos;
   if (step === 'done') throw new Error('a finished saga has no next step');
   if (outcome.kind === 'ok') {
@@ -260,7 +355,22 @@ export function nextTransition(pos: SagaPosition, outcome: StepOutcome, now: num
   if ((step === 'reserve' || step === 'authorize') && now >= pos.deadlineAt) {
     return { step: 'compensate', attempt: 0, delayMs: 0, lastError: outcome.error, cancelReason: REASON_TIMEOUT };
   }
-  return { step, attempt, delayMs: retryDelay(attempt, policy), lastError: outcome.error };
+  // A commit may be out: from now on the saga can only go forward (see the header).
+  const next = step === 'confirm' && outcome.commitSent ? 'commit' : step;
+  return { step: next, attempt, delayMs: retryDelay(attempt, policy), lastError: outcome.error };
+}
+
+/** The order goes final now on the status the saga is committed to; the saga goes on (header: the table). */
+function settleAtBound(t: SagaTransition): SagaTransition {
+  switch (t.step) {
+    case 'commit':
+      return { ...t, settle: 'CONFIRMED' };
+    case 'compensate':
+      return { ...t, settle: 'CANCELLED' };
+    default:
+      // reserve, authorize, confirm: no commit can have landed; undo it all.
+      return { step: 'compensate', attempt: 0, delayMs: 0, lastError: t.lastError, cancelReason: t.cancelReason ?? REASON_TIMEOUT, settle: 'CANCELLED' };
+  }
 }
 
 /**
@@ -269,14 +379,14 @@ export function nextTransition(pos: SagaPosition, outcome: StepOutcome, now: num
  * stored 'reserve' after a crash repeats ReserveStock and gets the same reservation
  * (one round trip to Postgres per order saved). The move to confirm must be stored
  * (from then on CancelOrder refuses, so it cannot race the capture), and so must every
- * retry (its backoff), compensation and end.
+ * retry (its backoff), compensation, settling and end.
  */
 export function mustStore(from: SagaStep, t: SagaTransition): boolean {
-  return !(from === 'reserve' && t.step === 'authorize' && t.delayMs === 0);
+  return !(from === 'reserve' && t.step === 'authorize' && t.delayMs === 0 && !t.settle);
 }
 
 /** A saga that is due but already past its deadline before its step ran goes straight to compensation. */
-export function expiredBeforeRun(pos: SagaPosition, now: number): boolean {
+export function expiredBeforeRun(pos: Pick<SagaPosition, 'step' | 'deadlineAt'>, now: number): boolean {
   return (pos.step === 'reserve' || pos.step === 'authorize') && now >= pos.deadlineAt;
 }
 

@@ -21,6 +21,7 @@ import { PaymentService } from '../../gen/shop/payment/v1/payment_pb.js';
 import { runServiceMain, serviceAppSettings, startServiceApp, type ServiceApp } from '../../mesh/app.js';
 import { closeMeshClients, createMeshClient } from '../../mesh/client.js';
 import {
+  ConfigError,
   Invalid,
   duration,
   integer,
@@ -36,6 +37,7 @@ import { serve } from '../../mesh/server.js';
 import { OrderChanges } from './changes.js';
 import { CRASH_POINTS, type CrashPoint } from './domain.js';
 import { SagaOrchestrator, type SagaPorts } from './saga.js';
+import { registerSagaObligationsGauge } from './saga-metrics.js';
 import { outbox } from './schema.js';
 import { createOrderService } from './service.js';
 
@@ -58,6 +60,10 @@ export const orderSettings = {
   INVENTORY_ADDR: string(`127.0.0.1:${servicePorts.inventory}`, 'host:port of the inventory service'),
   PAYMENT_ADDR: string(`127.0.0.1:${servicePorts.payment}`, 'host:port of the payment service'),
   SAGA_DEADLINE: duration('60s', 'How long a saga may take to reserve and authorize before it cancels with "timeout"'),
+  SAGA_FINAL_WITHIN: duration(
+    '2m',
+    'An order is CONFIRMED or CANCELLED at most this long after it was placed (plus one downstream call), even while inventory or payment is down; what is left to release, refund or commit keeps retrying in the background. Longer than SAGA_DEADLINE, far shorter than inventory\'s RESERVATION_TTL',
+  ),
   SAGA_LEASE: duration('15s', "How long a worker holds a saga without renewing it; a crashed replica's sagas resume after it"),
   SAGA_POLL: duration('500ms', "How often due sagas (retries, crashed replicas' work) are looked for"),
   SAGA_CONCURRENCY: integer({ min: 1, max: 10_000, default: 64, doc: 'Sagas the poller runs at once' }),
@@ -72,6 +78,13 @@ export type OrderApp = ServiceApp<{ saga: SagaOrchestrator }>;
 
 /** Starts the service in this process; tests call it with their own config. */
 export function startOrder(config: OrderConfig, host?: string): Promise<OrderApp> {
+  // The bound must leave the deadline room: a saga gives up taking things at SAGA_DEADLINE and
+  // settles at SAGA_FINAL_WITHIN only if undoing them then fails (services/order/domain.ts).
+  if (config.SAGA_FINAL_WITHIN <= config.SAGA_DEADLINE) {
+    return Promise.reject(
+      new ConfigError([{ variable: 'SAGA_FINAL_WITHIN', problem: `must be longer than SAGA_DEADLINE (${config.SAGA_DEADLINE} ms), got ${config.SAGA_FINAL_WITHIN} ms` }]),
+    );
+  }
   return startServiceApp({
     name: 'order',
     config,
@@ -96,11 +109,13 @@ export function startOrder(config: OrderConfig, host?: string): Promise<OrderApp
           concurrency: config.SAGA_CONCURRENCY,
           retry: { baseDelayMs: config.SAGA_RETRY_BASE, maxDelayMs: config.SAGA_RETRY_MAX },
           subjectPrefix: prefix,
+          finalWithinMs: config.SAGA_FINAL_WITHIN,
           crashAfter: config.SAGA_CRASH_AFTER,
         },
         log,
       );
       saga.start();
+      registerSagaObligationsGauge(db);
       return {
         services: [
           serve(

@@ -18,6 +18,11 @@
  * CancelOrder (or a replica, after the lease expired) took the saga over, the
  * stale worker's result is dropped. Downstream calls are keyed by the order
  * id, so a step that runs twice has one effect.
+ *
+ * The bound (SAGA_FINAL_WITHIN, domain.ts' header): a saga still short of its
+ * end when it passes settles its order (status + event, under the lease, one
+ * statement) and keeps working off what is left; the log says so, and
+ * saga-metrics.ts counts such sagas.
  */
 import { randomUUID } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
@@ -44,10 +49,11 @@ import {
   type RetryPolicy,
   type SagaStep,
   type SagaTransition,
+  type OrderStatusName,
   type StepOutcome,
 } from './domain.js';
 import { orders, sagas } from './schema.js';
-import { finishSaga, outboxRow } from './writes.js';
+import { finishSaga, outboxRow, settleOrder } from './writes.js';
 import { money } from './store.js';
 import { runStatement } from './statements.js';
 
@@ -67,6 +73,11 @@ export interface SagaSettings {
   retry: RetryPolicy;
   /** NATS subject prefix for the events written to the outbox. */
   subjectPrefix: string;
+  /**
+   * The bound: an order is CONFIRMED or CANCELLED at most this long after it was placed
+   * (plus one step's calls), its saga settling early when a dependency is down.
+   */
+  finalWithinMs: number;
   /** Test hook: SIGKILL this process right after this step's transition is stored. */
   crashAfter?: CrashPoint;
 }
@@ -77,6 +88,7 @@ export const DEFAULT_SAGA_SETTINGS: SagaSettings = {
   concurrency: 64,
   retry: DEFAULT_RETRY,
   subjectPrefix: '',
+  finalWithinMs: 120_000,
 };
 
 /** What the saga needs to know about its order; loaded once per run. */
@@ -91,6 +103,10 @@ export interface SagaSubject {
   attempt: number;
   deadlineAt: Date;
   cancelReason: string | null;
+  /** When the order was placed: the bound counts from here. */
+  placedAt: Date;
+  /** The order's status: PENDING until the saga ends or settles it. */
+  orderStatus: OrderStatusName;
 }
 
 interface Log {
@@ -203,20 +219,27 @@ export class SagaOrchestrator {
     return run;
   }
 
-  /** Claims up to `limit` due sagas: one statement, skipping rows other replicas hold. */
+  /**
+   * Claims up to `limit` due sagas: one statement, skipping rows other replicas hold.
+   * A row that still carries a lease was left by a worker that died (or hung) mid-step;
+   * if it was in confirm, that worker may have sent CommitReservation without storing
+   * so, hence it is taken over as 'commit' (domain.ts: it can only go forward now).
+   */
   async #claimDue(limit: number): Promise<{ orderId: string; leaseToken: string }[]> {
     const rows = resultRows<{ order_id: string; lease_token: string }>(
       await this.#db.execute(sql`
-        update ${sagas} set
-          lease_token = gen_random_uuid(),
-          next_run_at = now() + ${this.#settings.leaseMs} * interval '1 millisecond'
-        where order_id in (
-          select order_id from ${sagas}
+        with due as (
+          select order_id, lease_token is not null as abandoned from ${sagas}
           where step <> 'done' and next_run_at <= now()
           order by next_run_at
           limit ${limit}
           for update skip locked)
-        returning order_id, lease_token`),
+        update ${sagas} s set
+          lease_token = gen_random_uuid(),
+          next_run_at = now() + ${this.#settings.leaseMs} * interval '1 millisecond',
+          step = case when s.step = 'confirm' and due.abandoned then 'commit' else s.step end
+        from due where s.order_id = due.order_id
+        returning s.order_id, s.lease_token`),
     );
     return rows.map((r) => ({ orderId: r.order_id, leaseToken: r.lease_token }));
   }
@@ -233,6 +256,8 @@ export class SagaOrchestrator {
         attempt: sagas.attempt,
         deadlineAt: sagas.deadlineAt,
         cancelReason: sagas.cancelReason,
+        placedAt: orders.createTime,
+        orderStatus: orders.status,
       })
       .from(sagas)
       .innerJoin(orders, eq(orders.id, sagas.orderId))
@@ -257,7 +282,13 @@ export class SagaOrchestrator {
         } else {
           const outcome = await this.#withHeartbeat(orderId, leaseToken, () => this.#runStep(subject));
           t = nextTransition(
-            { step: subject.step, attempt: subject.attempt, deadlineAt: subject.deadlineAt.getTime() },
+            {
+              step: subject.step,
+              attempt: subject.attempt,
+              deadlineAt: subject.deadlineAt.getTime(),
+              finalBy: subject.placedAt.getTime() + this.#settings.finalWithinMs,
+              orderFinal: subject.orderStatus !== 'PENDING',
+            },
             outcome,
             Date.now(),
             this.#settings.retry,
@@ -265,10 +296,27 @@ export class SagaOrchestrator {
           if (outcome.kind !== 'ok') {
             this.#log.info({ orderId, step: subject.step, outcome, next: t.step, delayMs: t.delayMs }, 'saga step did not succeed');
           }
+          if (t.step === 'compensate' && subject.step === 'commit' && subject.orderStatus === 'CONFIRMED') {
+            // domain.ts' one residual case: settled CONFIRMED, then the reservation was released
+            // before the commit landed (inventory away for longer than RESERVATION_TTL).
+            this.#log.error(
+              { orderId, outcome },
+              'saga: order settled CONFIRMED but its reservation was released before the commit; refunding and releasing, the order needs a person',
+            );
+          }
         }
         const done = subject.step;
         if (mustStore(done, t)) await this.#store(subject, leaseToken, t);
         if (t.cancelReason !== undefined) subject.cancelReason = t.cancelReason;
+        if (t.settle) {
+          subject.orderStatus = t.settle;
+          this.#log.warn(
+            { orderId, status: t.settle, step: t.step, last_error: t.lastError, final_within_ms: this.#settings.finalWithinMs },
+            'saga: order settled at its bound; obligations left keep retrying in the background',
+          );
+        } else if (t.finalStatus && subject.orderStatus !== 'PENDING') {
+          this.#log.info({ orderId, status: subject.orderStatus, step: done }, 'saga: obligations of a settled order completed');
+        }
         if (t.step !== done || t.finalStatus) this.#crashHook(done, t);
         subject.step = t.step;
         subject.attempt = t.attempt;
@@ -319,6 +367,7 @@ export class SagaOrchestrator {
         case 'authorize':
           return await this.#authorize(s);
         case 'confirm':
+        case 'commit':
           return await this.#confirm(s);
         case 'compensate':
           return await this.#compensate(s);
@@ -361,24 +410,42 @@ export class SagaOrchestrator {
    * Capture first, then commit: a capture that fails for good is undone by
    * the compensation's refund/void and release, while a committed reservation
    * could not be taken back. A commit refused here means the reservation ran
-   * out (expired): the saga compensates, refunding the capture.
+   * out (expired): the saga compensates, refunding the capture. A commit that got no
+   * answer is reported as `commitSent`: it may have landed (the saga moves to 'commit').
+   * 'commit' repeats the capture too (it answers CAPTURED again): a saga taken over from
+   * a dead worker does not know whether its capture went through.
    */
   async #confirm(s: SagaSubject): Promise<StepOutcome> {
     await this.#ports.payment.capturePayment({ orderId: s.orderId });
-    await this.#ports.inventory.commitReservation({ reservationId: s.orderId });
+    try {
+      await this.#ports.inventory.commitReservation({ reservationId: s.orderId });
+    } catch (err) {
+      const e = ConnectError.from(err);
+      if (isTransient(e.code)) return { kind: 'transient', error: `${s.step}: ${Code[e.code]}: ${e.rawMessage}`, commitSent: true };
+      throw err;
+    }
     return { kind: 'ok' };
   }
 
-  /** Undo both, always: each is idempotent and leaves a tombstone when there was nothing to undo. */
+  /**
+   * Undo both, always: each is idempotent and leaves a tombstone when there was nothing to
+   * undo. Both are asked even when one fails, so stock comes back while payment is down
+   * (and the other way round); the step is done when both have answered.
+   */
   async #compensate(s: SagaSubject): Promise<StepOutcome> {
     const reason = s.cancelReason ?? 'cancelled';
-    await this.#ports.payment.refundPayment({ orderId: s.orderId, reason });
-    await this.#ports.inventory.releaseReservation({ reservationId: s.orderId, reason });
+    const [refund, release] = await Promise.allSettled([
+      this.#ports.payment.refundPayment({ orderId: s.orderId, reason }),
+      this.#ports.inventory.releaseReservation({ reservationId: s.orderId, reason }),
+    ]);
+    if (refund.status === 'rejected') throw refund.reason;
+    if (release.status === 'rejected') throw release.reason;
     return { kind: 'ok' };
   }
 
   /** Stores a transition under our lease; final ones also move the order and write its event. */
   async #store(s: SagaSubject, leaseToken: string, t: SagaTransition): Promise<void> {
+    if (t.settle) return this.#settle(s, leaseToken, t, t.settle);
     if (!t.finalStatus) {
       const keepLease = t.delayMs === 0 && t.step !== 'done';
       const updated = await runStatement(this.#db, t.cancelReason !== undefined ? STORE_STEP_AND_REASON : STORE_STEP, [
@@ -396,8 +463,34 @@ export class SagaOrchestrator {
     }
     const status = t.finalStatus;
     const reason = status === 'CANCELLED' ? (s.cancelReason ?? t.cancelReason ?? 'cancelled') : '';
-    const event =
-      status === 'CONFIRMED'
+    const event = this.#finalEvent(s, status, reason);
+    const done = await finishSaga(this.#db, { orderId: s.orderId, leaseToken, status, cancelReason: reason, lastError: t.lastError, event });
+    if (!done.lease) throw new LeaseLost();
+    if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! });
+  }
+
+  /** The bound passed: the order goes final with its event, the saga stays on `t.step` (ours when it goes on at once). */
+  async #settle(s: SagaSubject, leaseToken: string, t: SagaTransition, status: 'CONFIRMED' | 'CANCELLED'): Promise<void> {
+    const reason = status === 'CANCELLED' ? (t.cancelReason ?? s.cancelReason ?? REASON_TIMEOUT) : '';
+    const done = await settleOrder(this.#db, {
+      orderId: s.orderId,
+      leaseToken,
+      step: t.step,
+      attempt: t.attempt,
+      dueInMs: t.delayMs === 0 ? this.#settings.leaseMs : t.delayMs,
+      nextLeaseToken: t.delayMs === 0 ? leaseToken : null,
+      lastError: t.lastError,
+      sagaCancelReason: t.cancelReason ?? s.cancelReason,
+      status,
+      cancelReason: reason,
+      event: this.#finalEvent(s, status, reason),
+    });
+    if (!done.lease) throw new LeaseLost();
+    if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! });
+  }
+
+  #finalEvent(s: SagaSubject, status: 'CONFIRMED' | 'CANCELLED', reason: string) {
+    return status === 'CONFIRMED'
         ? outboxRow(
             OrderConfirmedSchema,
             create(OrderConfirmedSchema, { orderId: s.orderId, userId: s.userId, total: money(s.currency, s.totalMinor), occurTime: timestampNow() }),
@@ -410,9 +503,6 @@ export class SagaOrchestrator {
             s.orderId,
             this.#settings.subjectPrefix,
           );
-    const done = await finishSaga(this.#db, { orderId: s.orderId, leaseToken, status, cancelReason: reason, lastError: t.lastError, event });
-    if (!done.lease) throw new LeaseLost();
-    if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! });
   }
 
   /**
@@ -441,7 +531,7 @@ export class SagaOrchestrator {
       if (!o) return { kind: 'not_found' as const };
       if (o.status !== 'PENDING') return { kind: 'final' as const, status: o.status };
       const [saga] = await tx.select({ step: sagas.step }).from(sagas).where(eq(sagas.orderId, orderId)).for('update');
-      if (!saga || saga.step === 'confirm' || saga.step === 'done') return { kind: 'confirming' as const };
+      if (!saga || saga.step === 'confirm' || saga.step === 'commit' || saga.step === 'done') return { kind: 'confirming' as const };
       if (saga.step === 'compensate') return { kind: 'compensating' as const };
       const leaseToken = randomUUID();
       await tx
@@ -477,6 +567,6 @@ const STORE_STEP_AND_REASON = `${STORE_STEP_SET}, cancel_reason = $8 ${STORE_STE
 function refusalReason(step: SagaStep, e: ConnectError): string {
   if (step === 'reserve' && e.code === Code.FailedPrecondition) return REASON_OUT_OF_STOCK;
   if (step === 'authorize' && (e.code === Code.FailedPrecondition || e.code === Code.InvalidArgument)) return REASON_PAYMENT_DECLINED;
-  if (step === 'confirm' && e.code === Code.FailedPrecondition) return REASON_TIMEOUT;
+  if ((step === 'confirm' || step === 'commit') && e.code === Code.FailedPrecondition) return REASON_TIMEOUT;
   return `${step} failed: ${e.rawMessage}`;
 }

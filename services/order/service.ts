@@ -124,6 +124,8 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
         attempt: 0,
         deadlineAt: inserted.deadlineAt,
         cancelReason: null,
+        placedAt: inserted.createTime,
+        orderStatus: 'PENDING',
       };
       void saga.kick(id, leaseToken, subject);
       const row: OrderRow = {

@@ -174,3 +174,53 @@ const FINISH_SAGA = `
         ${outboxInsertFrom('o', 6)}
       )
       select (select count(*) from s) as saga, (select update_time from o) as update_time`;
+
+export interface SettleOrder {
+  orderId: string;
+  leaseToken: string;
+  /** Where the saga goes on: its step, attempt, when it is due, who holds it, last error and cancel reason. */
+  step: string;
+  attempt: number;
+  /** ms from now until it is due: the backoff, or (going on at once) the rest of our lease. */
+  dueInMs: number;
+  /** Our lease token when we go on at once, else null (the poller picks it up when due). */
+  nextLeaseToken: string | null;
+  lastError: string | null;
+  sagaCancelReason: string | null;
+  /** What the order becomes now (when it is still PENDING), with this event. */
+  status: 'CONFIRMED' | 'CANCELLED';
+  cancelReason: string;
+  event: OutboxRow;
+}
+
+/**
+ * The saga's bound passed (domain.ts): moves the order PENDING -> status with its event
+ * while the saga row stays open on its next step (ours still when we go on at once, else
+ * unleased and due after its backoff), all under our lease in one statement. Same answer as finishSaga;
+ * when the saga ends later, finishSaga finds the order final and writes nothing twice.
+ */
+export async function settleOrder(db: Database, f: SettleOrder): Promise<{ lease: boolean; moved: boolean; updateTime?: Date }> {
+  const e = f.event;
+  const rows = await runStatement<{ saga: string | number; update_time: string | Date | null }>(db, SETTLE_ORDER, [
+    f.step, f.attempt, f.dueInMs, f.lastError, f.sagaCancelReason, f.orderId, f.leaseToken, f.status, f.cancelReason, f.nextLeaseToken,
+    e.id, e.aggregateId, e.eventType, e.subject, e.payload, e.headers,
+  ]);
+  const row = rows[0]!;
+  if (row.update_time !== null) announceCommitted(db, SCHEMA);
+  return { lease: Number(row.saga) > 0, moved: row.update_time !== null, updateTime: row.update_time === null ? undefined : new Date(row.update_time) };
+}
+
+const SETTLE_ORDER = `
+      with s as (
+        update "order".sagas set step = $1, attempt = $2, next_run_at = now() + $3 * interval '1 millisecond',
+          lease_token = $10::uuid, last_error = $4, cancel_reason = $5, update_time = now()
+        where order_id = $6::uuid and lease_token = $7::uuid
+        returning order_id
+      ), o as (
+        update "order".orders set status = $8, cancel_reason = $9, update_time = now()
+        where id = (select order_id from s) and status = 'PENDING'
+        returning id, update_time
+      ), e as (
+        ${outboxInsertFrom('o', 11)}
+      )
+      select (select count(*) from s) as saga, (select update_time from o) as update_time`;
