@@ -5,7 +5,10 @@
  * PlaceOrder alone, to show where the time goes), and the count of orders
  * lost or duplicated, which must be 0.
  *
- *   npx tsx bench/orders.ts [--clients 32] [--seconds 20] [--pipeline 4] [--warmup 3]
+ *   npx tsx bench/orders.ts [--clients 32] [--seconds 20] [--pipeline 4] [--warmup 3] [--pg-stats]
+ *
+ * --pg-stats adds what Postgres did per order (bench/pg-stats.ts); it needs a server with
+ * pg_stat_statements loaded, best a private one (docs/performance.md says how).
  *
  * By default it starts the whole shop as child processes (scripts/stack.ts)
  * on a fresh database of the local Postgres (DATABASE_URL's server) and a NATS
@@ -39,6 +42,7 @@ import { servicePorts } from '../mesh/config.js';
 import { identityHeaders } from '../mesh/identity.js';
 import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../mesh/testing/index.js';
 import { runSeeds, startStack, type Stack } from '../scripts/stack.js';
+import { pgStatsAvailable, pgStatsReport, pgStatsSnapshot } from './pg-stats.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -48,6 +52,7 @@ const { values: args } = parseArgs({
     warmup: { type: 'string', default: '3' },
     external: { type: 'boolean', default: false },
     lines: { type: 'string', default: '1' },
+    'pg-stats': { type: 'boolean', default: false },
   },
 });
 const CLIENTS = Number(args.clients);
@@ -203,12 +208,19 @@ function cpuMs(pid: number | undefined): number | undefined {
 // Postgres: the backends serving the bench's own database (the server's shared background
 // processes, such as the WAL writer, are not counted). Linux /proc, same host only.
 const pgAdmin = db ? postgres(db.url, { max: 1, onnotice: () => {} }) : undefined;
-async function postgresCpuMs(): Promise<number | undefined> {
+/** Backend CPU by application_name (`protomesh-<context>`), and the sum under `postgres`. */
+async function postgresCpuMs(): Promise<Map<string, number> | undefined> {
   if (!pgAdmin) return undefined;
-  const rows = await pgAdmin<{ pid: number }[]>`select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`;
-  let total = 0;
-  for (const { pid } of rows) total += cpuMs(pid) ?? 0;
-  return total;
+  const rows = await pgAdmin<{ pid: number; app: string }[]>`
+    select pid, application_name as app from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`;
+  const byApp = new Map<string, number>([['postgres', 0]]);
+  for (const { pid, app } of rows) {
+    const ms = cpuMs(pid) ?? 0;
+    byApp.set('postgres', byApp.get('postgres')! + ms);
+    const key = `pg:${app.replace(/^protomesh-/, '') || '?'}`;
+    byApp.set(key, (byApp.get(key) ?? 0) + ms);
+  }
+  return byApp;
 }
 async function cpuSnapshot(): Promise<Map<string, number>> {
   const snap = new Map<string, number>();
@@ -219,7 +231,7 @@ async function cpuSnapshot(): Promise<Map<string, number>> {
   const own = process.cpuUsage();
   snap.set('bench client', (own.user + own.system) / 1000);
   const pg = await postgresCpuMs().catch(() => undefined);
-  if (pg !== undefined) snap.set('postgres', pg);
+  for (const [k, v] of pg ?? []) snap.set(k, v);
   return snap;
 }
 
@@ -228,15 +240,18 @@ const running = shoppers.map((s, i) => client(s, i * 7));
 await sleep(WARMUP * 1000);
 measuring = true;
 const confirmedAtStart = confirmed;
+const pgStatsSkipped = args['pg-stats'] && pgAdmin ? await pgStatsAvailable(pgAdmin) : 'not asked';
+const pgStatsAtStart = pgAdmin && !pgStatsSkipped ? await pgStatsSnapshot(pgAdmin) : undefined;
 const cpuAtStart = await cpuSnapshot();
 const tStart = performance.now();
 await sleep(SECONDS * 1000);
 const confirmedInWindow = confirmed - confirmedAtStart;
 const cpuAtEnd = await cpuSnapshot();
+const pgStatsAtEnd = pgAdmin && pgStatsAtStart ? await pgStatsSnapshot(pgAdmin) : undefined;
 const cpuPerOrder: Record<string, number> = {};
 for (const [name, end] of cpuAtEnd) {
   // A Postgres backend that connected during the window counts from zero.
-  const start = cpuAtStart.get(name) ?? (name === 'postgres' ? 0 : undefined);
+  const start = cpuAtStart.get(name) ?? (name === 'postgres' || name.startsWith('pg:') ? 0 : undefined);
   if (start !== undefined && confirmedInWindow > 0) cpuPerOrder[name] = Number(((end - start) / confirmedInWindow).toFixed(1));
 }
 const elapsed = (performance.now() - tStart) / 1000;
@@ -329,14 +344,19 @@ console.log(
     `lost ${report.lost}, duplicated ${report.duplicated}, users with points short ${pointsShort}, SKUs with stock mismatch ${stockMismatch}`,
 );
 if (Object.keys(cpuPerOrder).length) {
-  const total = Object.values(cpuPerOrder).reduce((a, b) => a + b, 0);
+  const processes = Object.entries(cpuPerOrder).filter(([k]) => !k.startsWith('pg:'));
+  const backends = Object.entries(cpuPerOrder).filter(([k]) => k.startsWith('pg:'));
+  const total = processes.reduce((a, [, v]) => a + v, 0);
   console.log(
-    `CPU ms per confirmed order: ${Object.entries(cpuPerOrder)
+    `CPU ms per confirmed order: ${processes
       .sort((a, b) => b[1] - a[1])
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')} (total ${total.toFixed(1)}; NATS and Postgres' shared background processes not counted)`,
   );
+  if (backends.length) console.log(`Postgres backend CPU ms per order by client: ${backends.sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k.slice(3)} ${v}`).join(', ')}`);
 }
+if (pgStatsAtStart && pgStatsAtEnd) console.log(pgStatsReport(pgStatsAtStart, pgStatsAtEnd, confirmedInWindow));
+else if (args['pg-stats']) console.log(`--pg-stats skipped: ${pgStatsSkipped}`);
 if (errorSamples.size) console.log(`error samples: ${[...errorSamples].slice(0, 5).join(' | ')}`);
 console.log(JSON.stringify(report));
 
