@@ -15,6 +15,7 @@ import {
 import { PreconditionFailureSchema } from '../../gen/google/rpc/error_details_pb.js';
 import { createMeshTransport, type MeshTransport } from '../../mesh/client.js';
 import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
+import { errorFromStatus } from '../../mesh/batch-items.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { identityHeaders } from '../../mesh/identity.js';
 import { startMeshServer, serve, type MeshServer } from '../../mesh/server.js';
@@ -384,4 +385,150 @@ test.serial('commits racing the sweeper: every reservation ends sold or released
   t.is(rows.filter((r) => r.status === 'COMMITTED').length, sold);
   t.is(rows.filter((r) => r.status === 'RELEASED').length, refused);
   t.deepEqual(await level(sku), { onHand: 40 - 2 * sold, reserved: 0, available: 40 - 2 * sold });
+});
+
+// ---- batches: each request answered as its single RPC would answer it ----
+
+/** A batch item's answer, as the single RPC's outcome: the response, or the ConnectError it would throw. */
+function outcomeOf<T>(r: { result: { case: 'response'; value: T } | { case: 'error'; value: import('../../gen/google/rpc/status_pb.js').Status } | { case: undefined } }): T | ConnectError {
+  if (r.result.case === 'response') return r.result.value;
+  if (r.result.case === 'error') return errorFromStatus(r.result.value);
+  throw new Error('a result with neither response nor error');
+}
+
+/** The single call's outcome: its response or its ConnectError. */
+function settle<T>(p: Promise<T>): Promise<T | ConnectError> {
+  return p.catch((e: unknown) => ConnectError.from(e));
+}
+
+/** Compares outcomes the way a caller sees them: responses whole, errors by code, message and details. */
+function sameOutcome(t: import('ava').ExecutionContext, batch: unknown, single: unknown, what: string): void {
+  if (single instanceof ConnectError) {
+    t.true(batch instanceof ConnectError, `${what}: batch answered ${String(batch)}, single failed with ${single.message}`);
+    const b = batch as ConnectError;
+    t.is(b.code, single.code, what);
+    t.is(b.rawMessage, single.rawMessage, what);
+    t.deepEqual(
+      b.details.map((d) => ('type' in d ? [d.type, Buffer.from(d.value).toString('hex')] : d)),
+      single.details.map((d) => ('type' in d ? [d.type, Buffer.from(d.value).toString('hex')] : d)),
+      what,
+    );
+  } else {
+    t.deepEqual(batch, single, what);
+  }
+}
+
+test('BatchReserveStock answers each request as ReserveStock would: one refusal fails none of the others; a repeated batch changes nothing', async (t) => {
+  const a = await stocked(5);
+  const short = await stocked(1);
+  const c = await stocked(1);
+  await client.releaseReservation({ reservationId: 'b-tomb', reason: 'cancelled' });
+  const requests = [
+    { reservationId: 'b-ok-1', lines: [{ sku: a, quantity: 2n }] },
+    { reservationId: 'b-short', lines: [{ sku: a, quantity: 1n }, { sku: short, quantity: 2n }] },
+    { reservationId: 'b-bad', lines: [{ sku: a, quantity: 1n }, { sku: a, quantity: 0n }] },
+    { reservationId: 'b-tomb', lines: [{ sku: a, quantity: 1n }] },
+    { reservationId: 'b-ok-2', lines: [{ sku: c, quantity: 1n }, { sku: a, quantity: 1n }] },
+  ];
+  const first = (await client.batchReserveStock({ requests })).results.map(outcomeOf);
+  t.is(first.length, requests.length);
+  t.is((first[0] as { reservation: { status: ReservationStatus } }).reservation.status, ReservationStatus.RESERVED);
+  t.is((first[4] as { reservation: { status: ReservationStatus } }).reservation.status, ReservationStatus.RESERVED);
+  const shortErr = first[1] as ConnectError;
+  t.is(shortErr.code, Code.FailedPrecondition);
+  t.is(shortErr.findDetails(PreconditionFailureSchema)[0]?.violations[0]?.type, 'INSUFFICIENT_STOCK');
+  const bad = first[2] as ConnectError;
+  t.is(bad.code, Code.InvalidArgument);
+  t.deepEqual(fieldViolations(bad).map((v) => v.field), ['requests[2].lines[1].sku', 'requests[2].lines[1].quantity']);
+  t.is((first[3] as ConnectError).code, Code.FailedPrecondition, 'a tombstoned id is refused');
+  t.deepEqual(await level(a), { onHand: 5, reserved: 3, available: 2 }, 'b-ok-1 and b-ok-2 hold, nothing else');
+  t.deepEqual(await level(short), { onHand: 1, reserved: 0, available: 1 }, 'b-short is all or nothing');
+  t.deepEqual(await level(c), { onHand: 1, reserved: 1, available: 0 });
+  for (const id of ['b-ok-1', 'b-ok-2']) t.is((await eventsOf(id)).length, 1, `one StockReserved for ${id}`);
+  t.is((await eventsOf('b-short')).length, 0);
+
+  // The whole batch again (a caller retrying it): the same answers, nothing more held or announced.
+  const again = (await client.batchReserveStock({ requests })).results.map(outcomeOf);
+  for (let i = 0; i < requests.length; i++) sameOutcome(t, again[i], first[i], `repeat of requests[${i}]`);
+  t.deepEqual(await level(a), { onHand: 5, reserved: 3, available: 2 });
+  for (const id of ['b-ok-1', 'b-ok-2']) t.is((await eventsOf(id)).length, 1);
+
+  // And each single call answers what the batch answered (field names aside: those carry the index).
+  for (const i of [0, 1, 3, 4]) sameOutcome(t, first[i], await settle(client.reserveStock(requests[i]!)), `single requests[${i}]`);
+});
+
+test('BatchReserveStock and BatchCommitReservations refuse an empty or oversized batch as a whole', async (t) => {
+  for (const [name, call] of [
+    ['reserve, none', () => client.batchReserveStock({ requests: [] })],
+    ['reserve, 101', () => client.batchReserveStock({ requests: Array.from({ length: 101 }, (_, i) => ({ reservationId: `big-${i}`, lines: [{ sku: 'ABC-1', quantity: 1n }] })) })],
+    ['commit, none', () => client.batchCommitReservations({ requests: [] })],
+  ] as const) {
+    const err = await rejects(t, call(), Code.InvalidArgument);
+    t.is(fieldViolations(err)[0]?.field, 'requests', name);
+  }
+  t.is((await database.db.select().from(reservations).where(sql`${reservations.id} like 'big-%'`)).length, 0);
+});
+
+test('BatchCommitReservations sells each reservation once, as CommitReservation would, in one statement for the batch', async (t) => {
+  const a = await stocked(10);
+  const b = await stocked(10);
+  await client.reserveStock({ reservationId: 'c-1', lines: [{ sku: a, quantity: 2n }, { sku: b, quantity: 1n }] });
+  await client.reserveStock({ reservationId: 'c-2', lines: [{ sku: a, quantity: 3n }] });
+  await client.reserveStock({ reservationId: 'c-released', lines: [{ sku: b, quantity: 4n }] });
+  await client.releaseReservation({ reservationId: 'c-released', reason: 'payment declined' });
+  await client.reserveStock({ reservationId: 'c-done', lines: [{ sku: b, quantity: 1n }] });
+  await client.commitReservation({ reservationId: 'c-done' });
+  const requests = [
+    { reservationId: 'c-1' },
+    { reservationId: 'c-unknown' },
+    { reservationId: 'c-released' },
+    { reservationId: 'has space' },
+    { reservationId: 'c-2' },
+    { reservationId: 'c-1' },
+    { reservationId: 'c-done' },
+  ];
+  const first = (await client.batchCommitReservations({ requests })).results.map(outcomeOf);
+  const status = (o: unknown) => (o instanceof ConnectError ? Code[o.code] : ReservationStatus[(o as { reservation: { status: ReservationStatus } }).reservation.status]);
+  t.deepEqual(first.map(status), ['COMMITTED', 'NotFound', 'FailedPrecondition', 'InvalidArgument', 'COMMITTED', 'COMMITTED', 'COMMITTED']);
+  t.deepEqual(fieldViolations(first[3] as ConnectError).map((v) => v.field), ['requests[3].reservation_id']);
+  sameOutcome(t, first[5], first[0], 'a repeated id in one batch answers the same');
+  // Two reservations on SKU a: both moved (an UPDATE moves a row once, so the batch sums per SKU).
+  t.deepEqual(await level(a), { onHand: 5, reserved: 0, available: 5 });
+  t.deepEqual(await level(b), { onHand: 8, reserved: 0, available: 8 });
+
+  const again = (await client.batchCommitReservations({ requests })).results.map(outcomeOf);
+  for (let i = 0; i < requests.length; i++) {
+    if (i !== 3) sameOutcome(t, again[i], first[i], `repeat of requests[${i}]`);
+    if (i !== 3) sameOutcome(t, first[i], await settle(client.commitReservation(requests[i]!)), `single requests[${i}]`);
+  }
+  t.deepEqual(await level(a), { onHand: 5, reserved: 0, available: 5 }, 'nothing sold twice');
+  t.deepEqual(await level(b), { onHand: 8, reserved: 0, available: 8 });
+});
+
+test('concurrent BatchReserveStock calls never oversell: 200 reservations in 10 batches for a SKU with stock 50', async (t) => {
+  const sku = await stocked(50);
+  const other = await stocked(1000);
+  const batches = Array.from({ length: 10 }, (_, b) =>
+    client.batchReserveStock(
+      {
+        requests: Array.from({ length: 20 }, (_, i) => ({
+          reservationId: `ob-${b}-${i}`,
+          // Half of them also take another SKU, so the batches' lock sets overlap in different shapes.
+          lines: i % 2 === 0 ? [{ sku, quantity: 1n }] : [{ sku: other, quantity: 1n }, { sku, quantity: 1n }],
+        })),
+      },
+      { timeoutMs: 60_000 },
+    ),
+  );
+  const outcomes = (await Promise.all(batches)).flatMap((r) => r.results.map(outcomeOf));
+  const won = outcomes.filter((o) => !(o instanceof ConnectError)).length;
+  const refused = outcomes.filter((o) => o instanceof ConnectError && o.code === Code.FailedPrecondition).length;
+  t.is(won, 50);
+  t.is(refused, 150);
+  t.deepEqual(await level(sku), { onHand: 50, reserved: 50, available: 0 });
+  const [{ e }] = await database.db
+    .select({ e: sql<number>`count(*)::int` })
+    .from(outbox)
+    .where(and(sql`${outbox.aggregateId} like 'ob-%'`, eq(outbox.eventType, 'shop.inventory.v1.StockReserved')));
+  t.is(e, 50, 'one StockReserved per successful reservation');
 });
