@@ -10,7 +10,9 @@
  *                                        field violations renamed "requests[<index>].<field>";
  *                                        anything else (a bug, a lost database) fails the batch
  *   statusFromError(err) / errorFromStatus(status)   a ConnectError as a Status and back
- *                                        (code, message, details), for the caller's side
+ *                                        (code, message, details)
+ *   itemOutcome(result)                  the caller's side: a Result as the single call's outcome,
+ *                                        its response or the ConnectError it would have thrown
  *
  * Why anything but a ConnectError fails the whole batch: it is what a single
  * call answers INTERNAL for, and the server logs it only when it leaves the
@@ -73,6 +75,13 @@ export function errorFromStatus(status: Status): ConnectError {
     value: any.value,
   }));
   return err;
+}
+
+/** A batch Result as the single call's outcome: its response, or the ConnectError it would have thrown. */
+export function itemOutcome<T>(r: { result: ItemResult<T> | { case: undefined; value?: undefined } }): T | ConnectError {
+  if (r.result.case === 'response') return r.result.value;
+  if (r.result.case === 'error') return errorFromStatus(r.result.value);
+  return new ConnectError('the batch answered a request with neither a response nor an error', Code.Internal);
 }
 
 /** The same INVALID_ARGUMENT with every field named under `prefix`; any other error as it is. */

@@ -11,3 +11,4 @@ export {
 export { dropLeftoverTestStreams, testNatsPrefix, testNatsUrl, type TestNatsPrefix } from './nats.js';
 export { freePort } from './ports.js';
 export { deleteTestStreams, startServiceForTest, type ServiceForTestOptions, type ServiceUnderTest } from './service-app.js';
+export { sameOutcome, settle } from './outcomes.js';

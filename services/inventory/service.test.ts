@@ -15,11 +15,11 @@ import {
 import { PreconditionFailureSchema } from '../../gen/google/rpc/error_details_pb.js';
 import { createMeshTransport, type MeshTransport } from '../../mesh/client.js';
 import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
-import { errorFromStatus } from '../../mesh/batch-items.js';
+import { itemOutcome } from '../../mesh/batch-items.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { identityHeaders } from '../../mesh/identity.js';
 import { startMeshServer, serve, type MeshServer } from '../../mesh/server.js';
-import { createTestDatabase, type TestDatabase } from '../../mesh/testing/index.js';
+import { createTestDatabase, sameOutcome, settle, type TestDatabase } from '../../mesh/testing/index.js';
 import { createClient } from '@connectrpc/connect';
 import { outbox, reservations, stock } from './schema.js';
 import { inventoryService } from './service.js';
@@ -389,35 +389,6 @@ test.serial('commits racing the sweeper: every reservation ends sold or released
 
 // ---- batches: each request answered as its single RPC would answer it ----
 
-/** A batch item's answer, as the single RPC's outcome: the response, or the ConnectError it would throw. */
-function outcomeOf<T>(r: { result: { case: 'response'; value: T } | { case: 'error'; value: import('../../gen/google/rpc/status_pb.js').Status } | { case: undefined } }): T | ConnectError {
-  if (r.result.case === 'response') return r.result.value;
-  if (r.result.case === 'error') return errorFromStatus(r.result.value);
-  throw new Error('a result with neither response nor error');
-}
-
-/** The single call's outcome: its response or its ConnectError. */
-function settle<T>(p: Promise<T>): Promise<T | ConnectError> {
-  return p.catch((e: unknown) => ConnectError.from(e));
-}
-
-/** Compares outcomes the way a caller sees them: responses whole, errors by code, message and details. */
-function sameOutcome(t: import('ava').ExecutionContext, batch: unknown, single: unknown, what: string): void {
-  if (single instanceof ConnectError) {
-    t.true(batch instanceof ConnectError, `${what}: batch answered ${String(batch)}, single failed with ${single.message}`);
-    const b = batch as ConnectError;
-    t.is(b.code, single.code, what);
-    t.is(b.rawMessage, single.rawMessage, what);
-    t.deepEqual(
-      b.details.map((d) => ('type' in d ? [d.type, Buffer.from(d.value).toString('hex')] : d)),
-      single.details.map((d) => ('type' in d ? [d.type, Buffer.from(d.value).toString('hex')] : d)),
-      what,
-    );
-  } else {
-    t.deepEqual(batch, single, what);
-  }
-}
-
 test('BatchReserveStock answers each request as ReserveStock would: one refusal fails none of the others; a repeated batch changes nothing', async (t) => {
   const a = await stocked(5);
   const short = await stocked(1);
@@ -430,7 +401,7 @@ test('BatchReserveStock answers each request as ReserveStock would: one refusal 
     { reservationId: 'b-tomb', lines: [{ sku: a, quantity: 1n }] },
     { reservationId: 'b-ok-2', lines: [{ sku: c, quantity: 1n }, { sku: a, quantity: 1n }] },
   ];
-  const first = (await client.batchReserveStock({ requests })).results.map(outcomeOf);
+  const first = (await client.batchReserveStock({ requests })).results.map(itemOutcome);
   t.is(first.length, requests.length);
   t.is((first[0] as { reservation: { status: ReservationStatus } }).reservation.status, ReservationStatus.RESERVED);
   t.is((first[4] as { reservation: { status: ReservationStatus } }).reservation.status, ReservationStatus.RESERVED);
@@ -448,7 +419,7 @@ test('BatchReserveStock answers each request as ReserveStock would: one refusal 
   t.is((await eventsOf('b-short')).length, 0);
 
   // The whole batch again (a caller retrying it): the same answers, nothing more held or announced.
-  const again = (await client.batchReserveStock({ requests })).results.map(outcomeOf);
+  const again = (await client.batchReserveStock({ requests })).results.map(itemOutcome);
   for (let i = 0; i < requests.length; i++) sameOutcome(t, again[i], first[i], `repeat of requests[${i}]`);
   t.deepEqual(await level(a), { onHand: 5, reserved: 3, available: 2 });
   for (const id of ['b-ok-1', 'b-ok-2']) t.is((await eventsOf(id)).length, 1);
@@ -487,7 +458,7 @@ test('BatchCommitReservations sells each reservation once, as CommitReservation 
     { reservationId: 'c-1' },
     { reservationId: 'c-done' },
   ];
-  const first = (await client.batchCommitReservations({ requests })).results.map(outcomeOf);
+  const first = (await client.batchCommitReservations({ requests })).results.map(itemOutcome);
   const status = (o: unknown) => (o instanceof ConnectError ? Code[o.code] : ReservationStatus[(o as { reservation: { status: ReservationStatus } }).reservation.status]);
   t.deepEqual(first.map(status), ['COMMITTED', 'NotFound', 'FailedPrecondition', 'InvalidArgument', 'COMMITTED', 'COMMITTED', 'COMMITTED']);
   t.deepEqual(fieldViolations(first[3] as ConnectError).map((v) => v.field), ['requests[3].reservation_id']);
@@ -496,7 +467,7 @@ test('BatchCommitReservations sells each reservation once, as CommitReservation 
   t.deepEqual(await level(a), { onHand: 5, reserved: 0, available: 5 });
   t.deepEqual(await level(b), { onHand: 8, reserved: 0, available: 8 });
 
-  const again = (await client.batchCommitReservations({ requests })).results.map(outcomeOf);
+  const again = (await client.batchCommitReservations({ requests })).results.map(itemOutcome);
   for (let i = 0; i < requests.length; i++) {
     if (i !== 3) sameOutcome(t, again[i], first[i], `repeat of requests[${i}]`);
     if (i !== 3) sameOutcome(t, first[i], await settle(client.commitReservation(requests[i]!)), `single requests[${i}]`);
@@ -520,7 +491,7 @@ test('concurrent BatchReserveStock calls never oversell: 200 reservations in 10 
       { timeoutMs: 60_000 },
     ),
   );
-  const outcomes = (await Promise.all(batches)).flatMap((r) => r.results.map(outcomeOf));
+  const outcomes = (await Promise.all(batches)).flatMap((r) => r.results.map(itemOutcome));
   const won = outcomes.filter((o) => !(o instanceof ConnectError)).length;
   const refused = outcomes.filter((o) => o instanceof ConnectError && o.code === Code.FailedPrecondition).length;
   t.is(won, 50);

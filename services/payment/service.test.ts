@@ -17,10 +17,11 @@ import {
 } from '../../gen/shop/payment/v1/payment_pb.js';
 import { PreconditionFailureSchema } from '../../gen/google/rpc/error_details_pb.js';
 import { createMeshClient } from '../../mesh/client.js';
+import { itemOutcome } from '../../mesh/batch-items.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { streamForType } from '../../mesh/events/naming.js';
 import { identityHeaders } from '../../mesh/identity.js';
-import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
+import { sameOutcome, settle, startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { paymentSettings, startPayment, type PaymentApp } from './main.js';
 import { outbox, payments } from './schema.js';
 
@@ -328,4 +329,77 @@ test.serial('a failed outbox write leaves the refund undone: the payment stays a
   const { payment } = await client.refundPayment({ orderId, reason: 'x' });
   t.is(payment!.status, PaymentStatus.REFUNDED);
   t.deepEqual((await eventsOf(orderId)).map((e) => e.eventType), ['shop.payment.v1.PaymentAuthorized', 'shop.payment.v1.PaymentRefunded']);
+});
+
+// ---- batches: each request answered as its single RPC would answer it ----
+
+const visa = (orderId: string, amountMinor = 4_200n, cardToken = 'tok_visa') => ({ orderId, userId: 'user-1', amount: EUR(amountMinor), cardToken });
+
+test('BatchAuthorizePayments answers each request as AuthorizePayment would: a decline, an outage or a bad field fails none of the others; a repeated batch charges nothing more', async (t) => {
+  const [ok, declined, down, bad, tomb, other] = Array.from({ length: 6 }, () => randomUUID());
+  await client.refundPayment({ orderId: tomb!, reason: 'cancelled' });
+  await authorize(other!, 'tok_visa', 100n);
+  const requests = [
+    visa(ok!),
+    visa(declined!, 4_200n, 'tok_declined'),
+    visa(down!, 4_200n, 'tok_error'),
+    visa(bad!, 0n),
+    visa(tomb!),
+    visa(ok!),
+    visa(other!, 101n),
+  ];
+  const first = (await client.batchAuthorizePayments({ requests }, PATIENT)).results.map(itemOutcome);
+  const what = (o: unknown) => (o instanceof ConnectError ? Code[o.code] : PaymentStatus[(o as { payment: { status: PaymentStatus } }).payment.status]);
+  t.deepEqual(first.map(what), ['AUTHORIZED', 'DECLINED', 'Unavailable', 'InvalidArgument', 'FailedPrecondition', 'AUTHORIZED', 'AlreadyExists']);
+  t.deepEqual(fieldViolations(first[3] as ConnectError).map((v) => v.field), ['requests[3].amount.amount_minor']);
+  sameOutcome(t, first[5], first[0], 'a repeated order in one batch answers the first result');
+  t.deepEqual((await eventsOf(ok!)).map((e) => e.eventType), ['shop.payment.v1.PaymentAuthorized']);
+  t.deepEqual((await eventsOf(declined!)).map((e) => e.eventType), ['shop.payment.v1.PaymentFailed']);
+  t.is(fromBinary(PaymentFailedSchema, (await eventsOf(declined!))[0]!.payload).reason, 'card declined');
+  for (const id of [down!, bad!]) t.is((await rowsOf(id)).length, 0, 'an outage or a bad request records nothing');
+  t.is((await eventsOf(tomb!)).length, 0, 'a tombstone holds nothing');
+
+  const again = (await client.batchAuthorizePayments({ requests }, PATIENT)).results.map(itemOutcome);
+  for (let i = 0; i < requests.length; i++) sameOutcome(t, again[i], first[i], `repeat of requests[${i}]`);
+  for (const i of [0, 1, 2, 4, 6]) sameOutcome(t, first[i], await settle(client.authorizePayment(requests[i]!, PATIENT)), `single requests[${i}]`);
+  t.is((await rowsOf(ok!)).length, 1);
+  t.is((await eventsOf(ok!)).length, 1, 'charged once');
+});
+
+test('concurrent batches and single calls for the same orders charge each order once', async (t) => {
+  const orders = Array.from({ length: 10 }, () => randomUUID());
+  const batches = Array.from({ length: 5 }, (_, b) =>
+    client.batchAuthorizePayments({ requests: (b % 2 ? [...orders].reverse() : orders).map((o) => visa(o, 500n, o.endsWith('0') ? 'tok_slow' : 'tok_visa')) }, PATIENT),
+  );
+  const singles = orders.map((o) => authorize(o, o.endsWith('0') ? 'tok_slow' : 'tok_visa', 500n));
+  const [answers, single] = await Promise.all([Promise.all(batches), Promise.all(singles)]);
+  for (const [k, o] of orders.entries()) {
+    const ids = new Set([single[k]!.payment!.id, ...answers.map((a) => (itemOutcome(a.results.find((r) => itemOutcome(r) instanceof ConnectError || (itemOutcome(r) as { payment: { orderId: string } }).payment.orderId === o)!) as { payment: { id: string } }).payment.id)]);
+    t.is(ids.size, 1, `order ${o}: one payment answered by every call`);
+    t.is((await rowsOf(o)).length, 1);
+    t.is((await eventsOf(o)).length, 1);
+  }
+});
+
+test('BatchCapturePayments captures each authorization once, as CapturePayment would', async (t) => {
+  const [a, b, declined, unknown] = Array.from({ length: 4 }, () => randomUUID());
+  await authorize(a!);
+  await authorize(b!);
+  await authorize(declined!, 'tok_declined');
+  const requests = [{ orderId: a! }, { orderId: unknown! }, { orderId: declined! }, { orderId: 'has space' }, { orderId: b! }, { orderId: a! }];
+  const first = (await client.batchCapturePayments({ requests }, PATIENT)).results.map(itemOutcome);
+  const what = (o: unknown) => (o instanceof ConnectError ? Code[o.code] : PaymentStatus[(o as { payment: { status: PaymentStatus } }).payment.status]);
+  t.deepEqual(first.map(what), ['CAPTURED', 'NotFound', 'FailedPrecondition', 'InvalidArgument', 'CAPTURED', 'CAPTURED']);
+  t.deepEqual(fieldViolations(first[3] as ConnectError).map((v) => v.field), ['requests[3].order_id']);
+  sameOutcome(t, first[5], first[0], 'a repeated order in one batch answers the same');
+  const again = (await client.batchCapturePayments({ requests }, PATIENT)).results.map(itemOutcome);
+  for (let i = 0; i < requests.length; i++) {
+    if (i === 3) continue;
+    sameOutcome(t, again[i], first[i], `repeat of requests[${i}]`);
+    sameOutcome(t, first[i], await settle(client.capturePayment(requests[i]!, PATIENT)), `single requests[${i}]`);
+  }
+  const refunded = await client.refundPayment({ orderId: a!, reason: 'returned' });
+  t.is(refunded.payment!.status, PaymentStatus.REFUNDED, 'a batch-captured payment refunds as any other');
+  await rejects(t, client.batchCapturePayments({ requests: [] }), Code.InvalidArgument);
+  await rejects(t, client.batchAuthorizePayments({ requests: Array.from({ length: 101 }, () => visa(randomUUID())) }), Code.InvalidArgument);
 });
