@@ -20,10 +20,11 @@
  *
  * A shared call runs outside any one PlaceOrder's call context: one caller's
  * deadline or cancellation must not fail the others' lookups. Its own
- * deadline is the catalog method's (mesh/client's default).
+ * deadline is the catalog method's (mesh/client's default). The coalescing
+ * itself is mesh/coalesce.ts's.
  */
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
-import { runWithCallContext } from '../../mesh/call-context.js';
+import { Coalescer } from '../../mesh/coalesce.js';
 import type { CatalogService, Product } from '../../gen/shop/catalog/v1/catalog_pb.js';
 
 /** What BatchGetProducts answers, for one lookup's SKUs. */
@@ -32,93 +33,67 @@ export interface PriceLookup {
   missingSkus: string[];
 }
 
-interface Waiting {
-  skus: string[];
-  resolve(answer: PriceLookup): void;
-  reject(err: unknown): void;
-}
-
 /** The catalog's limit of SKUs per BatchGetProducts (catalog/domain.ts MAX_BATCH). */
 const MAX_SKUS_PER_CALL = 100;
 
 export class CatalogPrices {
   readonly #catalog: Client<typeof CatalogService>;
-  readonly #maxSkus: number;
-  #queue: Waiting[] = [];
-  #inFlight = false;
-  /** BatchGetProducts calls sent and lookups answered, for tests and the bench's account. */
-  calls = 0;
-  lookups = 0;
+  readonly #lookups: Coalescer<string[], PriceLookup>;
 
   constructor(catalog: Client<typeof CatalogService>, options: { maxSkusPerCall?: number } = {}) {
     this.#catalog = catalog;
-    this.#maxSkus = options.maxSkusPerCall ?? MAX_SKUS_PER_CALL;
+    const maxSkus = options.maxSkusPerCall ?? MAX_SKUS_PER_CALL;
+    this.#lookups = new Coalescer<string[], PriceLookup>({
+      sendOne: (skus) => this.#own(skus),
+      sendBatch: (batch) => this.#shared(batch),
+      maxItems: Number.MAX_SAFE_INTEGER, // bounded by SKUs, below
+      // The union of the SKUs stays within the catalog's limit (a lone lookup over it goes
+      // alone and hears the catalog's own error).
+      fits: (batch, next) => new Set([...batch.flat(), ...next]).size <= maxSkus,
+    });
+  }
+
+  /** BatchGetProducts calls sent and lookups answered, for tests and the bench's account. */
+  get calls(): number {
+    return this.#lookups.calls;
+  }
+
+  get lookups(): number {
+    return this.#lookups.inputs;
   }
 
   /** The products of `skus` (in the catalog's order) and the SKUs it does not know. */
   lookup(skus: string[]): Promise<PriceLookup> {
-    return new Promise<PriceLookup>((resolve, reject) => {
-      this.#queue.push({ skus, resolve, reject });
-      if (!this.#inFlight) this.#flush();
-    });
+    return this.#lookups.call(skus);
   }
 
-  /** Sends the waiting lookups, as many as fit in one call; comes back while any are left. */
-  #flush(): void {
-    const batch: Waiting[] = [];
-    const skus = new Set<string>();
-    while (this.#queue.length > 0) {
-      const next = this.#queue[0]!;
-      const added = next.skus.filter((s) => !skus.has(s)).length;
-      // The first lookup always goes (the catalog answers a too-large one with its own error).
-      if (batch.length > 0 && skus.size + added > this.#maxSkus) break;
-      this.#queue.shift();
-      batch.push(next);
-      for (const s of next.skus) skus.add(s);
-    }
-    if (batch.length === 0) return;
-    this.#inFlight = true;
-    void runWithCallContext({ header: new Headers() }, () => this.#send(batch, [...skus])).finally(() => {
-      this.#inFlight = false;
-      if (this.#queue.length > 0) this.#flush();
-    });
+  async #own(skus: string[]): Promise<PriceLookup> {
+    const res = await this.#catalog.batchGetProducts({ skus });
+    return { products: res.products, missingSkus: res.missingSkus };
   }
 
-  async #send(batch: Waiting[], skus: string[]): Promise<void> {
-    this.calls++;
-    this.lookups += batch.length;
-    if (batch.length === 1) {
-      const only = batch[0]!;
-      await this.#catalog.batchGetProducts({ skus: only.skus }).then(
-        (res) => only.resolve({ products: res.products, missingSkus: res.missingSkus }),
-        (err) => only.reject(err),
-      );
-      return;
-    }
+  /** One call for the union of the lookups' SKUs, answered to each as a call of its own. */
+  async #shared(batch: string[][]): Promise<(PriceLookup | Error)[]> {
     let res;
     try {
-      res = await this.#catalog.batchGetProducts({ skus });
+      res = await this.#catalog.batchGetProducts({ skus: [...new Set(batch.flat())] });
     } catch (err) {
-      if (ConnectError.from(err).code === Code.InvalidArgument) {
-        // Someone's SKU was refused: ask for each lookup alone, so each hears its own answer.
-        await Promise.all(batch.map((w) => this.#send([w], w.skus)));
-        return;
-      }
-      for (const w of batch) w.reject(err);
-      return;
+      if (ConnectError.from(err).code !== Code.InvalidArgument) throw err;
+      // Someone's SKU was refused: ask for each lookup alone, so each hears its own answer.
+      return Promise.all(batch.map((skus) => this.#own(skus).catch((e: unknown) => ConnectError.from(e))));
     }
     const bySku = new Map(res.products.map((p) => [p.sku, p]));
     const missing = new Set(res.missingSkus);
-    for (const w of batch) {
+    return batch.map((skus) => {
       // The same shape as a call of its own: products in request order, each SKU once.
-      const own = [...new Set(w.skus)];
-      w.resolve({
+      const own = [...new Set(skus)];
+      return {
         products: own.flatMap((s) => {
           const p = bySku.get(s);
           return p ? [p] : [];
         }),
         missingSkus: own.filter((s) => missing.has(s) || !bySku.has(s)),
-      });
-    }
+      };
+    });
   }
 }

@@ -1,0 +1,108 @@
+/**
+ * Coalesces concurrent calls of one kind into batch calls, with no timer.
+ *
+ * At most one batch is in flight. A call that arrives while none is goes out
+ * at once, alone (sendOne); calls that arrive while one is in flight wait for
+ * it and then go out together (sendBatch), as many as fit. So an idle process
+ * sends each call as before, with no added latency, and a busy one sends
+ * fewer, larger calls: the batch grows with the load.
+ *
+ * sendBatch answers one outcome per input, in input order: the value, or the
+ * Error that input's call of its own would have failed with (so one refusal
+ * fails none of the others). When sendBatch itself fails (the batch call was
+ * not answered), that error reaches every input of the batch: the callers
+ * retry as they would a call of their own, so the batched operation must be
+ * idempotent.
+ *
+ * A batch runs outside any one caller's call context (mesh/call-context):
+ * one caller's deadline or cancellation must not fail the others' calls, and
+ * no one caller's trace owns the batch. Its deadline is the batch method's own.
+ *
+ * Used by order/prices.ts (catalog lookups) and order/saga-ports.ts (the
+ * saga's inventory and payment calls).
+ */
+import { runWithCallContext } from './call-context.js';
+
+export interface CoalescerOptions<In, Out> {
+  /** A lone call: the batch of one, as a call of its own. */
+  sendOne(input: In): Promise<Out>;
+  /** Two or more: one outcome per input, in order, a value or that input's own Error. */
+  sendBatch(inputs: In[]): Promise<(Out | Error)[]>;
+  /** Most inputs per batch (default 100). */
+  maxItems?: number;
+  /** Whether `next` still fits beside `batch` (besides maxItems); the first input always goes. */
+  fits?(batch: readonly In[], next: In): boolean;
+}
+
+interface Waiting<In, Out> {
+  input: In;
+  resolve(value: Out): void;
+  reject(err: unknown): void;
+}
+
+export class Coalescer<In, Out> {
+  readonly #options: CoalescerOptions<In, Out>;
+  readonly #maxItems: number;
+  #queue: Waiting<In, Out>[] = [];
+  #inFlight = false;
+  /** Calls sent (alone or batched) and inputs answered by them, for tests and the bench's account. */
+  calls = 0;
+  inputs = 0;
+
+  constructor(options: CoalescerOptions<In, Out>) {
+    this.#options = options;
+    this.#maxItems = options.maxItems ?? 100;
+  }
+
+  /** The outcome `input` would have had from a call of its own. */
+  call(input: In): Promise<Out> {
+    return new Promise<Out>((resolve, reject) => {
+      this.#queue.push({ input, resolve, reject });
+      if (!this.#inFlight) this.#flush();
+    });
+  }
+
+  /** Sends what waits, as much as fits one batch; comes back while anything is left. */
+  #flush(): void {
+    const batch: Waiting<In, Out>[] = [];
+    const inputs: In[] = [];
+    while (this.#queue.length > 0 && batch.length < this.#maxItems) {
+      const next = this.#queue[0]!;
+      if (batch.length > 0 && this.#options.fits && !this.#options.fits(inputs, next.input)) break;
+      this.#queue.shift();
+      batch.push(next);
+      inputs.push(next.input);
+    }
+    if (batch.length === 0) return;
+    this.#inFlight = true;
+    void runWithCallContext({ header: new Headers() }, () => this.#send(batch, inputs)).finally(() => {
+      this.#inFlight = false;
+      if (this.#queue.length > 0) this.#flush();
+    });
+  }
+
+  async #send(batch: Waiting<In, Out>[], inputs: In[]): Promise<void> {
+    this.calls++;
+    this.inputs += batch.length;
+    if (batch.length === 1) {
+      const only = batch[0]!;
+      await this.#options.sendOne(only.input).then(only.resolve, only.reject);
+      return;
+    }
+    let outcomes: (Out | Error)[];
+    try {
+      outcomes = await this.#options.sendBatch(inputs);
+      if (outcomes.length !== batch.length) {
+        throw new Error(`a batch of ${batch.length} was answered with ${outcomes.length} outcomes`);
+      }
+    } catch (err) {
+      for (const w of batch) w.reject(err);
+      return;
+    }
+    batch.forEach((w, i) => {
+      const outcome = outcomes[i]!;
+      if (outcome instanceof Error) w.reject(outcome);
+      else w.resolve(outcome);
+    });
+  }
+}
