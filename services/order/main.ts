@@ -36,7 +36,8 @@ import {
 import { serve } from '../../mesh/server.js';
 import { OrderChanges } from './changes.js';
 import { CRASH_POINTS, type CrashPoint } from './domain.js';
-import { SagaOrchestrator, type SagaPorts } from './saga.js';
+import { SagaOrchestrator } from './saga.js';
+import { batchedSagaPorts } from './saga-ports.js';
 import { registerSagaObligationsGauge } from './saga-metrics.js';
 import { outbox } from './schema.js';
 import { createOrderService } from './service.js';
@@ -94,10 +95,11 @@ export function startOrder(config: OrderConfig, host?: string): Promise<OrderApp
     outbox,
     setup: async ({ db, prefix, log }) => {
       const catalog = createMeshClient(CatalogService, config.CATALOG_ADDR);
-      const ports: SagaPorts = {
+      // Concurrent sagas share their reserve, authorize, capture and commit calls (saga-ports.ts).
+      const ports = batchedSagaPorts({
         inventory: createMeshClient(InventoryService, config.INVENTORY_ADDR),
         payment: createMeshClient(PaymentService, config.PAYMENT_ADDR),
-      };
+      });
       const changes = new OrderChanges();
       const saga = new SagaOrchestrator(
         db,
