@@ -29,6 +29,7 @@ import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
+import { preparedStatements } from './db-prepared.js';
 import { migrate, type MigrateResult } from './migrate.js';
 import { tracePglite, tracePostgres } from './telemetry/db-spans.js';
 
@@ -84,8 +85,9 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDa
       onnotice: () => {}, // "schema already exists, skipping" and friends
       connection: { application_name: `protomesh-${context}` },
     });
-    // Spans and mesh_db_* metrics per statement (a pass-through when telemetry is off).
-    db = drizzlePostgres({ client: tracePostgres(client, { context, maxConnections: options.maxConnections ?? 10 }) });
+    // Spans and mesh_db_* metrics per statement (a pass-through when telemetry is off), over
+    // named prepared statements (drizzle would send each one unnamed: parsed and planned per call).
+    db = drizzlePostgres({ client: tracePostgres(preparedStatements(client), { context, maxConnections: options.maxConnections ?? 10 }) });
     closeDriver = (timeout) => client.end({ timeout });
     driver = 'postgres';
   } else {
