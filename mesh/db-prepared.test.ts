@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { rmSync } from 'node:fs';
 import { sql } from 'drizzle-orm';
 import { openDatabase, resultRows } from './db.js';
@@ -6,7 +6,7 @@ import { createTestDatabase } from './testing/index.js';
 import { first, migrationsFolder, second } from './testing/migrations-fixture.js';
 
 // One connection, so every statement below runs on the backend whose prepared statements we read.
-async function openOneConnection(t: Parameters<Parameters<typeof test>[1]>[0]) {
+async function openOneConnection(t: ExecutionContext) {
   const testDb = await createTestDatabase(t);
   const folder = migrationsFolder([first, second]);
   t.teardown(() => rmSync(folder, { recursive: true, force: true }));
