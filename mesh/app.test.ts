@@ -5,6 +5,7 @@
 import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { create, toBinary } from '@bufbuild/protobuf';
+import { sql } from 'drizzle-orm';
 import { pgSchema } from 'drizzle-orm/pg-core';
 import type { NatsConnection } from 'nats';
 import { Health, HealthCheckResponse_ServingStatus as Status } from '../gen/grpc/health/v1/health_pb.js';
@@ -20,7 +21,7 @@ import {
   type ServiceAppConfig,
 } from './app.js';
 import { closeMeshClients, createMeshClient } from './client.js';
-import { meshSettings, port, type Config } from './config.js';
+import { ConfigError, meshSettings, port, type Config } from './config.js';
 import type { Database } from './db.js';
 import { PermanentEventError } from './events/consumer.js';
 import { streamForType } from './events/naming.js';
@@ -163,11 +164,11 @@ test.serial('a started app relays its outbox, consumes with metrics, answers hea
   t.is(entry?.json<{ address: string }>().address, `127.0.0.1:${app.server.port}`);
   t.like(app.listening, { address: app.server.address, driver: 'postgres', extra: 'yes' });
 
-  // Closing: leave the registry, drain, then consumers, relay, background work, the live
-  // config watcher, NATS, database.
+  // Closing: leave the registry, drain, then the inbox pruner, consumers, relay, background
+  // work, the live config watcher, NATS, database.
   t.deepEqual(
     app.closeSteps.map((s) => s.name),
-    ['registry', 'grpc', 'consumers', 'outbox relay', 'probe', 'live-config', 'nats', 'database'],
+    ['registry', 'grpc', 'inbox pruner', 'consumers', 'outbox relay', 'probe', 'live-config', 'nats', 'database'],
   );
   await app.close(1000);
   t.deepEqual(seen.stopped, ['probe']);
@@ -185,5 +186,32 @@ test.serial('a start that fails half way closes what it had started and rethrows
   );
   t.regex(err!.message, /consumer name/);
   t.deepEqual(seen.stopped, ['probe']);
+  t.true(seen.nats!.isClosed());
+});
+
+test.serial("a consumer's inbox is pruned on a schedule: rows past INBOX_RETENTION go, the rest stay", async (t) => {
+  const seen: Seen = { handled: [], stopped: [] };
+  const svc = await startServiceForTest(settings, (config: Config<typeof settings>) => startApp(config, seen), {
+    INBOX_RETENTION: '1d',
+    INBOX_PRUNE_INTERVAL: '200ms',
+  });
+  t.teardown(() => svc.close());
+  const db = seen.db!;
+  await db.insert(inbox).values([
+    { consumer: CONSUMER, eventId: 'stale', eventType: 'x', processedAt: new Date(Date.now() - 2 * 86_400_000) },
+    { consumer: CONSUMER, eventId: 'recent', eventType: 'x', processedAt: new Date(Date.now() - 3_600_000) },
+  ]);
+  const ids = async () => (await db.select({ id: inbox.eventId }).from(inbox).where(sql`${inbox.eventId} in ('stale', 'recent')`)).map((r) => r.id);
+  await eventually('the stale row pruned', async () => !(await ids()).includes('stale'), 10_000);
+  t.deepEqual(await ids(), ['recent']);
+});
+
+test.serial('an INBOX_RETENTION shorter than a consumer can see a copy of an event fails the start, naming the variable', async (t) => {
+  const seen: Seen = { handled: [], stopped: [] };
+  const err = await t.throwsAsync(
+    startServiceForTest(settings, (config: Config<typeof settings>) => startApp(config, seen), { INBOX_RETENTION: '2m' }),
+  );
+  t.true(err instanceof ConfigError);
+  t.regex(err!.message, /INBOX_RETENTION must be longer than the \d+ s in which consumer apptest-order-confirmed/);
   t.true(seen.nats!.isClosed());
 });

@@ -14,6 +14,7 @@
  *   2. NATS (reconnecting for ever), the streams it publishes to and reads from
  *   3. `setup`: the service builds its store, handlers, consumers and background work
  *   4. the outbox relay (mesh_outbox_* metrics), the durable consumers (mesh_consumer_* metrics)
+ *      and the pruning of their inbox (INBOX_RETENTION, checked against redelivery first)
  *   5. the gRPC server: readiness = database ping, database outages answer UNAVAILABLE
  *   6. registration in the discovery registry (mesh:///<name>)
  * A failure at any step closes what was started and rethrows. `close()` undoes it in reverse.
@@ -24,15 +25,23 @@
 import { pathToFileURL } from 'node:url';
 import type { DescMessage } from '@bufbuild/protobuf';
 import { connect, type JetStreamClient, type NatsConnection } from 'nats';
-import { duration, integer } from './config.js';
+import { ConfigError, duration, integer } from './config.js';
 import { databaseUnavailableInterceptor, openDatabase, type Database, type MeshDatabase } from './db.js';
 import { withEventSignals } from './events/commit-signal.js';
-import { startConsumer, type ConsumerHooks, type ConsumerOptions, type RunningConsumer } from './events/consumer.js';
+import {
+  DEFAULT_ACK_WAIT_MS,
+  DEFAULT_MAX_DELIVER,
+  startConsumer,
+  type ConsumerHooks,
+  type ConsumerOptions,
+  type RunningConsumer,
+} from './events/consumer.js';
+import { inboxRetentionFloorMs, startInboxPruner, type InboxPruner } from './events/inbox.js';
 import { normalizeSubjectPrefix, streamForType, streamPrefix } from './events/naming.js';
 import { liveConfigBucketFor, meshLiveSettings, startLiveConfig } from './live-config.js';
 import { startRelay, type OutboxRelay, type RelayHooks } from './events/relay.js';
-import { ensureStreams } from './events/streams.js';
-import type { OutboxTable } from './events/tables.js';
+import { DEFAULT_DUPLICATE_WINDOW_MS, ensureStreams } from './events/streams.js';
+import type { InboxTable, OutboxTable } from './events/tables.js';
 import { joinMesh } from './registry/announce.js';
 import type { Registration } from './registry/registry.js';
 import { startMeshServer, type MeshServer, type ServiceRegistration } from './server.js';
@@ -56,7 +65,15 @@ export const eventConsumerSettings = {
     default: 4,
     doc: 'Events handled at once per consumer in this process (each is independent of the others)',
   }),
+  INBOX_RETENTION: duration(
+    '7d',
+    "How long a handled event's inbox row is kept (it makes a redelivered copy change nothing). Must exceed the time a copy can still come back by itself (JetStream's duplicate window plus every redelivery's ack wait and backoff: checked at start); days, so dead-letter replays and a relay republishing after a long NATS outage are still deduplicated",
+  ),
+  INBOX_PRUNE_INTERVAL: duration('1h', 'How often inbox rows older than INBOX_RETENTION are deleted (in batches of 1000)'),
 };
+
+const DEFAULT_INBOX_RETENTION_MS = 7 * 86_400_000;
+const DEFAULT_INBOX_PRUNE_INTERVAL_MS = 3_600_000;
 
 /** The part of a service's config this file reads (meshSettings + PORT + serviceAppSettings). */
 export interface ServiceAppConfig {
@@ -71,6 +88,8 @@ export interface ServiceAppConfig {
   /** Only services with consumers declare these (eventConsumerSettings); the consumer defaults apply otherwise. */
   readonly EVENT_MAX_DELIVER?: number;
   readonly EVENT_CONCURRENCY?: number;
+  readonly INBOX_RETENTION?: number;
+  readonly INBOX_PRUNE_INTERVAL?: number;
 }
 
 /**
@@ -237,6 +256,8 @@ export async function startServiceApp<C extends ServiceAppConfig, Exposed extend
 
     const parts = await options.setup({ config, db, database, nats, js, prefix, log });
     for (const task of parts.background ?? []) steps.push({ name: task.name, close: () => task.stop() });
+    const inboxRetentionMs = config.INBOX_RETENTION ?? DEFAULT_INBOX_RETENTION_MS;
+    checkInboxRetention(inboxRetentionMs, parts.consumers ?? [], config.EVENT_MAX_DELIVER);
 
     // Our own streams and the ones we read, so the start order of services does not matter.
     const consumed = (parts.consumers ?? []).map((c) => c.event as DescMessage);
@@ -266,6 +287,20 @@ export async function startServiceApp<C extends ServiceAppConfig, Exposed extend
         }),
       );
     }
+    // Every consumer's inbox is pruned here, so none grows for ever (one pruner per table:
+    // a service's consumers share theirs).
+    const inboxes = new Set<InboxTable>((parts.consumers ?? []).map((c) => c.inbox));
+    const pruners: InboxPruner[] = [...inboxes].map((inbox) =>
+      startInboxPruner({
+        db,
+        inbox,
+        retentionMs: inboxRetentionMs,
+        intervalMs: config.INBOX_PRUNE_INTERVAL ?? DEFAULT_INBOX_PRUNE_INTERVAL_MS,
+        onPruned: (rows) => log.info({ rows, retention_ms: inboxRetentionMs }, 'inbox pruned'),
+        onError: (err) => log.warn({ err }, 'inbox pruning failed; the next pass tries again'),
+      }),
+    );
+    if (pruners.length > 0) steps.push({ name: 'inbox pruner', close: () => Promise.all(pruners.map((p) => p.stop())) });
 
     const server = await startMeshServer({
       name,
@@ -317,6 +352,30 @@ export async function startServiceApp<C extends ServiceAppConfig, Exposed extend
   } catch (err) {
     await closeAll(0);
     throw err;
+  }
+}
+
+/**
+ * INBOX_RETENTION must outlast every way a copy of a handled event comes back by itself
+ * (inboxRetentionFloorMs, per consumer with its own deliveries, ack wait and backoff):
+ * a row pruned earlier would let that copy apply twice. A ConfigError naming the variable.
+ */
+function checkInboxRetention(retentionMs: number, consumers: readonly ServiceConsumer[], maxDeliver: number | undefined): void {
+  for (const c of consumers) {
+    const floor = inboxRetentionFloorMs({
+      duplicateWindowMs: DEFAULT_DUPLICATE_WINDOW_MS,
+      maxDeliver: c.maxDeliver ?? maxDeliver ?? DEFAULT_MAX_DELIVER,
+      ackWaitMs: c.ackWaitMs ?? DEFAULT_ACK_WAIT_MS,
+      backoff: c.backoff,
+    });
+    if (retentionMs <= floor) {
+      throw new ConfigError([
+        {
+          variable: 'INBOX_RETENTION',
+          problem: `must be longer than the ${Math.ceil(floor / 1000)} s in which consumer ${c.name} can still see a copy of an event (duplicate window + deliveries x (ack wait + backoff)), got ${Math.round(retentionMs / 1000)} s`,
+        },
+      ]);
+    }
   }
 }
 

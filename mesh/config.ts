@@ -223,12 +223,12 @@ export function boolean(defaultValue: boolean, doc?: string): Setting<boolean> {
   );
 }
 
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** A duration such as "250ms", "5s", "2m", "1h"; the value is milliseconds. */
+/** A duration such as "250ms", "5s", "2m", "1h", "7d"; the value is milliseconds. */
 export function duration(defaultValue: string, doc?: string): Setting<number> {
   const parse = (raw: string): number | Invalid => {
-    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(raw);
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(raw);
     return m ? Math.round(Number(m[1]) * DURATION_UNITS[m[2]!]!) : new Invalid();
   };
   const fallback = parse(defaultValue);

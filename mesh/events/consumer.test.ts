@@ -4,7 +4,7 @@ import { eq, sql } from "drizzle-orm";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../../gen/shop/order/v1/order_pb.js";
 import { PermanentEventError, startConsumer, type ConsumerOptions } from "./consumer.js";
 import { listDeadLetters, replayDeadLetter } from "./dead-letter.js";
-import { pruneInbox } from "./inbox.js";
+import { inboxRetentionFloorMs, pruneInbox } from "./inbox.js";
 import { rowsOf, type EventsTx } from "./db.js";
 import { EVENT_ID, EVENT_TYPE, toMsgHdrs } from "./headers.js";
 import { eventSubject, packageStream } from "./naming.js";
@@ -258,4 +258,28 @@ test.serial("pruneInbox removes only entries older than the cutoff", async (t) =
   t.is(await pruneInbox(env.db, s.inbox, 30 * 86_400_000), 1);
   const left = await env.db.select({ id: s.inbox.eventId }).from(s.inbox).where(eq(s.inbox.consumer, "prune"));
   t.deepEqual(left.map((r) => r.id), ["new"]);
+});
+
+test.serial("pruneInbox deletes a backlog in bounded batches, and two pruners at once delete each row once", async (t) => {
+  const old = new Date(Date.now() - 10 * 86_400_000);
+  const rows = (consumer: string, n: number) =>
+    Array.from({ length: n }, (_, i) => ({ consumer, eventId: `e-${i}`, eventType: "x", processedAt: old }));
+  await env.db.insert(s.inbox).values(rows("backlog", 2_500));
+  await env.db.insert(s.inbox).values({ consumer: "backlog", eventId: "fresh", eventType: "x" });
+  t.is(await pruneInbox(env.db, s.inbox, 86_400_000, 400), 2_500, "every old row, 400 at a time");
+
+  await env.db.insert(s.inbox).values(rows("racing", 3_000));
+  const [a, b] = await Promise.all([pruneInbox(env.db, s.inbox, 86_400_000, 100), pruneInbox(env.db, s.inbox, 86_400_000, 100)]);
+  const left = await env.db.select({ id: s.inbox.eventId }).from(s.inbox).where(sql`${s.inbox.processedAt} < now() - interval '1 day'`);
+  t.is(a + b + left.length, 3_000, "no row deleted twice");
+  t.is(await pruneInbox(env.db, s.inbox, 86_400_000), left.length, "what one skipped, the next pass deletes");
+  const kept = await env.db.select({ id: s.inbox.eventId }).from(s.inbox).where(eq(s.inbox.consumer, "backlog"));
+  t.deepEqual(kept.map((r) => r.id), ["fresh"]);
+});
+
+test("the retention floor adds the duplicate window and every delivery's ack wait and backoff", (t) => {
+  t.is(inboxRetentionFloorMs({ duplicateWindowMs: 120_000, maxDeliver: 2, ackWaitMs: 30_000, backoff: () => 1_000 }), 120_000 + 2 * 31_000);
+  // Default backoff at its largest: 500 ms doubling, capped at 60 s, jitter +20 %.
+  const floor = inboxRetentionFloorMs({ duplicateWindowMs: 0, maxDeliver: 100, ackWaitMs: 0 });
+  t.is(floor, 600 + 1_200 + 2_400 + 4_800 + 9_600 + 19_200 + 38_400 + 93 * 60_000);
 });

@@ -42,6 +42,11 @@ import { assertDurableName, eventSubject, streamForType } from "./naming.js";
 import { isNotFound } from "./streams.js";
 import type { InboxTable } from "./tables.js";
 
+/** How long the server waits for an ack before redelivering, unless the consumer says. */
+export const DEFAULT_ACK_WAIT_MS = 30_000;
+/** Deliveries before dead-lettering, unless the consumer (or EVENT_MAX_DELIVER) says. */
+export const DEFAULT_MAX_DELIVER = 5;
+
 export interface EventMeta {
   /** pm-event-id (falls back to Nats-Msg-Id): the inbox key. */
   eventId: string;
@@ -142,7 +147,7 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
   const prefix = opts.prefix ?? "";
   const stream = opts.stream ?? streamForType(opts.event.typeName, prefix).name;
   const subject = opts.subject ?? eventSubject(opts.event.typeName, prefix);
-  const maxDeliver = opts.maxDeliver ?? 5;
+  const maxDeliver = opts.maxDeliver ?? DEFAULT_MAX_DELIVER;
   if (!(maxDeliver >= 1)) throw new Error("maxDeliver must be at least 1");
   const maxAckPending = opts.maxAckPending ?? 100;
   const concurrency = Math.max(1, opts.concurrency ?? 1);
@@ -158,7 +163,7 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
     replay_policy: ReplayPolicy.Instant,
     filter_subject: subject,
     max_deliver: -1,
-    ack_wait: nanos(opts.ackWaitMs ?? 30_000),
+    ack_wait: nanos(opts.ackWaitMs ?? DEFAULT_ACK_WAIT_MS),
     max_ack_pending: maxAckPending,
   }, hooks);
 

@@ -1,7 +1,10 @@
 // The consumer side of exactly-once effects: record (consumer, event id) in the same
-// transaction as the handler's writes.
-import { lt } from "drizzle-orm";
-import type { EventsDb, EventsTx } from "./db.js";
+// transaction as the handler's writes; and forget them once no copy of the event can
+// come back (pruneInbox, startInboxPruner), so the table does not grow for ever.
+import { sql } from "drizzle-orm";
+import { getTableConfig } from "drizzle-orm/pg-core";
+import { backoffDelay, type BackoffOptions } from "./backoff.js";
+import { rowsOf, type EventsDb, type EventsTx } from "./db.js";
 import type { InboxTable } from "./tables.js";
 
 /**
@@ -33,14 +36,117 @@ export async function recordInboxMany(
   return new Set(inserted.map((r) => r.eventId));
 }
 
+/** Rows one pruning statement deletes at most: a short statement, short row locks, a small WAL burst. */
+export const PRUNE_BATCH = 1000;
+
 /**
- * Deletes inbox rows older than `olderThanMs`; returns how many went. Keep them longer than
- * any redelivery or replay can come back: at least the streams' max age, in practice weeks.
+ * Deletes inbox rows older than `olderThanMs` (by the database's clock); returns how many
+ * went. In batches of `batchSize`, each its own statement (its own transaction), so a big
+ * backlog never holds many row locks or one long transaction; the batches walk the table
+ * in physical order (a TID range scan from where the last one stopped), so the whole pass
+ * reads the table about once, with no index on processed_at to keep up on every insert.
+ * Several replicas pruning at once skip each other's rows (SKIP LOCKED) and never wait on
+ * each other; a row one of them skipped is deleted by the next pass.
+ *
+ * Keep rows longer than any copy of their event can come back (inboxRetentionFloorMs):
+ * once a row is gone, a redelivery of its event is applied again.
  */
-export async function pruneInbox(db: EventsDb, inbox: InboxTable, olderThanMs: number): Promise<number> {
-  const gone = await db
-    .delete(inbox)
-    .where(lt(inbox.processedAt, new Date(Date.now() - olderThanMs)))
-    .returning({ eventId: inbox.eventId });
-  return gone.length;
+export async function pruneInbox(db: EventsDb, inbox: InboxTable, olderThanMs: number, batchSize = PRUNE_BATCH): Promise<number> {
+  const table = sql.raw(qualifiedName(inbox));
+  let after = "(0,0)";
+  let total = 0;
+  for (;;) {
+    const [row] = rowsOf<{ n: number; last: string | null }>(
+      await db.execute(sql`
+        with gone as (
+          delete from ${table} where ctid = any(array(
+            select ctid from ${table}
+            where ctid > ${after}::tid and processed_at < now() - ${olderThanMs} * interval '1 millisecond'
+            limit ${batchSize}
+            for update skip locked))
+          returning ctid)
+        select count(*)::int as n, max(ctid)::text as last from gone`),
+    );
+    const n = Number(row?.n ?? 0);
+    total += n;
+    if (n < batchSize || !row?.last) return total;
+    after = row.last;
+  }
+}
+
+function qualifiedName(inbox: InboxTable): string {
+  const { name, schema } = getTableConfig(inbox);
+  const quote = (id: string) => `"${id.replaceAll('"', '""')}"`;
+  return schema ? `${quote(schema)}.${quote(name)}` : quote(name);
+}
+
+/**
+ * How long after its first delivery a copy of an event can still reach a consumer by
+ * itself: the relay may publish an event again within JetStream's duplicate window (the
+ * server drops those, but only within it, so count it), and the consumer redelivers a
+ * failing message up to maxDeliver times, each after its ack wait and its backoff. An
+ * inbox retention shorter than this lets a redelivery through twice. (Dead-letter replays
+ * and a relay republishing after a long NATS outage are not bounded by anything: the
+ * retention is what bounds them, hence days, not this floor.)
+ */
+export function inboxRetentionFloorMs(opts: {
+  duplicateWindowMs: number;
+  maxDeliver: number;
+  ackWaitMs: number;
+  backoff?: BackoffOptions | ((deliveryCount: number) => number);
+}): number {
+  let total = opts.duplicateWindowMs;
+  for (let n = 1; n <= opts.maxDeliver; n++) {
+    const delay = typeof opts.backoff === "function" ? opts.backoff(n) : backoffDelay(n, opts.backoff, () => 1);
+    total += opts.ackWaitMs + delay;
+  }
+  return total;
+}
+
+export interface InboxPruner {
+  /** One pass now (what the timer runs); resolves how many rows went. */
+  runOnce(): Promise<number>;
+  /** Stops the timer and waits for a pass in progress. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Prunes `inbox` every `intervalMs`, keeping `retentionMs`. The first pass comes within a
+ * minute of the start, at a random moment (so a process restarted more often than the
+ * interval still prunes, and replicas started together do not prune together).
+ */
+export function startInboxPruner(options: {
+  db: EventsDb;
+  inbox: InboxTable;
+  retentionMs: number;
+  intervalMs: number;
+  batchSize?: number;
+  onPruned?: (rows: number) => void;
+  onError?: (err: unknown) => void;
+}): InboxPruner {
+  let running: Promise<number> | undefined;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const runOnce = () => {
+    running ??= pruneInbox(options.db, options.inbox, options.retentionMs, options.batchSize).finally(() => (running = undefined));
+    return running;
+  };
+  const schedule = (ms: number) => {
+    if (stopped) return;
+    timer = setTimeout(() => {
+      runOnce()
+        .then((n) => n > 0 && options.onPruned?.(n), (err) => options.onError?.(err))
+        .finally(() => schedule(options.intervalMs));
+    }, ms);
+    timer.unref?.();
+  };
+  schedule(Math.random() * Math.min(options.intervalMs, 60_000));
+  return {
+    runOnce,
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await running?.catch(() => undefined);
+    },
+  };
 }

@@ -2,6 +2,9 @@
 import { DiscardPolicy, nanos, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig, type StreamInfo } from "nats";
 import { deadLetterStream, type StreamSpec } from "./naming.js";
 
+/** JetStream's Nats-Msg-Id dedupe window on our streams unless told otherwise. */
+export const DEFAULT_DUPLICATE_WINDOW_MS = 120_000;
+
 export interface EnsureStreamsOptions {
   /** Subject prefix; also decides the dead-letter stream's name. */
   prefix?: string;
@@ -43,7 +46,7 @@ async function ensureStream(jsm: JetStreamManager, spec: StreamSpec, opts: Ensur
     discard: DiscardPolicy.Old,
     storage: opts.storage === "memory" ? StorageType.Memory : StorageType.File,
     num_replicas: opts.replicas ?? 1,
-    duplicate_window: nanos(opts.duplicateWindowMs ?? 120_000),
+    duplicate_window: nanos(opts.duplicateWindowMs ?? DEFAULT_DUPLICATE_WINDOW_MS),
     max_age: opts.maxAgeMs ? nanos(opts.maxAgeMs) : 0,
   };
   let existing: StreamInfo | undefined;
