@@ -321,7 +321,10 @@ export class InventoryStore {
       const rows = await tx
         .select()
         .from(reservations)
-        .where(and(eq(reservations.status, 'RESERVED'), lte(reservations.expireTime, new Date(now))))
+        // 'RESERVED' as a literal, not a parameter: the partial index reservations_open_expire_idx
+        // (status = 'RESERVED') only serves a plan that can prove it, and a prepared statement's
+        // generic plan cannot from `status = $1` (it would read the whole, growing table).
+        .where(and(sql`${reservations.status} = 'RESERVED'`, lte(reservations.expireTime, new Date(now))))
         .orderBy(asc(reservations.expireTime))
         .limit(limit)
         .for('update', { skipLocked: true });
