@@ -21,7 +21,7 @@
 // At-least-once: a crash between PubAck and commit republishes the rows; the stream's
 // duplicate window (Nats-Msg-Id = event id) drops the copies and consumers' inboxes
 // catch anything older than the window.
-import { count, inArray, isNull, sql } from "drizzle-orm";
+import { count, isNull, sql } from "drizzle-orm";
 import { Events, type JetStreamClient, type NatsConnection } from "nats";
 import { onOutboxCommitted, PROCESS_NOTIFY_TAG } from "./commit-signal.js";
 import { rowFromDriver, rowsOf, type EventsDb } from "./db.js";
@@ -293,7 +293,12 @@ export class OutboxRelay {
         }),
       );
       if (done.length > 0) {
-        await tx.update(outbox).set({ publishedAt: sql`now()` }).where(inArray(outbox.id, done));
+        // One text for any number of ids (not `in ($1, ..., $n)`): statements are prepared per
+        // text and connection (mesh/db-prepared.ts), and batches range from 1 to batchSize rows.
+        await tx
+          .update(outbox)
+          .set({ publishedAt: sql`now()` })
+          .where(sql`${outbox.id} = any(string_to_array(${done.join(",")}, ',')::uuid[])`);
       }
       // A partial batch left nothing behind except its failures (rows committed since are the
       // next round's); only a full batch needs a count.
