@@ -72,7 +72,7 @@ export async function pgStatsSnapshot(sql: postgres.Sql): Promise<Snapshot> {
       from pg_stat_user_tables`;
   for (const r of tt) tables.set(`${r.schemaname}.${r.relname}`, r);
   const [database] = await sql<Record<string, number>[]>`
-    select xact_commit::float8 as xact_commit, xact_rollback::float8 as xact_rollback, blks_hit::float8 as blks_hit,
+    select sessions::float8 as sessions, xact_commit::float8 as xact_commit, xact_rollback::float8 as xact_rollback, blks_hit::float8 as blks_hit,
            blks_read::float8 as blks_read, tup_returned::float8 as tup_returned, tup_fetched::float8 as tup_fetched
       from pg_stat_database where datname = current_database()`;
   const [wal] = await sql<Record<string, number>[]>`
