@@ -76,3 +76,84 @@ test('batches hold at most maxItems, and only what fits', async (t) => {
   await Promise.all(all);
   t.deepEqual(h.sent, [[0], [1, 2, 3], [4, 5], [6]]);
 });
+
+test('splitOn: a batch call refused as a whole is sent again as one call per input, each with its own outcome', async (t) => {
+  const sent: string[] = [];
+  const c = new Coalescer<number, string>({
+    sendOne: async (n) => {
+      sent.push(`one ${n}`);
+      await new Promise((r) => setTimeout(r, 5));
+      if (n < 0) throw new Error(`refused ${n}`);
+      return `one ${n}`;
+    },
+    sendBatch: async (ns) => {
+      sent.push(`batch ${ns.join(',')}`);
+      throw new Error('no batch method');
+    },
+    splitOn: (err) => (err as Error).message === 'no batch method',
+  });
+  const all = [1, 2, -3].map((n) => settle(c.call(n)));
+  t.deepEqual(await Promise.all(all), ['one 1', 'one 2', 'error: refused -3']);
+  t.deepEqual(sent, ['one 1', 'batch 2,-3', 'one 2', 'one -3']);
+  t.is(c.calls, 4, 'the batch and the two calls it was split into');
+});
+
+test('stragglerMs: a batch in flight that long stops holding back the calls behind it, up to maxInFlight', async (t) => {
+  const sent: number[][] = [];
+  const gates = new Map<number, () => void>();
+  const c = new Coalescer<number, string>({
+    sendOne: (n) => {
+      sent.push([n]);
+      return new Promise((resolve) => gates.set(n, () => resolve(`one ${n}`)));
+    },
+    sendBatch: (ns) => {
+      sent.push(ns);
+      return new Promise((resolve) => gates.set(ns[0]!, () => resolve(ns.map((n) => `batch ${n}`))));
+    },
+    stragglerMs: 30,
+    maxInFlight: 2,
+  });
+  const slow = settle(c.call(1)); // never answered until the end: the slow card
+  const behind = [2, 3].map((n) => settle(c.call(n)));
+  t.deepEqual(sent, [[1]], 'held back while the first is young');
+  await new Promise((r) => setTimeout(r, 60));
+  t.deepEqual(sent, [[1], [2, 3]], 'sent once the first became a straggler');
+  gates.get(2)!();
+  t.deepEqual(await Promise.all(behind), ['batch 2', 'batch 3'], 'answered while the straggler is still out');
+  const more = [4, 5].map((n) => settle(c.call(n)));
+  await new Promise((r) => setTimeout(r, 60));
+  t.deepEqual(sent.at(-1), [4], 'a new batch after the straggler');
+  const last = settle(c.call(6));
+  await new Promise((r) => setTimeout(r, 60));
+  t.is(sent.length, 3, 'maxInFlight 2: the straggler and [4] are out, 5 and 6 wait');
+  gates.get(1)!();
+  t.is(await slow, 'one 1');
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(sent.at(-1), [5, 6], 'sent when a place frees up');
+  gates.get(4)!();
+  gates.get(5)!();
+  t.deepEqual(await Promise.all([...more, last]), ['one 4', 'batch 5', 'batch 6']);
+});
+
+test('without stragglerMs a slow batch holds back every call behind it', async (t) => {
+  const sent: number[][] = [];
+  let answer!: () => void;
+  const c = new Coalescer<number, string>({
+    sendOne: (n) => {
+      sent.push([n]);
+      if (n !== 1) return Promise.resolve(`one ${n}`);
+      return new Promise((resolve) => (answer = () => resolve(`one ${n}`)));
+    },
+    sendBatch: async (ns) => {
+      sent.push(ns);
+      return ns.map((n) => `batch ${n}`);
+    },
+  });
+  const first = settle(c.call(1));
+  const behind = settle(c.call(2));
+  await new Promise((r) => setTimeout(r, 40));
+  t.deepEqual(sent, [[1]]);
+  answer();
+  t.is(await first, 'one 1');
+  t.is(await behind, 'one 2');
+});

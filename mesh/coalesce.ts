@@ -7,12 +7,21 @@
  * sends each call as before, with no added latency, and a busy one sends
  * fewer, larger calls: the batch grows with the load.
  *
+ * A straggler does not hold the line: with `stragglerMs`, a batch still in
+ * flight after that long stops counting, and the calls waiting behind it go
+ * out (up to `maxInFlight` batches at once). One slow answer (a slow card at
+ * the payment processor) then delays the calls batched with it, not every
+ * call that arrives while it lasts.
+ *
  * sendBatch answers one outcome per input, in input order: the value, or the
  * Error that input's call of its own would have failed with (so one refusal
  * fails none of the others). When sendBatch itself fails (the batch call was
  * not answered), that error reaches every input of the batch: the callers
  * retry as they would a call of their own, so the batched operation must be
- * idempotent.
+ * idempotent. When `splitOn` says the batch call's error is about the batch
+ * as a whole (the peer has no batch method yet, in a rolling deploy: an
+ * UNIMPLEMENTED; one input spoiled a shared request), each input is sent
+ * again alone and hears its own outcome.
  *
  * A batch runs outside any one caller's call context (mesh/call-context):
  * one caller's deadline or cancellation must not fail the others' calls, and
@@ -32,6 +41,12 @@ export interface CoalescerOptions<In, Out> {
   maxItems?: number;
   /** Whether `next` still fits beside `batch` (besides maxItems); the first input always goes. */
   fits?(batch: readonly In[], next: In): boolean;
+  /** Whether a failed sendBatch should be retried as one sendOne per input (default: never). */
+  splitOn?(err: unknown): boolean;
+  /** After this long in flight, a batch no longer holds back the next one (default: it always does). */
+  stragglerMs?: number;
+  /** Most batches in flight at once, stragglers included (default 4; only reached with stragglerMs). */
+  maxInFlight?: number;
 }
 
 interface Waiting<In, Out> {
@@ -43,8 +58,12 @@ interface Waiting<In, Out> {
 export class Coalescer<In, Out> {
   readonly #options: CoalescerOptions<In, Out>;
   readonly #maxItems: number;
+  readonly #maxInFlight: number;
   #queue: Waiting<In, Out>[] = [];
-  #inFlight = false;
+  /** Batches in flight that still hold the next one back (0 or 1). */
+  #holding = 0;
+  /** Batches in flight, stragglers included. */
+  #inFlight = 0;
   /** Calls sent (alone or batched) and inputs answered by them, for tests and the bench's account. */
   calls = 0;
   inputs = 0;
@@ -52,14 +71,19 @@ export class Coalescer<In, Out> {
   constructor(options: CoalescerOptions<In, Out>) {
     this.#options = options;
     this.#maxItems = options.maxItems ?? 100;
+    this.#maxInFlight = options.maxInFlight ?? 4;
   }
 
   /** The outcome `input` would have had from a call of its own. */
   call(input: In): Promise<Out> {
     return new Promise<Out>((resolve, reject) => {
       this.#queue.push({ input, resolve, reject });
-      if (!this.#inFlight) this.#flush();
+      if (this.#canSend()) this.#flush();
     });
+  }
+
+  #canSend(): boolean {
+    return this.#holding === 0 && this.#inFlight < this.#maxInFlight;
   }
 
   /** Sends what waits, as much as fits one batch; comes back while anything is left. */
@@ -74,10 +98,27 @@ export class Coalescer<In, Out> {
       inputs.push(next.input);
     }
     if (batch.length === 0) return;
-    this.#inFlight = true;
+    this.#holding++;
+    this.#inFlight++;
+    let holding = true;
+    const release = () => {
+      if (!holding) return;
+      holding = false;
+      this.#holding--;
+    };
+    const straggler =
+      this.#options.stragglerMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            release();
+            if (this.#queue.length > 0 && this.#canSend()) this.#flush();
+          }, this.#options.stragglerMs);
+    straggler?.unref?.();
     void runWithCallContext({ header: new Headers() }, () => this.#send(batch, inputs)).finally(() => {
-      this.#inFlight = false;
-      if (this.#queue.length > 0) this.#flush();
+      clearTimeout(straggler);
+      release();
+      this.#inFlight--;
+      if (this.#queue.length > 0 && this.#canSend()) this.#flush();
     });
   }
 
@@ -96,6 +137,11 @@ export class Coalescer<In, Out> {
         throw new Error(`a batch of ${batch.length} was answered with ${outcomes.length} outcomes`);
       }
     } catch (err) {
+      if (this.#options.splitOn?.(err)) {
+        this.calls += batch.length;
+        await Promise.all(batch.map((w) => this.#options.sendOne(w.input).then(w.resolve, w.reject)));
+        return;
+      }
       for (const w of batch) w.reject(err);
       return;
     }

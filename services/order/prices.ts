@@ -50,6 +50,8 @@ export class CatalogPrices {
       // The union of the SKUs stays within the catalog's limit (a lone lookup over it goes
       // alone and hears the catalog's own error).
       fits: (batch, next) => new Set([...batch.flat(), ...next]).size <= maxSkus,
+      // Someone's SKU was refused: each lookup is asked again alone, so each hears its own answer.
+      splitOn: (err) => ConnectError.from(err).code === Code.InvalidArgument,
     });
   }
 
@@ -74,14 +76,7 @@ export class CatalogPrices {
 
   /** One call for the union of the lookups' SKUs, answered to each as a call of its own. */
   async #shared(batch: string[][]): Promise<(PriceLookup | Error)[]> {
-    let res;
-    try {
-      res = await this.#catalog.batchGetProducts({ skus: [...new Set(batch.flat())] });
-    } catch (err) {
-      if (ConnectError.from(err).code !== Code.InvalidArgument) throw err;
-      // Someone's SKU was refused: ask for each lookup alone, so each hears its own answer.
-      return Promise.all(batch.map((skus) => this.#own(skus).catch((e: unknown) => ConnectError.from(e))));
-    }
+    const res = await this.#catalog.batchGetProducts({ skus: [...new Set(batch.flat())] });
     const bySku = new Map(res.products.map((p) => [p.sku, p]));
     const missing = new Set(res.missingSkus);
     return batch.map((skus) => {

@@ -61,3 +61,19 @@ test('concurrent reservations share one BatchReserveStock; a refused one fails a
   await ports.inventory.reserveStock({ reservationId: 'e', lines }, { timeoutMs: 1000 });
   t.is(inv.calls.at(-1), 'single e');
 });
+
+test('an inventory without the batch RPC (an older replica mid-deploy) gets the same calls one by one, not a cancelled saga', async (t) => {
+  const inv = fakeInventory();
+  const older = {
+    ...inv.client,
+    batchReserveStock: async () => {
+      inv.calls.push('batch refused');
+      throw new ConnectError('method not implemented', Code.Unimplemented);
+    },
+  } as unknown as Client<typeof InventoryService>;
+  const ports = batchedSagaPorts({ inventory: older, payment: {} as Client<typeof PaymentService> });
+  const lines = [{ sku: 'SKU-1', quantity: 1n }];
+  const ids = await Promise.all(['a', 'b', 'c'].map((id) => ports.inventory.reserveStock({ reservationId: id, lines }).then((r) => r.reservation!.id)));
+  t.deepEqual(ids, ['a', 'b', 'c']);
+  t.deepEqual(inv.calls, ['single a', 'batch refused', 'single b', 'single c']);
+});

@@ -20,11 +20,17 @@
  * alone as the single RPC. Refund and release stay single: compensation is rare.
  *
  * Trade-off: a batch answers when its slowest request is done, so a slow card
- * (tok_slow, PAYMENT_SLOW_MS) holds up the authorizations batched with it, and
- * the ones that queue behind that batch.
+ * (tok_slow, PAYMENT_SLOW_MS) holds up the authorizations batched with it. It
+ * does not hold up the ones that arrive after: a batch still in flight after
+ * `stragglerMs` (250 ms) no longer holds the next one back (up to 4 batches
+ * in flight per method).
+ *
+ * Rolling deploys: an inventory or payment replica older than its batch RPCs
+ * answers them UNIMPLEMENTED; the batch is then sent again as single calls
+ * (without this, the saga would read UNIMPLEMENTED as a refusal and cancel).
  */
 import { create } from '@bufbuild/protobuf';
-import type { CallOptions, Client } from '@connectrpc/connect';
+import { Code, ConnectError, type CallOptions, type Client } from '@connectrpc/connect';
 import {
   CommitReservationRequestSchema,
   ReserveStockRequestSchema,
@@ -57,28 +63,37 @@ export interface BatchedSagaPorts extends SagaPorts {
   };
 }
 
-export function batchedSagaPorts(ports: SagaPorts): BatchedSagaPorts {
+/** After this long, a batch in flight no longer holds back the calls waiting behind it. */
+export const BATCH_STRAGGLER_MS = 250;
+
+export function batchedSagaPorts(ports: SagaPorts, options: { stragglerMs?: number } = {}): BatchedSagaPorts {
   const { inventory, payment } = ports;
+  const shared = {
+    maxItems: MAX_BATCH_REQUESTS,
+    stragglerMs: options.stragglerMs ?? BATCH_STRAGGLER_MS,
+    // A peer without the batch method (older, mid-deploy): the same calls, one by one.
+    splitOn: (err: unknown) => ConnectError.from(err).code === Code.Unimplemented,
+  };
   const coalescers = {
     reserveStock: new Coalescer<ReserveStockRequest, ReserveStockResponse>({
       sendOne: (req) => inventory.reserveStock(req),
       sendBatch: async (requests) => (await inventory.batchReserveStock({ requests })).results.map(itemOutcome),
-      maxItems: MAX_BATCH_REQUESTS,
+      ...shared,
     }),
     commitReservation: new Coalescer<CommitReservationRequest, CommitReservationResponse>({
       sendOne: (req) => inventory.commitReservation(req),
       sendBatch: async (requests) => (await inventory.batchCommitReservations({ requests })).results.map(itemOutcome),
-      maxItems: MAX_BATCH_REQUESTS,
+      ...shared,
     }),
     authorizePayment: new Coalescer<AuthorizePaymentRequest, AuthorizePaymentResponse>({
       sendOne: (req) => payment.authorizePayment(req),
       sendBatch: async (requests) => (await payment.batchAuthorizePayments({ requests })).results.map(itemOutcome),
-      maxItems: MAX_BATCH_REQUESTS,
+      ...shared,
     }),
     capturePayment: new Coalescer<CapturePaymentRequest, CapturePaymentResponse>({
       sendOne: (req) => payment.capturePayment(req),
       sendBatch: async (requests) => (await payment.batchCapturePayments({ requests })).results.map(itemOutcome),
-      maxItems: MAX_BATCH_REQUESTS,
+      ...shared,
     }),
   };
   const alone = (options: CallOptions | undefined) => options !== undefined;
