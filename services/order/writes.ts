@@ -150,14 +150,19 @@ export interface FinishSaga {
  */
 export async function finishSaga(db: Database, f: FinishSaga): Promise<{ lease: boolean; moved: boolean; updateTime?: Date }> {
   const e = f.event;
-  const rows = await runStatement<{ saga: string | number; update_time: string | Date | null }>(db, FINISH_SAGA, [
+  const rows = await runStatement<MoveRow>(db, FINISH_SAGA, [
     f.lastError, f.orderId, f.leaseToken, f.status, f.cancelReason,
     e.id, e.aggregateId, e.eventType, e.subject, e.payload, e.headers,
   ]);
-  const row = rows[0]!;
+  return orderMoved(db, rows[0]!);
+}
+
+type MoveRow = { saga: string | number; update_time: string | Date | null };
+
+/** What FINISH_SAGA and SETTLE_ORDER answer: whether our lease held, and whether the order moved (then the relay is told). */
+function orderMoved(db: Database, row: MoveRow): { lease: boolean; moved: boolean; updateTime?: Date } {
   if (row.update_time !== null) announceCommitted(db, SCHEMA);
-  const lease = Number(row.saga) > 0;
-  return { lease, moved: row.update_time !== null, updateTime: row.update_time === null ? undefined : new Date(row.update_time) };
+  return { lease: Number(row.saga) > 0, moved: row.update_time !== null, updateTime: row.update_time === null ? undefined : new Date(row.update_time) };
 }
 
 const FINISH_SAGA = `
@@ -201,13 +206,11 @@ export interface SettleOrder {
  */
 export async function settleOrder(db: Database, f: SettleOrder): Promise<{ lease: boolean; moved: boolean; updateTime?: Date }> {
   const e = f.event;
-  const rows = await runStatement<{ saga: string | number; update_time: string | Date | null }>(db, SETTLE_ORDER, [
+  const rows = await runStatement<MoveRow>(db, SETTLE_ORDER, [
     f.step, f.attempt, f.dueInMs, f.lastError, f.sagaCancelReason, f.orderId, f.leaseToken, f.status, f.cancelReason, f.nextLeaseToken,
     e.id, e.aggregateId, e.eventType, e.subject, e.payload, e.headers,
   ]);
-  const row = rows[0]!;
-  if (row.update_time !== null) announceCommitted(db, SCHEMA);
-  return { lease: Number(row.saga) > 0, moved: row.update_time !== null, updateTime: row.update_time === null ? undefined : new Date(row.update_time) };
+  return orderMoved(db, rows[0]!);
 }
 
 const SETTLE_ORDER = `
