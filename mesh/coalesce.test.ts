@@ -1,4 +1,5 @@
 import test from 'ava';
+import { currentTraceContext, runWithTraceContext } from './call-context.js';
 import { Coalescer } from './coalesce.js';
 
 /** A coalescer whose calls are recorded and answered when the test says so. */
@@ -156,4 +157,31 @@ test('without stragglerMs a slow batch holds back every call behind it', async (
   answer();
   t.is(await first, 'one 1');
   t.is(await behind, 'one 2');
+});
+
+test("each call is sent in its caller's trace context, a batch in its first input's, never in the trace of whoever started the first batch", async (t) => {
+  const seen: string[] = [];
+  let answer: (() => void) | undefined;
+  const c = new Coalescer<number, string>({
+    sendOne: async (n) => {
+      seen.push(`one ${n}: ${String(currentTraceContext())}`);
+      if (n === 1) await new Promise<void>((r) => (answer = r));
+      return `one ${n}`;
+    },
+    sendBatch: async (ns) => {
+      seen.push(`batch ${ns.join(',')}: ${String(currentTraceContext())}`);
+      await new Promise((r) => setTimeout(r, 5));
+      return ns.map((n) => `batch ${n}`);
+    },
+  });
+  const call = (n: number) => runWithTraceContext(`trace-${n}`, () => settle(c.call(n)));
+  const first = call(1);
+  const second = [call(2), call(3)];
+  answer!();
+  await Promise.all([first, ...second]);
+  // Sent from the completion of [2, 3], which ran in trace-1's flush: still their own traces.
+  const third = [call(4), call(5)];
+  const fourth = call(6);
+  await Promise.all([...third, fourth]);
+  t.deepEqual(seen, ['one 1: trace-1', 'batch 2,3: trace-2', 'one 4: trace-4', 'batch 5,6: trace-5']);
 });

@@ -24,13 +24,17 @@
  * again alone and hears its own outcome.
  *
  * A batch runs outside any one caller's call context (mesh/call-context):
- * one caller's deadline or cancellation must not fail the others' calls, and
- * no one caller's trace owns the batch. Its deadline is the batch method's own.
+ * one caller's deadline or cancellation must not fail the others' calls. Its
+ * deadline is the batch method's own. Its trace is its first input's (a lone
+ * call, or a split one, is traced as its own caller's): without that, every
+ * batch would run in the trace of whichever caller started the first one (the
+ * next batch is sent from the previous one's completion), one trace growing
+ * for as long as the load lasts.
  *
  * Used by order/prices.ts (catalog lookups) and order/saga-ports.ts (the
  * saga's inventory and payment calls).
  */
-import { runWithCallContext } from './call-context.js';
+import { currentTraceContext, runWithCallContext, runWithTraceContext } from './call-context.js';
 
 export interface CoalescerOptions<In, Out> {
   /** A lone call: the batch of one, as a call of its own. */
@@ -51,6 +55,8 @@ export interface CoalescerOptions<In, Out> {
 
 interface Waiting<In, Out> {
   input: In;
+  /** The caller's trace context (mesh/call-context), for the call that carries this input. */
+  trace: unknown;
   resolve(value: Out): void;
   reject(err: unknown): void;
 }
@@ -77,7 +83,7 @@ export class Coalescer<In, Out> {
   /** The outcome `input` would have had from a call of its own. */
   call(input: In): Promise<Out> {
     return new Promise<Out>((resolve, reject) => {
-      this.#queue.push({ input, resolve, reject });
+      this.#queue.push({ input, trace: currentTraceContext(), resolve, reject });
       if (this.#canSend()) this.#flush();
     });
   }
@@ -114,7 +120,8 @@ export class Coalescer<In, Out> {
             if (this.#queue.length > 0 && this.#canSend()) this.#flush();
           }, this.#options.stragglerMs);
     straggler?.unref?.();
-    void runWithCallContext({ header: new Headers() }, () => this.#send(batch, inputs)).finally(() => {
+    const first = batch[0]!;
+    void runWithCallContext({ header: new Headers() }, () => runWithTraceContext(first.trace, () => this.#send(batch, inputs))).finally(() => {
       clearTimeout(straggler);
       release();
       this.#inFlight--;
@@ -139,7 +146,7 @@ export class Coalescer<In, Out> {
     } catch (err) {
       if (this.#options.splitOn?.(err)) {
         this.calls += batch.length;
-        await Promise.all(batch.map((w) => this.#options.sendOne(w.input).then(w.resolve, w.reject)));
+        await Promise.all(batch.map((w) => runWithTraceContext(w.trace, () => this.#options.sendOne(w.input)).then(w.resolve, w.reject)));
         return;
       }
       for (const w of batch) w.reject(err);
