@@ -230,7 +230,9 @@ export class InventoryStore {
         ), want as (
           select x.sku, x.quantity from cur, jsonb_to_recordset(cur.lines) as x(sku text, quantity bigint) where cur.status = 'RESERVED'
         ), held as materialized (
-          select s.sku from ${stock} s where s.sku in (select sku from want) order by s.sku for update
+          -- = any(array(...)), not in (select ...): Postgres guesses 100 rows for jsonb_to_recordset
+          -- and then reads the whole stock table (a hash join) instead of probing its key per line.
+          select s.sku from ${stock} s where s.sku = any(array(select sku from want)) order by s.sku for update
         ), ok as (
           select (select count(*) from held) = (select count(*) from want) as ok
         ), done as (
@@ -239,7 +241,7 @@ export class InventoryStore {
           returning r.id
         ), taken as (
           update ${stock} s set on_hand = s.on_hand - w.quantity, reserved = s.reserved - w.quantity, update_time = ${ts}
-          from want w, ok where s.sku = w.sku and ok.ok
+          from want w, ok where s.sku = w.sku and s.sku = any(array(select sku from want)) and ok.ok
           returning s.sku
         )
         select cur.*, (select ok from ok) as ok, (select count(*) from done)::int as committed from cur`),
@@ -273,7 +275,7 @@ export class InventoryStore {
         ), want as materialized (
           select cur.id, x.sku, x.quantity from cur, jsonb_to_recordset(cur.lines) as x(sku text, quantity bigint) where cur.status = 'RESERVED'
         ), held as materialized (
-          select s.sku from ${stock} s where s.sku in (select sku from want) order by s.sku for update
+          select s.sku from ${stock} s where s.sku = any(array(select sku from want)) order by s.sku for update
         ), ok as materialized (
           select cur.id, not exists (select 1 from want w where w.id = cur.id and w.sku not in (select sku from held)) as ok from cur
         ), done as (
@@ -283,7 +285,7 @@ export class InventoryStore {
         ), taken as (
           update ${stock} s set on_hand = s.on_hand - t.quantity, reserved = s.reserved - t.quantity, update_time = ${ts}
           from (select w.sku, sum(w.quantity)::bigint as quantity from want w join ok on ok.id = w.id where ok.ok group by w.sku) t
-          where s.sku = t.sku
+          where s.sku = t.sku and s.sku = any(array(select sku from held))
           returning s.sku
         )
         select cur.*, ok.ok from cur join ok on ok.id = cur.id`),
