@@ -15,6 +15,14 @@
  * text costs one prepared statement per connection for the connection's life: keep texts
  * few (`= any($1)` rather than `in ($1, $2, ...)` for lists of any length).
  *
+ * Two things differ from unnamed statements. A generic plan cannot use a partial index whose
+ * predicate the query states with a parameter (`status = $1` against `where status =
+ * 'RESERVED'`): write such constants as literals. And when another replica's migration
+ * changes the columns a prepared statement returns, Postgres refuses the old statement
+ * ("cached plan must not change result type"); postgres.js prepares it again and retries
+ * outside a transaction, but inside one the transaction fails once (the caller's retry of an
+ * idempotent write covers it).
+ *
  *   const client = preparedStatements(postgres(url));
  *   const db = drizzle({ client });
  */
