@@ -32,8 +32,18 @@ export async function recordInboxMany(
   entries: { consumer: string; eventId: string; eventType: string }[],
 ): Promise<Set<string>> {
   if (entries.length === 0) return new Set();
-  const inserted = await tx.insert(inbox).values(entries).onConflictDoNothing().returning({ eventId: inbox.eventId });
-  return new Set(inserted.map((r) => r.eventId));
+  // One text for any number of entries (not drizzle's `values ($1, $2, $3), ...`): statements
+  // are prepared per text and connection (mesh/db-prepared.ts), and consumers' batches vary.
+  // jsonb_to_recordset yields the rows in array order, as the multi-row VALUES did.
+  const rows = entries.map((e) => ({ consumer: e.consumer, event_id: e.eventId, event_type: e.eventType }));
+  const inserted = rowsOf<{ event_id: string }>(
+    await tx.execute(sql`insert into ${inbox} (consumer, event_id, event_type)
+      select x.consumer, x.event_id, x.event_type
+      from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(consumer text, event_id text, event_type text)
+      on conflict do nothing
+      returning event_id`),
+  );
+  return new Set(inserted.map((r) => r.event_id));
 }
 
 /** Rows one pruning statement deletes at most: a short statement, short row locks, a small WAL burst. */

@@ -50,7 +50,7 @@ export async function enqueueEvent<Desc extends DescMessage>(
   return row.id;
 }
 
-/** The outbox row of one event: what enqueueEvent inserts and outboxInsertSql selects. */
+/** The outbox row of one event: what enqueueEvent inserts and outboxInsertSql (outboxInsertManySql) selects. */
 function outboxRow<Desc extends DescMessage>(caller: string, schema: Desc, message: MessageShape<Desc>, opts: EnqueueOptions) {
   if (!opts.aggregateId) throw new Error(`${caller}: aggregateId is required`);
   const headers: EventHeaders = { ...currentTraceHeaders(), ...opts.headers };
@@ -84,6 +84,39 @@ export function outboxInsertSql<Desc extends DescMessage>(
   return sql`insert into ${outbox} (id, aggregate_id, event_type, subject, payload, headers)
     select ${row.id}::uuid, ${row.aggregateId}, ${row.eventType}, ${row.subject},
       ${payload}::bytea, ${JSON.stringify(row.headers)}::jsonb from ${from}`;
+}
+
+/** One event for outboxInsertManySql: its message and enqueue options. */
+export function outboxEvent<Desc extends DescMessage>(
+  schema: Desc,
+  message: MessageShape<Desc>,
+  opts: EnqueueOptions,
+): ReturnType<typeof outboxRow> {
+  return outboxRow("outboxEvent", schema, message, opts);
+}
+
+/**
+ * The outbox INSERT of several events (outboxEvent each) as SQL, for a statement that
+ * writes state changes and their events together, as outboxInsertSql does for one. One
+ * statement text for any number of events: the rows travel as one jsonb parameter (payloads
+ * base64), not as `values (...), (...)` per event, because statements are prepared per text
+ * and connection (mesh/db-prepared.ts) and each batch size would be a text planned anew.
+ * The rows are inserted in the order given (jsonb_to_recordset keeps array order), so seq
+ * follows it. Inside a transaction, call eventsEnqueued(tx, outbox) too.
+ */
+export function outboxInsertManySql(outbox: OutboxTable, events: ReturnType<typeof outboxRow>[]): SQL {
+  const rows = events.map((e) => ({
+    id: e.id,
+    aggregate_id: e.aggregateId,
+    event_type: e.eventType,
+    subject: e.subject,
+    payload: Buffer.from(e.payload.buffer, e.payload.byteOffset, e.payload.byteLength).toString("base64"),
+    headers: e.headers,
+  }));
+  return sql`insert into ${outbox} (id, aggregate_id, event_type, subject, payload, headers)
+    select x.id, x.aggregate_id, x.event_type, x.subject, decode(x.payload, 'base64'), x.headers
+    from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
+      as x(id uuid, aggregate_id text, event_type text, subject text, payload text, headers jsonb)`;
 }
 
 /** Makes sure the relay wakes once `tx` commits the outbox rows it wrote (enqueueEvent's last step). */
