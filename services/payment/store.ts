@@ -20,11 +20,11 @@ import { randomUUID } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import { ConnectError } from '@connectrpc/connect';
-import { eq, sql, type SQL } from 'drizzle-orm';
+import { eq, sql } from 'drizzle-orm';
 import { resultRows, type Database, type Transaction } from '../../mesh/db.js';
 import { rowFromDriver } from '../../mesh/events/db.js';
 import { notFound } from '../../mesh/errors.js';
-import { enqueueEvent, eventsEnqueued, outboxInsertSql } from '../../mesh/events/outbox.js';
+import { enqueueEvent, eventsEnqueued, outboxEvent, outboxInsertManySql } from '../../mesh/events/outbox.js';
 import {
   PaymentAuthorizedSchema,
   PaymentFailedSchema,
@@ -134,37 +134,45 @@ export class PaymentStore {
   /**
    * New payments and their events (PaymentAuthorized or PaymentFailed) in one statement,
    * written out rather than through drizzle's insert builder, which maps every column of
-   * every call; then the relay's wake-up.
+   * every call; then the relay's wake-up. One statement text for any number of payments:
+   * the rows travel as jsonb (jsonb_to_recordset keeps their order), not as a `values`
+   * row per payment, because statements are prepared per text and connection
+   * (mesh/db-prepared.ts) and each batch size would be a text planned anew.
    */
   private async insertWithEvents(tx: Transaction, created: PaymentRecord[]): Promise<void> {
-    const values = sql.join(
-      created.map(
-        (p) => sql`(${p.id}::uuid, ${p.orderId}, ${p.userId}, ${String(p.amountMinor)}::bigint, ${p.currencyCode}, ${p.status},
-          ${p.declineReason}, ${p.cardLast4}, ${p.authorizationCode}, '', ${p.createTime.toISOString()}::timestamptz, ${p.updateTime.toISOString()}::timestamptz)`,
-      ),
-      sql`, `,
-    );
+    const rows = created.map((p) => ({
+      id: p.id,
+      order_id: p.orderId,
+      user_id: p.userId,
+      amount_minor: String(p.amountMinor),
+      currency_code: p.currencyCode,
+      status: p.status,
+      decline_reason: p.declineReason,
+      card_last4: p.cardLast4,
+      authorization_code: p.authorizationCode,
+      create_time: p.createTime.toISOString(),
+      update_time: p.updateTime.toISOString(),
+    }));
     const insert = sql`insert into "payment"."payments" (id, order_id, user_id, amount_minor, currency_code, status,
         decline_reason, card_last4, authorization_code, refund_reason, create_time, update_time)
-      values ${values}
+      select x.id, x.order_id, x.user_id, x.amount_minor, x.currency_code, x.status,
+        x.decline_reason, x.card_last4, x.authorization_code, '', x.create_time, x.update_time
+      from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(id uuid, order_id text, user_id text, amount_minor bigint,
+        currency_code text, status text, decline_reason text, card_last4 text, authorization_code text,
+        create_time timestamptz, update_time timestamptz)
       returning id`;
-    // One event per payment, each from a one-row source (an insert in WITH runs once whether read or not).
-    const events = sql.join(
-      created.map((p, i) => sql`, ${sql.raw(`e${i}`)} as (${this.eventSql(p)})`),
-      sql``,
-    );
-    await tx.execute(sql`with p as (${insert})${events} select count(*) from p`);
+    // One event per payment (an insert in WITH runs once whether read or not).
+    const events = outboxInsertManySql(outbox, created.map((p) => this.event(p)));
+    await tx.execute(sql`with p as (${insert}), e as (${events}) select count(*) from p`);
     await eventsEnqueued(tx, outbox);
   }
 
-  /** The outbox insert of a new payment's event: PaymentAuthorized, or PaymentFailed for a decline. */
-  private eventSql(p: PaymentRecord): SQL {
+  /** The outbox row of a new payment's event: PaymentAuthorized, or PaymentFailed for a decline. */
+  private event(p: PaymentRecord) {
     const occurTime = timestampFromMs(p.createTime.getTime());
     const opts = { aggregateId: p.orderId, prefix: this.prefix };
-    const one = sql`(values (1)) as one(x)`;
     return p.status === 'AUTHORIZED'
-      ? outboxInsertSql(
-          outbox,
+      ? outboxEvent(
           PaymentAuthorizedSchema,
           create(PaymentAuthorizedSchema, {
             paymentId: p.id,
@@ -174,14 +182,11 @@ export class PaymentStore {
             occurTime,
           }),
           opts,
-          one,
         )
-      : outboxInsertSql(
-          outbox,
+      : outboxEvent(
           PaymentFailedSchema,
           create(PaymentFailedSchema, { paymentId: p.id, orderId: p.orderId, userId: p.userId, reason: p.declineReason, occurTime }),
           opts,
-          one,
         );
   }
 
@@ -222,10 +227,11 @@ export class PaymentStore {
         }),
       );
       if (toMark.length > 0) {
+        // = any(the ids as jsonb), not in ($1, ..., $n): one statement text for any number of orders.
         const rows = resultRows<Record<string, unknown>>(
           await tx.execute(sql`update "payment"."payments" set status = 'CAPTURED',
               update_time = ${new Date(this.now()).toISOString()}::timestamptz
-            where order_id in (${sql.join(toMark.map((id) => sql`${id}`), sql`, `)}) returning *`),
+            where order_id = any(array(select jsonb_array_elements_text(${JSON.stringify(toMark)}::jsonb))) returning *`),
         );
         for (const row of rows) {
           const p = record(rowFromDriver(payments, row));
@@ -302,10 +308,12 @@ export class PaymentStore {
    * each read after its lock as lockOrder's. Answers the payments found, by order id.
    */
   private async lockOrders(tx: Transaction, orderIds: string[]): Promise<Map<string, PaymentRecord>> {
-    const ids = sql.join([...new Set(orderIds)].map((id) => sql`(${id}::text)`), sql`, `);
+    // The ids as one jsonb parameter, not `values ($1), ($2), ...`: one statement text for any
+    // number of orders (statements are prepared per text and connection, mesh/db-prepared.ts).
+    const ids = JSON.stringify([...new Set(orderIds)]);
     const rows = resultRows<Record<string, unknown>>(
       await tx.execute(sql`select p.* from
-          (select id from (values ${ids}) as v(id) order by hashtextextended('payment:' || id, 0)) as u
+          (select id from jsonb_array_elements_text(${ids}::jsonb) as v(id) order by hashtextextended('payment:' || id, 0)) as u
           cross join lateral payment.lock_order(u.id) as p`),
     );
     return new Map(rows.map((row) => {
