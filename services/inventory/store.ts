@@ -130,10 +130,6 @@ export class InventoryStore {
       { aggregateId: id, prefix: this.prefix },
       sql`r`,
     );
-    const want = sql.join(
-      sorted.map((l) => sql`(${l.sku}::text, ${l.quantity}::bigint)`),
-      sql`, `,
-    );
     // One statement and no explicit transaction (one round trip instead of three): a
     // statement is all or nothing by itself, and a line that cannot be covered makes it
     // fail (inventory.short_stock, migration 0001), which undoes the reservation, the
@@ -147,16 +143,21 @@ export class InventoryStore {
             values (${id}, 'RESERVED', ${JSON.stringify(sorted)}::jsonb, ${expire.toISOString()}::timestamptz, ${ts}, ${ts})
             on conflict (id) do nothing
             returning id
-          ), want (sku, quantity) as (values ${want}),
-          held as materialized (
+          ), want as materialized (
+            -- The lines as jsonb, not a values row per line: one statement text for any number
+            -- of lines (statements are prepared per text and connection, mesh/db-prepared.ts).
+            select x.sku, x.quantity from jsonb_to_recordset(${JSON.stringify(sorted)}::jsonb) as x(sku text, quantity bigint)
+          ), held as materialized (
+            -- = any(array(...)), not in (select ...): Postgres guesses 100 rows for jsonb_to_recordset
+            -- and would read the whole stock table instead of probing its key per line.
             select s.sku, s.on_hand - s.reserved as available from ${stock} s
-            where s.sku in (select sku from want) and exists (select 1 from r)
+            where s.sku = any(array(select sku from want)) and exists (select 1 from r)
             order by s.sku
             for update
           ), taken as (
             update ${stock} s set reserved = s.reserved + w.quantity, update_time = ${ts}
             from want w join held h on h.sku = w.sku
-            where s.sku = w.sku and h.available >= w.quantity
+            where s.sku = w.sku and s.sku = any(array(select sku from held)) and h.available >= w.quantity
             returning s.sku
           ), e as (${event})
           select (select count(*) from r)::int as inserted,
@@ -263,15 +264,14 @@ export class InventoryStore {
    */
   async commitMany(ids: string[]): Promise<Map<string, ReservationRecord | Error>> {
     const ts = sql`${new Date(this.now()).toISOString()}::timestamptz`;
-    const wanted = sql.join(
-      [...new Set(ids)].map((id) => sql`${id}`),
-      sql`, `,
-    );
+    // The ids as one jsonb parameter, not in ($1, ..., $n): one statement text for any number
+    // of ids (statements are prepared per text and connection, mesh/db-prepared.ts).
+    const wanted = JSON.stringify([...new Set(ids)]);
     const rows = resultRows<ReservationSql & { ok: boolean }>(
       await this.db.execute(sql`
         with cur as materialized (
           select id, status, lines, expire_time, release_reason, tombstone from ${reservations}
-          where id in (${wanted}) order by id for update
+          where id = any(array(select jsonb_array_elements_text(${wanted}::jsonb))) order by id for update
         ), want as materialized (
           select cur.id, x.sku, x.quantity from cur, jsonb_to_recordset(cur.lines) as x(sku text, quantity bigint) where cur.status = 'RESERVED'
         ), held as materialized (
