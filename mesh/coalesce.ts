@@ -29,14 +29,20 @@
  * call, or a split one, is traced as its own caller's): without that, every
  * batch would run in the trace of whichever caller started the first one (the
  * next batch is sent from the previous one's completion), one trace growing
- * for as long as the load lasts.
+ * for as long as the load lasts. A batch of two or more also gets a span of
+ * its own ("coalesce <name>", INTERNAL, in the first input's trace) with a
+ * link to every other input's span, so each of those callers' traces can
+ * still be followed to the batch call that carried it.
  *
  * Used by order/prices.ts (catalog lookups) and order/saga-ports.ts (the
  * saga's inventory and payment calls).
  */
+import { context as otelContext, SpanKind, SpanStatusCode, trace, type Context, type Link } from '@opentelemetry/api';
 import { currentTraceContext, runWithCallContext, runWithTraceContext } from './call-context.js';
 
 export interface CoalescerOptions<In, Out> {
+  /** What is coalesced, for the batch span's name ("coalesce <name>"); default "batch". */
+  name?: string;
   /** A lone call: the batch of one, as a call of its own. */
   sendOne(input: In): Promise<Out>;
   /** Two or more: one outcome per input, in order, a value or that input's own Error. */
@@ -120,13 +126,40 @@ export class Coalescer<In, Out> {
             if (this.#queue.length > 0 && this.#canSend()) this.#flush();
           }, this.#options.stragglerMs);
     straggler?.unref?.();
-    const first = batch[0]!;
-    void runWithCallContext({ header: new Headers() }, () => runWithTraceContext(first.trace, () => this.#send(batch, inputs))).finally(() => {
+    void runWithCallContext({ header: new Headers() }, () => this.#traced(batch, () => this.#send(batch, inputs))).finally(() => {
       clearTimeout(straggler);
       release();
       this.#inFlight--;
       if (this.#queue.length > 0 && this.#canSend()) this.#flush();
     });
+  }
+
+  /** Runs `send` in the first input's trace; a batch inside a span linked to the other inputs' spans. */
+  #traced(batch: Waiting<In, Out>[], send: () => Promise<void>): Promise<void> {
+    const first = batch[0]!;
+    if (batch.length === 1) return runWithTraceContext(first.trace, send);
+    // The OpenTelemetry context each input was called in (the context manager resolves a deferred one).
+    const contextOf = (w: Waiting<In, Out>): Context => runWithTraceContext(w.trace, () => otelContext.active());
+    const links: Link[] = [];
+    for (let i = 1; i < batch.length; i++) {
+      const linked = trace.getSpanContext(contextOf(batch[i]!));
+      if (linked && trace.isSpanContextValid(linked)) links.push({ context: linked });
+    }
+    const parent = contextOf(first);
+    const parentSpan = trace.getSpanContext(parent);
+    // No trace to join or link (no tracing set up): as a lone call, in the first input's context.
+    if (links.length === 0 && !(parentSpan && trace.isSpanContextValid(parentSpan))) return runWithTraceContext(first.trace, send);
+    const span = trace
+      .getTracer('protomesh/coalesce')
+      .startSpan(`coalesce ${this.#options.name ?? 'batch'}`, { kind: SpanKind.INTERNAL, links, attributes: { 'protomesh.batch.size': batch.length } }, parent);
+    return runWithTraceContext(trace.setSpan(parent, span), send).then(
+      () => span.end(),
+      (err: unknown) => {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
+        span.end();
+        throw err;
+      },
+    );
   }
 
   async #send(batch: Waiting<In, Out>[], inputs: In[]): Promise<void> {

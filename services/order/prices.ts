@@ -44,6 +44,7 @@ export class CatalogPrices {
     this.#catalog = catalog;
     const maxSkus = options.maxSkusPerCall ?? MAX_SKUS_PER_CALL;
     this.#lookups = new Coalescer<string[], PriceLookup>({
+      name: 'BatchGetProducts',
       sendOne: (skus) => this.#own(skus),
       sendBatch: (batch) => this.#shared(batch),
       maxItems: Number.MAX_SAFE_INTEGER, // bounded by SKUs, below

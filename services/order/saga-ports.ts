@@ -76,21 +76,25 @@ export function batchedSagaPorts(ports: SagaPorts, options: { stragglerMs?: numb
   };
   const coalescers = {
     reserveStock: new Coalescer<ReserveStockRequest, ReserveStockResponse>({
+      name: 'BatchReserveStock',
       sendOne: (req) => inventory.reserveStock(req),
       sendBatch: async (requests) => (await inventory.batchReserveStock({ requests })).results.map(itemOutcome),
       ...shared,
     }),
     commitReservation: new Coalescer<CommitReservationRequest, CommitReservationResponse>({
+      name: 'BatchCommitReservations',
       sendOne: (req) => inventory.commitReservation(req),
       sendBatch: async (requests) => (await inventory.batchCommitReservations({ requests })).results.map(itemOutcome),
       ...shared,
     }),
     authorizePayment: new Coalescer<AuthorizePaymentRequest, AuthorizePaymentResponse>({
+      name: 'BatchAuthorizePayments',
       sendOne: (req) => payment.authorizePayment(req),
       sendBatch: async (requests) => (await payment.batchAuthorizePayments({ requests })).results.map(itemOutcome),
       ...shared,
     }),
     capturePayment: new Coalescer<CapturePaymentRequest, CapturePaymentResponse>({
+      name: 'BatchCapturePayments',
       sendOne: (req) => payment.capturePayment(req),
       sendBatch: async (requests) => (await payment.batchCapturePayments({ requests })).results.map(itemOutcome),
       ...shared,
