@@ -34,6 +34,11 @@ test('money is shown in the currency own decimals', (t) => {
   t.is(formatMoney({ currencyCode: 'JPY', amountMinor: 1200n }), 'JPY 1200');
   t.is(formatMoney({ currencyCode: 'KWD', amountMinor: 1500n }), 'KWD 1.500');
   t.is(formatMoney(undefined), undefined);
+  // A second look answers from the cache of digits per currency, the same way.
+  t.is(formatMoney({ currencyCode: 'KWD', amountMinor: 1500n }), 'KWD 1.500');
+  t.is(formatMoney({ currencyCode: 'JPY', amountMinor: 7n }), 'JPY 7');
+  t.is(formatMoney({ currencyCode: 'XYZ1', amountMinor: 1234n }), 'XYZ1 12.34');
+  t.is(formatMoney({ currencyCode: 'XYZ1', amountMinor: 1234n }), 'XYZ1 12.34');
 });
 
 test('kinds map to the contract enum', (t) => {
