@@ -277,6 +277,10 @@ export const meshSettings = {
   OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl('OTLP/HTTP endpoint for traces; unset = spans are not exported (trace ids still reach logs and headers)'),
   SHUTDOWN_GRACE: duration('10s', 'How long shutdown waits for in-flight calls before cancelling them'),
   DB_POOL: integer({ min: 1, max: 200, default: 10, doc: 'Postgres connections in the pool (DATABASE_URL only)' }),
+  DB_PREPARE: boolean(
+    true,
+    'Named prepared statements, each text parsed and planned once per connection (DATABASE_URL only); false behind a pooler that cannot keep them (PgBouncer in transaction mode before 1.21)',
+  ),
 } satisfies SettingsSpec;
 
 /** One row per variable, for the README and `--help`. */

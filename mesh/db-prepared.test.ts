@@ -6,11 +6,11 @@ import { createTestDatabase } from './testing/index.js';
 import { first, migrationsFolder, second } from './testing/migrations-fixture.js';
 
 // One connection, so every statement below runs on the backend whose prepared statements we read.
-async function openOneConnection(t: ExecutionContext) {
+async function openOneConnection(t: ExecutionContext, options: { prepare?: boolean } = {}) {
   const testDb = await createTestDatabase(t);
   const folder = migrationsFolder([first, second]);
   t.teardown(() => rmSync(folder, { recursive: true, force: true }));
-  const database = await openDatabase({ context: 'demo', url: testDb.url, migrationsFolder: folder, maxConnections: 1 });
+  const database = await openDatabase({ context: 'demo', url: testDb.url, migrationsFolder: folder, maxConnections: 1, ...options });
   t.teardown(() => database.close());
   return database.db;
 }
@@ -40,4 +40,13 @@ test('a text without parameters still goes as a simple query: several statements
   await db.execute(sql.raw(`insert into demo.things (name, size) values ('a', 1); insert into demo.things (name, size) values ('b', 2)`));
   const rows = resultRows<{ n: number }>(await db.execute(sql`select count(*)::int as n from demo.things`));
   t.is(rows[0]!.n, 2);
+});
+
+test('DB_PREPARE=false (prepare: false) sends every statement unnamed, the fixed-SQL path included: nothing a transaction-mode pooler would lose', async (t) => {
+  const db = await openOneConnection(t, { prepare: false });
+  for (let i = 0; i < 3; i++) await db.execute(sql`select ${i}::int as unprepared_marker_a`);
+  const client = (db as unknown as { $client: { unsafe(text: string, params: unknown[], o: { prepare: boolean }): Promise<unknown[]> } }).$client;
+  await client.unsafe('select $1::int as unprepared_marker_b', [1], { prepare: true }); // as order/statements.ts asks
+  const n = resultRows<{ n: number }>(await db.execute(sql.raw(`select count(*)::int as n from pg_prepared_statements where statement like '%unprepared_marker%' and statement not like '%pg_prepared_statements%'`)))[0]!.n;
+  t.is(n, 0);
 });

@@ -55,6 +55,11 @@ export interface OpenDatabaseOptions {
   dataDir?: string;
   /** postgres.js only: pool size (default 10). */
   maxConnections?: number;
+  /**
+   * postgres.js only: named prepared statements (default true; see db-prepared.ts). false sends
+   * every statement unnamed (parsed and planned per call), for a pooler that cannot keep them.
+   */
+  prepare?: boolean;
   /** Apply migrations at open (default true). */
   migrate?: boolean;
 }
@@ -80,6 +85,8 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDa
   if (options.url) {
     const client = postgres(options.url, {
       max: options.maxConnections ?? 10,
+      // false wins over every per-statement prepare: true (postgres.js), runStatement's included.
+      prepare: options.prepare ?? true,
       connect_timeout: 5,
       idle_timeout: 60,
       onnotice: () => {}, // "schema already exists, skipping" and friends
@@ -87,7 +94,8 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDa
     });
     // Spans and mesh_db_* metrics per statement (a pass-through when telemetry is off), over
     // named prepared statements (drizzle would send each one unnamed: parsed and planned per call).
-    db = drizzlePostgres({ client: tracePostgres(preparedStatements(client), { context, maxConnections: options.maxConnections ?? 10 }) });
+    const statements = options.prepare === false ? client : preparedStatements(client);
+    db = drizzlePostgres({ client: tracePostgres(statements, { context, maxConnections: options.maxConnections ?? 10 }) });
     closeDriver = (timeout) => client.end({ timeout });
     driver = 'postgres';
   } else {
@@ -185,19 +193,28 @@ export function isDatabaseUnavailable(err: unknown): boolean {
 }
 
 /**
- * A server interceptor that answers UNAVAILABLE (retryable, "try another
- * replica or later") instead of INTERNAL when a unary handler failed because
- * the database is unreachable. Pass it to startMeshServer({ interceptors }).
+ * What a handler's error is answered as: UNAVAILABLE (retryable, "try another
+ * replica or later") instead of INTERNAL when it failed because the database
+ * is unreachable; any other error as it is. Pass it to
+ * startMeshServer({ mapError }), which mesh/app does.
+ */
+export function databaseUnavailableError(err: unknown): unknown {
+  if (!(err instanceof ConnectError) && isDatabaseUnavailable(err)) {
+    return new ConnectError('database unavailable, try again later', Code.Unavailable, undefined, undefined, err);
+  }
+  return err;
+}
+
+/**
+ * databaseUnavailableError as a server interceptor, for servers that already
+ * run interceptors (startMeshServer's mapError costs less: see there).
  */
 export function databaseUnavailableInterceptor(): Interceptor {
   return (next) => async (req) => {
     try {
       return await next(req);
     } catch (err) {
-      if (!(err instanceof ConnectError) && isDatabaseUnavailable(err)) {
-        throw new ConnectError('database unavailable, try again later', Code.Unavailable, undefined, undefined, err);
-      }
-      throw err;
+      throw databaseUnavailableError(err);
     }
   };
 }
