@@ -13,6 +13,7 @@ import { ResourceInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { closeMeshClients, createMeshClient, createMeshTransport, methodPolicyOf } from "./client.js";
 import { fieldViolations, invalidArgument, notFound } from "./errors.js";
 import { methodPath, serializer, deserializer } from "./grpc-codec.js";
+import { databaseUnavailableError } from "./db.js";
 import { serve, startMeshServer } from "./server.js";
 import type { MeshServer } from "./server.js";
 import { TestService } from "./testing/test-service.js";
@@ -386,6 +387,49 @@ test("server interceptors run around handlers and see request and response", asy
     t.deepEqual(calls, ["GetProduct via-dns"]);
     t.is(header?.get("x-interceptor"), "yes");
     t.is(header?.get("x-handler"), "yes");
+  } finally {
+    await s.close(100);
+  }
+});
+
+test("mapError decides what a unary call's or a stream's failure is answered as", async (t) => {
+  const outage = () => Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED" });
+  const s = await startMeshServer({
+    name: "mapped",
+    host: "127.0.0.1",
+    services: [
+      serve(CatalogService, {
+        getProduct(req) {
+          if (req.id === "down") throw outage();
+          if (req.id === "bug") throw new Error("a plain bug");
+          return { product: { id: req.id } };
+        },
+      }),
+      serve(TestService, {
+        async *watchProducts() {
+          yield product("p0");
+          throw outage();
+        },
+      }),
+    ],
+    mapError: databaseUnavailableError,
+    onInternalError: () => {},
+  });
+  try {
+    const c = createMeshClient(CatalogService, `127.0.0.1:${s.port}`, { retry: { maxAttempts: 1 } });
+    t.is((await c.getProduct({ id: "ok" })).product?.id, "ok");
+    const down = await t.throwsAsync(c.getProduct({ id: "down" }));
+    t.is(ConnectError.from(down).code, Code.Unavailable);
+    t.is(ConnectError.from(down).rawMessage, "database unavailable, try again later");
+    const bug = await t.throwsAsync(c.getProduct({ id: "bug" }));
+    t.is(ConnectError.from(bug).code, Code.Internal);
+    const w = createMeshClient(TestService, `127.0.0.1:${s.port}`, { retry: { maxAttempts: 1 } });
+    const ids: string[] = [];
+    const streamed = await t.throwsAsync(async () => {
+      for await (const p of w.watchProducts({ pageSize: 1 })) ids.push(p.id);
+    });
+    t.deepEqual(ids, ["p0"]);
+    t.is(ConnectError.from(streamed).code, Code.Unavailable);
   } finally {
     await s.close(100);
   }

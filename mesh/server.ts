@@ -12,6 +12,7 @@
  *     options.readiness?      probe for grpc.health.v1 (db ping, migrations applied)
  *     options.readinessIntervalMs?   default 5000
  *     options.interceptors?   Connect interceptors, run around every handler
+ *     options.mapError?       turns what a handler threw into what is answered (no interceptor cost)
  *     options.reflection?     default true (grpc.reflection v1 and v1alpha)
  *     options.maxMessageBytes?        default 8 MiB, both directions
  *     options.onInternalError?        sees every non-ConnectError a handler throws
@@ -86,6 +87,14 @@ export interface MeshServerOptions {
   readiness?: ReadinessProbe;
   readinessIntervalMs?: number;
   interceptors?: Interceptor[];
+  /**
+   * Turns what a handler threw (or its stream failed with) into what is
+   * answered, e.g. a database outage into UNAVAILABLE. Unlike an interceptor it
+   * costs nothing on calls that succeed: with any interceptor every unary call
+   * builds its whole Connect context (AbortController, deadline timer, three
+   * Headers) and goes through Connect's promise chain.
+   */
+  mapError?: (error: unknown) => unknown;
   reflection?: boolean;
   maxMessageBytes?: number;
   onInternalError?: (error: unknown, method: DescMethod) => void;
@@ -124,6 +133,7 @@ export interface MeshServer {
 /** Options shared by every handler of a server. */
 export interface HandlerOptions {
   interceptors?: Interceptor[];
+  mapError?: (error: unknown) => unknown;
   onInternalError?: (error: unknown, method: DescMethod) => void;
   /** Aborts unary handler contexts: the grace period is over. */
   forceSignal?: AbortSignal;
@@ -249,8 +259,9 @@ class UnaryCall {
     this.done(undefined);
   }
 
-  fail(e: unknown): void {
+  fail(thrown: unknown): void {
     const { ctx } = this;
+    const e = this.opts.mapError ? this.opts.mapError(thrown) : thrown;
     sendHeader(this.call, ctx.touchedResponseHeader);
     const status = errorStatus(e, ctx.touchedResponseTrailer, this.method, this.opts.onInternalError, ctx.abortReason);
     this.callback(status);
@@ -331,7 +342,7 @@ function serverStreamingHandler(
     runInboundCall(callContextFromHandler(plain), rpc?.trace, run)
       .catch((e: unknown) => {
         if (call.cancelled) return;
-        failed = errorStatus(e, plain.responseTrailer, spec.method, opts.onInternalError, ctx.abortReason);
+        failed = errorStatus(opts.mapError ? opts.mapError(e) : e, plain.responseTrailer, spec.method, opts.onInternalError, ctx.abortReason);
         call.emit("error", failed);
       })
       .finally(() => {
@@ -446,6 +457,7 @@ export async function startMeshServer(options: MeshServerOptions): Promise<MeshS
   const logger = options.logger ?? stderrLogger;
   const handlerOpts: HandlerOptions = {
     interceptors: options.interceptors,
+    mapError: options.mapError,
     onInternalError: options.onInternalError ?? internalErrorLogger(logger),
     forceSignal: force.signal,
     drainSignal: drain.signal,
