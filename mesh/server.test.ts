@@ -14,6 +14,7 @@ import { closeMeshClients, createMeshClient, createMeshTransport, methodPolicyOf
 import { fieldViolations, invalidArgument, notFound } from "./errors.js";
 import { methodPath, serializer, deserializer } from "./grpc-codec.js";
 import { databaseUnavailableError } from "./db.js";
+import { MeshHandlerContext } from "./handler-context.js";
 import { serve, startMeshServer } from "./server.js";
 import type { MeshServer } from "./server.js";
 import { TestService } from "./testing/test-service.js";
@@ -430,6 +431,36 @@ test("mapError decides what a unary call's or a stream's failure is answered as"
     });
     t.deepEqual(ids, ["p0"]);
     t.is(ConnectError.from(streamed).code, Code.Unavailable);
+  } finally {
+    await s.close(100);
+  }
+});
+
+test("a server stream without interceptors gets the lazy context, and plain objects it yields are sent as messages", async (t) => {
+  let lazy: boolean | undefined;
+  const s = await startMeshServer({
+    name: "lazy-stream",
+    host: "127.0.0.1",
+    services: [
+      serve(TestService, {
+        async *watchProducts(req, ctx) {
+          // Nothing of the context was made up front: no response header until one is read.
+          lazy = ctx instanceof MeshHandlerContext && ctx.touchedResponseHeader === undefined;
+          ctx.responseTrailer.set("x-seen", req.query);
+          yield { id: "init-1", name: "from an init object" };
+          yield product("p1");
+        },
+      }),
+    ],
+  });
+  try {
+    const w = createMeshClient(TestService, `127.0.0.1:${s.port}`, { retry: { maxAttempts: 1 } });
+    const got: string[] = [];
+    let trailer: Headers | undefined;
+    for await (const p of w.watchProducts({ query: "q1" }, { onTrailer: (h) => (trailer = h) })) got.push(`${p.id}:${p.name}`);
+    t.deepEqual(got, ["init-1:from an init object", "p1:Product p1"]);
+    t.true(lazy);
+    t.is(trailer?.get("x-seen"), "q1");
   } finally {
     await s.close(100);
   }

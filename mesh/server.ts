@@ -321,28 +321,39 @@ function serverStreamingHandler(
     const ctx = handlerContext(call, spec.method, opts.drainSignal);
     const rpc = rpcTelemetry()?.server(spec.method, call.metadata);
     let failed: Partial<grpc.StatusObject> | undefined;
-    // Streams live long: the cost of making every piece up front does not matter.
-    const plain = ctx.toPlainObject();
+    // With interceptors, Connect's helper runs them and needs every piece of the context
+    // made up front. Without (mesh/app's servers), the implementation gets the lazy
+    // context and its messages come straight from its generator, not through Connect's
+    // four nested ones: a stream per order (WatchOrder) is not long-lived enough to
+    // amortise either.
+    const plain = interceptors.length > 0 ? ctx.toPlainObject() : undefined;
+    const output = spec.method.output;
     const run = async () => {
-      const output = transformInvokeImplementation(spec, plain, interceptors)(createAsyncIterable([call.request as never]));
+      const messages = plain
+        ? transformInvokeImplementation(spec, plain, interceptors)(createAsyncIterable([call.request as never]))
+        : spec.impl(call.request as never, ctx);
       let headerSent = false;
-      for await (const message of output) {
+      for await (const value of messages) {
         if (!headerSent) {
-          sendHeader(call, plain.responseHeader);
+          sendHeader(call, plain ? plain.responseHeader : ctx.touchedResponseHeader);
           headerSent = true;
         }
         if (call.cancelled) break;
-        if (!call.write(message)) await drained(call, plain.signal);
+        const message = plain || isMessage(value, output) ? value : create(output, value as never);
+        if (!call.write(message)) await drained(call, (plain ?? ctx).signal);
       }
       // An aborted stream ends with the reason it was aborted for.
-      if (plain.signal.aborted && !call.cancelled) throw plain.signal.reason;
-      if (!headerSent) sendHeader(call, plain.responseHeader);
-      call.end(headersToMetadata(plain.responseTrailer));
+      if (plain ? plain.signal.aborted : ctx.isAborted) {
+        if (!call.cancelled) throw plain ? plain.signal.reason : ctx.abortReason;
+      }
+      if (!headerSent) sendHeader(call, plain ? plain.responseHeader : ctx.touchedResponseHeader);
+      call.end(headersToMetadata(plain ? plain.responseTrailer : ctx.touchedResponseTrailer));
     };
-    runInboundCall(callContextFromHandler(plain), rpc?.trace, run)
+    runInboundCall(callContextFromHandler(plain ?? ctx), rpc?.trace, run)
       .catch((e: unknown) => {
         if (call.cancelled) return;
-        failed = errorStatus(opts.mapError ? opts.mapError(e) : e, plain.responseTrailer, spec.method, opts.onInternalError, ctx.abortReason);
+        const trailer = plain ? plain.responseTrailer : ctx.touchedResponseTrailer;
+        failed = errorStatus(opts.mapError ? opts.mapError(e) : e, trailer, spec.method, opts.onInternalError, ctx.abortReason);
         call.emit("error", failed);
       })
       .finally(() => {
