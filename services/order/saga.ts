@@ -56,6 +56,7 @@ import { orders, sagas } from './schema.js';
 import { finishSaga, outboxRow, settleOrder } from './writes.js';
 import { money } from './store.js';
 import { runStatement } from './statements.js';
+import { createStepStore, STORE_STEP_SET, STORE_STEP_WHERE } from './step-store.js';
 
 export interface SagaPorts {
   inventory: Client<typeof InventoryService>;
@@ -120,6 +121,8 @@ class LeaseLost extends Error {}
 
 export class SagaOrchestrator {
   readonly #db: Database;
+  /** Step stores, coalesced across this process's sagas (step-store.ts). */
+  readonly #steps: ReturnType<typeof createStepStore>;
   readonly #ports: SagaPorts;
   readonly #changes: OrderChanges;
   readonly #settings: SagaSettings;
@@ -133,6 +136,7 @@ export class SagaOrchestrator {
 
   constructor(db: Database, ports: SagaPorts, changes: OrderChanges, settings: Partial<SagaSettings> = {}, log?: Log) {
     this.#db = db;
+    this.#steps = createStepStore(db);
     this.#ports = ports;
     this.#changes = changes;
     this.#settings = { ...DEFAULT_SAGA_SETTINGS, ...settings };
@@ -448,15 +452,29 @@ export class SagaOrchestrator {
     if (t.settle) return this.#settle(s, leaseToken, t, t.settle);
     if (!t.finalStatus) {
       const keepLease = t.delayMs === 0 && t.step !== 'done';
-      const updated = await runStatement(this.#db, t.cancelReason !== undefined ? STORE_STEP_AND_REASON : STORE_STEP, [
-        t.step,
-        t.attempt,
-        keepLease ? this.#settings.leaseMs : t.delayMs,
-        keepLease ? leaseToken : null,
-        t.lastError ?? null,
-        s.orderId,
+      const store = {
+        orderId: s.orderId,
         leaseToken,
-        ...(t.cancelReason !== undefined ? [t.cancelReason] : []),
+        step: t.step,
+        attempt: t.attempt,
+        runInMs: keepLease ? this.#settings.leaseMs : t.delayMs,
+        nextLeaseToken: keepLease ? leaseToken : null,
+        lastError: t.lastError ?? null,
+      };
+      if (t.cancelReason === undefined) {
+        if (!(await this.#steps.store(store))) throw new LeaseLost();
+        return;
+      }
+      // With a cancel reason (not the happy path): a statement of its own.
+      const updated = await runStatement(this.#db, STORE_STEP_AND_REASON, [
+        store.step,
+        store.attempt,
+        store.runInMs,
+        store.nextLeaseToken,
+        store.lastError,
+        store.orderId,
+        store.leaseToken,
+        t.cancelReason,
       ]);
       if (updated.length === 0) throw new LeaseLost();
       return;
@@ -552,15 +570,9 @@ export class SagaOrchestrator {
 }
 
 /**
- * A transition that does not end the saga, under our lease ($7): the next step, when it
- * runs (now + $3 ms: the rest of our lease, or a retry's backoff) and who holds it ($4:
- * us, or nobody until the poller claims it). STORE_STEP_AND_REASON also records the
- * cancel reason ($8). Fixed text, see statements.ts.
+ * A transition that does not end the saga and records the cancel reason ($8): step-store.ts'
+ * single store plus the reason. Fixed text, see statements.ts.
  */
-const STORE_STEP_SET = `update "order".sagas set step = $1, attempt = $2, next_run_at = now() + $3 * interval '1 millisecond',
-    lease_token = $4::uuid, last_error = $5, update_time = now()`;
-const STORE_STEP_WHERE = `where order_id = $6::uuid and lease_token = $7::uuid returning order_id`;
-const STORE_STEP = `${STORE_STEP_SET} ${STORE_STEP_WHERE}`;
 const STORE_STEP_AND_REASON = `${STORE_STEP_SET}, cancel_reason = $8 ${STORE_STEP_WHERE}`;
 
 /** Why a step that was refused for good cancels the order, in the words OrderCancelled uses. */
