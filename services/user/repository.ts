@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { desc, eq, sql } from 'drizzle-orm';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { create } from '@bufbuild/protobuf';
-import type { Database } from '../../mesh/db.js';
+import { resultRows, type Database } from '../../mesh/db.js';
 import type { EventsTx } from '../../mesh/events/db.js';
 import { enqueueEvent } from '../../mesh/events/outbox.js';
 import { UserRegisteredSchema } from '../../gen/shop/user/v1/user_pb.js';
@@ -98,10 +98,13 @@ export async function awardPoints(
   tx: EventsTx,
   award: { orderId: string; userId: string; points: bigint },
 ): Promise<boolean> {
-  const inserted = await tx
-    .insert(pointsAwards)
-    .values(award)
-    .onConflictDoNothing({ target: pointsAwards.orderId })
-    .returning({ orderId: pointsAwards.orderId });
+  // Written out rather than through drizzle's insert builder, which was ~15 % of this
+  // process's CPU under the orders bench (it maps every column of every call).
+  const inserted = resultRows<{ order_id: string }>(
+    await tx.execute(sql`insert into "user".points_awards (order_id, user_id, points)
+      values (${award.orderId}, ${award.userId}, ${award.points.toString()}::bigint)
+      on conflict (order_id) do nothing
+      returning order_id`),
+  );
   return inserted.length > 0;
 }
