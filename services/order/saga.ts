@@ -53,7 +53,8 @@ import {
   type StepOutcome,
 } from './domain.js';
 import { orders, sagas } from './schema.js';
-import { finishSaga, outboxRow, settleOrder } from './writes.js';
+import { outboxRow, settleOrder } from './writes.js';
+import { createSagaFinisher } from './finish-batch.js';
 import { money } from './store.js';
 import { runStatement } from './statements.js';
 import { createStepStore, STORE_STEP_SET, STORE_STEP_WHERE } from './step-store.js';
@@ -123,6 +124,8 @@ export class SagaOrchestrator {
   readonly #db: Database;
   /** Step stores, coalesced across this process's sagas (step-store.ts). */
   readonly #steps: ReturnType<typeof createStepStore>;
+  /** Saga ends, coalesced the same way (finish-batch.ts). */
+  readonly #finisher: ReturnType<typeof createSagaFinisher>;
   readonly #ports: SagaPorts;
   readonly #changes: OrderChanges;
   readonly #settings: SagaSettings;
@@ -137,6 +140,7 @@ export class SagaOrchestrator {
   constructor(db: Database, ports: SagaPorts, changes: OrderChanges, settings: Partial<SagaSettings> = {}, log?: Log) {
     this.#db = db;
     this.#steps = createStepStore(db);
+    this.#finisher = createSagaFinisher(db);
     this.#ports = ports;
     this.#changes = changes;
     this.#settings = { ...DEFAULT_SAGA_SETTINGS, ...settings };
@@ -482,7 +486,7 @@ export class SagaOrchestrator {
     const status = t.finalStatus;
     const reason = status === 'CANCELLED' ? (s.cancelReason ?? t.cancelReason ?? 'cancelled') : '';
     const event = this.#finalEvent(s, status, reason);
-    const done = await finishSaga(this.#db, { orderId: s.orderId, leaseToken, status, cancelReason: reason, lastError: t.lastError, event });
+    const done = await this.#finisher.finish({ orderId: s.orderId, leaseToken, status, cancelReason: reason, lastError: t.lastError, event });
     if (!done.lease) throw new LeaseLost();
     if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! });
   }
