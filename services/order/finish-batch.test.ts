@@ -2,39 +2,17 @@
 // saga closed under its own lease, the order moved and its event written only when it was
 // still PENDING; a lost lease writes nothing.
 import test from 'ava';
-import { randomUUID } from 'node:crypto';
 import { create, fromBinary } from '@bufbuild/protobuf';
 import { sql } from 'drizzle-orm';
-import { openDatabase, resultRows } from '../../mesh/db.js';
-import { createTestDatabase } from '../../mesh/testing/index.js';
+import { resultRows } from '../../mesh/db.js';
+import { leasedSagas } from './saga-fixture.js';
 import { OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
 import { createSagaFinisher } from './finish-batch.js';
-import { orderMigrations } from './main.js';
 import { outboxRow } from './writes.js';
 
 test('concurrent finishes go out together, each under its own lease, each event written once', async (t) => {
-  const testDb = await createTestDatabase(t);
-  const database = await openDatabase({ context: 'order', url: testDb.url, migrationsFolder: orderMigrations, maxConnections: 2 });
-  t.teardown(() => database.close());
-  const { db } = database;
-  const sagas = Array.from({ length: 6 }, () => ({ orderId: randomUUID(), lease: randomUUID() }));
-  for (const [i, s] of sagas.entries()) {
-    await db.execute(sql`insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)
-      values (${s.orderId}::uuid, 'u1', ${s.orderId}, ${i === 4 ? 'CANCELLED' : 'PENDING'}, 'EUR', 100)`);
-    await db.execute(sql`insert into "order".sagas (order_id, step, deadline_at, lease_token, payment_token)
-      values (${s.orderId}::uuid, 'commit', now() + interval '1 minute', ${s.lease}::uuid, 'tok')`);
-  }
-  // Saga 3's lease went to another worker; order 4 was already settled (CANCELLED) at its bound.
-  await db.execute(sql`update "order".sagas set lease_token = ${randomUUID()}::uuid where order_id = ${sagas[3]!.orderId}::uuid`);
-
-  const statements: string[] = [];
-  const client = (db as unknown as { $client: { unsafe: (...a: unknown[]) => unknown } }).$client;
-  const unsafe = client.unsafe.bind(client);
-  client.unsafe = (text: unknown, ...rest: unknown[]) => {
-    if (typeof text === 'string' && text.includes('"order".sagas')) statements.push(text);
-    return unsafe(text, ...rest);
-  };
-  t.teardown(() => (client.unsafe = unsafe));
+  // Order 4 was already settled (CANCELLED) at its bound; saga 3's lease is another worker's.
+  const { db, sagas, statements } = await leasedSagas(t, { step: 'commit', orderStatus: (i) => (i === 4 ? 'CANCELLED' : 'PENDING') });
 
   const finisher = createSagaFinisher(db);
   const finish = (i: number) =>

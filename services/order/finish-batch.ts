@@ -15,7 +15,7 @@ import { Coalescer } from '../../mesh/coalesce.js';
 import { announceCommitted } from '../../mesh/events/commit-signal.js';
 import type { Database } from '../../mesh/db.js';
 import { runStatement } from './statements.js';
-import { finishSaga, type FinishSaga } from './writes.js';
+import { finishSaga, SCHEMA, type FinishSaga } from './writes.js';
 
 export type Finished = Awaited<ReturnType<typeof finishSaga>>;
 
@@ -67,7 +67,7 @@ export function createSagaFinisher(db: Database): { finish(f: FinishSaga): Promi
       }));
       const rows = await runStatement<Row>(db, FINISH_SAGAS, [JSON.stringify(input)]);
       const byId = new Map(rows.map((r) => [r.order_id.toLowerCase(), r]));
-      if (rows.some((r) => r.update_time !== null)) announceCommitted(db, 'order');
+      if (rows.some((r) => r.update_time !== null)) announceCommitted(db, SCHEMA);
       return batch.map((f) => {
         const r = byId.get(f.orderId.toLowerCase());
         if (!r) return new Error(`saga finish: no answer for order ${f.orderId}`);

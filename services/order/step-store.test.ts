@@ -1,36 +1,13 @@
 // Concurrent step stores share one statement, each still under its own lease: a store whose
 // lease was taken answers false and writes nothing, the others are written as their own would.
 import test from 'ava';
-import { randomUUID } from 'node:crypto';
 import { sql } from 'drizzle-orm';
-import { openDatabase, resultRows } from '../../mesh/db.js';
-import { createTestDatabase } from '../../mesh/testing/index.js';
-import { orderMigrations } from './main.js';
+import { resultRows } from '../../mesh/db.js';
+import { leasedSagas } from './saga-fixture.js';
 import { createStepStore, type StepStore } from './step-store.js';
 
 test('concurrent stores go out together; each row is written only under its own lease', async (t) => {
-  const testDb = await createTestDatabase(t);
-  const database = await openDatabase({ context: 'order', url: testDb.url, migrationsFolder: orderMigrations, maxConnections: 2 });
-  t.teardown(() => database.close());
-  const { db } = database;
-  const sagas = Array.from({ length: 6 }, () => ({ orderId: randomUUID(), lease: randomUUID() }));
-  for (const s of sagas) {
-    await db.execute(sql`insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)
-      values (${s.orderId}::uuid, 'u1', ${s.orderId}, 'PENDING', 'EUR', 100)`);
-    await db.execute(sql`insert into "order".sagas (order_id, step, deadline_at, lease_token, payment_token)
-      values (${s.orderId}::uuid, 'authorize', now() + interval '1 minute', ${s.lease}::uuid, 'tok')`);
-  }
-  // Saga 3's lease went to another worker meanwhile.
-  await db.execute(sql`update "order".sagas set lease_token = ${randomUUID()}::uuid where order_id = ${sagas[3]!.orderId}::uuid`);
-
-  const statements: string[] = [];
-  const client = (db as unknown as { $client: { unsafe: (...a: unknown[]) => unknown } }).$client;
-  const unsafe = client.unsafe.bind(client);
-  client.unsafe = (text: unknown, ...rest: unknown[]) => {
-    if (typeof text === 'string' && text.includes('"order".sagas')) statements.push(text);
-    return unsafe(text, ...rest);
-  };
-  t.teardown(() => (client.unsafe = unsafe));
+  const { db, sagas, statements } = await leasedSagas(t, { step: 'authorize' });
 
   const steps = createStepStore(db);
   const store = (i: number, over: Partial<StepStore> = {}) =>

@@ -26,7 +26,7 @@ import type { PricedLine } from './domain.js';
 import { runStatement } from './statements.js';
 
 /** The schema these statements write (the tables of schema.ts). */
-const SCHEMA = 'order';
+export const SCHEMA = 'order';
 
 /** An outbox row's values, as enqueueEvent would write them. */
 export function outboxRow<Desc extends DescMessage>(schema: Desc, message: MessageShape<Desc>, aggregateId: string, prefix: string) {
