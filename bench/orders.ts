@@ -28,7 +28,8 @@
  * after the drain count as lost events.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
 import { Code, ConnectError, createClient, type Client } from '@connectrpc/connect';
@@ -222,8 +223,34 @@ async function postgresCpuMs(): Promise<Map<string, number> | undefined> {
   }
   return byApp;
 }
+/** The local nats-server's pid (shared by every user of that server: its figure is an upper bound). */
+function natsServerPid(): number | undefined {
+  if (!/127\.0\.0\.1|localhost/.test(testNatsUrl())) return undefined;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'nats-server') return Number(entry);
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return undefined;
+}
+const natsPid = existsSync('/proc') ? natsServerPid() : undefined;
+/** Busy CPU of the whole host (every core, every process), from /proc/stat: what the two cores actually paid. */
+function hostBusyMs(): number | undefined {
+  if (!existsSync('/proc/stat')) return undefined;
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const idle = f[3]! + f[4]!; // idle + iowait
+  const all = f.slice(0, 8).reduce((a, b) => a + b, 0); // user..steal; guest is inside user
+  return ((all - idle) * 1000) / 100;
+}
 async function cpuSnapshot(): Promise<Map<string, number>> {
   const snap = new Map<string, number>();
+  const host = hostBusyMs();
+  if (host !== undefined) snap.set('host', host);
+  const nats = cpuMs(natsPid);
+  if (nats !== undefined) snap.set('nats-server', nats);
   for (const [name, svc] of stack?.running ?? []) {
     const ms = cpuMs(svc.process.pid);
     if (ms !== undefined) snap.set(name, ms);
@@ -244,8 +271,10 @@ const pgStatsSkipped = args['pg-stats'] && pgAdmin ? await pgStatsAvailable(pgAd
 const pgStatsAtStart = pgAdmin && !pgStatsSkipped ? await pgStatsSnapshot(pgAdmin) : undefined;
 const cpuAtStart = await cpuSnapshot();
 const tStart = performance.now();
+const windowStartUs = Number(process.hrtime.bigint() / 1000n);
 await sleep(SECONDS * 1000);
 const confirmedInWindow = confirmed - confirmedAtStart;
+const windowEndUs = Number(process.hrtime.bigint() / 1000n);
 const cpuAtEnd = await cpuSnapshot();
 const pgStatsAtEnd = pgAdmin && pgStatsAtStart ? await pgStatsSnapshot(pgAdmin) : undefined;
 const cpuPerOrder: Record<string, number> = {};
@@ -335,6 +364,8 @@ const report = {
   points_short_users: pointsShort,
   stock_mismatched_skus: stockMismatch,
   cpu_ms_per_order: cpuPerOrder,
+  /** The measured window on the monotonic clock, for bench/cpuprofile-summary.ts --from/--to. */
+  window_monotonic_us: [windowStartUs, windowEndUs],
 };
 console.log(
   `\norders/s (PlaceOrder -> CONFIRMED): ${report.orders_per_second}\n` +
@@ -344,7 +375,7 @@ console.log(
     `lost ${report.lost}, duplicated ${report.duplicated}, users with points short ${pointsShort}, SKUs with stock mismatch ${stockMismatch}`,
 );
 if (Object.keys(cpuPerOrder).length) {
-  const processes = Object.entries(cpuPerOrder).filter(([k]) => !k.startsWith('pg:'));
+  const processes = Object.entries(cpuPerOrder).filter(([k]) => !k.startsWith('pg:') && k !== 'host' && k !== 'nats-server');
   const backends = Object.entries(cpuPerOrder).filter(([k]) => k.startsWith('pg:'));
   const total = processes.reduce((a, [, v]) => a + v, 0);
   console.log(
@@ -353,6 +384,12 @@ if (Object.keys(cpuPerOrder).length) {
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')} (total ${total.toFixed(1)}; NATS and Postgres' shared background processes not counted)`,
   );
+  if (cpuPerOrder.host !== undefined)
+    console.log(
+      `whole host, busy CPU ms per confirmed order: ${cpuPerOrder.host}` +
+        (cpuPerOrder['nats-server'] !== undefined ? ` (nats-server ${cpuPerOrder['nats-server']}, shared with whatever else uses it)` : '') +
+        `; ${os.cpus().length} cores give ${((os.cpus().length * 1000) / cpuPerOrder.host).toFixed(0)} orders/s at this cost`,
+    );
   if (backends.length) console.log(`Postgres backend CPU ms per order by client: ${backends.sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k.slice(3)} ${v}`).join(', ')}`);
 }
 if (pgStatsAtStart && pgStatsAtEnd) console.log(pgStatsReport(pgStatsAtStart, pgStatsAtEnd, confirmedInWindow));
