@@ -290,6 +290,46 @@ test('the same idempotency key, also concurrently, makes one order', async (t) =
   t.is(charges.get(again.order!.id), 1);
 });
 
+test('concurrent PlaceOrders share their insert statement; a key repeated among them or already stored answers the first order', async (t) => {
+  const user = `u-${randomUUID()}`;
+  const req = (k: string, quantity = 1n) => ({ idempotencyKey: k, lines: [{ sku: 'A-1', quantity }, { sku: 'B-2', quantity: 1n }], paymentToken: 'tok_visa' });
+  const storedKey = key();
+  const { order: first } = await client.placeOrder(req(storedKey), as(user));
+
+  // The order inserts that carry this user's orders (other tests run meanwhile).
+  const inserts: string[] = [];
+  const pg = (app.database.db as unknown as { $client: { unsafe: (...a: unknown[]) => unknown } }).$client;
+  const unsafe = pg.unsafe.bind(pg);
+  pg.unsafe = (text: unknown, params?: unknown, ...rest: unknown[]) => {
+    const mine = Array.isArray(params) && params.some((p) => typeof p === 'string' && p.includes(user));
+    if (typeof text === 'string' && text.includes('insert into "order".orders') && mine) inserts.push(text);
+    return unsafe(text, params, ...rest);
+  };
+  t.teardown(() => (pg.unsafe = unsafe));
+
+  const fresh = Array.from({ length: 10 }, () => key());
+  const repeated = key();
+  const asked = [...fresh.map((k, i) => req(k, BigInt(i + 1))), req(repeated), req(storedKey, 5n), req(repeated)];
+  const answers = (await Promise.all(asked.map((r) => client.placeOrder(r, as(user))))).map((a) => a.order!);
+  pg.unsafe = unsafe;
+
+  t.true(inserts.length < asked.length / 2, `${inserts.length} insert statements for ${asked.length} PlaceOrders`);
+  t.true(inserts.some((s) => s.includes('jsonb_to_recordset')), 'some went out together');
+  fresh.forEach((_, i) => t.is(answers[i]!.total!.amountMinor, 150n * BigInt(i + 1) + 40n, `order ${i} is its own`));
+  t.is(new Set(answers.slice(0, 10).map((o) => o.id)).size, 10);
+  t.is(answers[10]!.id, answers[12]!.id, 'a key repeated among them: one order');
+  t.is(answers[11]!.id, first!.id, 'a key already stored: the first order');
+  t.is(answers[11]!.total!.amountMinor, 190n, 'as it was first placed');
+
+  const rows = resultRows<{ idempotency_key: string; n: number }>(
+    await app.database.db.execute(sql`select idempotency_key, count(*)::int as n from "order".orders where user_id = ${user} group by idempotency_key`),
+  );
+  t.is(rows.length, 12);
+  t.true(rows.every((r) => r.n === 1), 'one row per key');
+  for (const id of new Set(answers.map((o) => o.id))) t.is((await watchToEnd(id, user)).at(-1)!.status, OrderStatus.CONFIRMED);
+  t.is(charges.get(answers[10]!.id), 1);
+});
+
 test('bad requests: the field is named; anonymous callers are refused', async (t) => {
   const user = `u-${randomUUID()}`;
   const unknown = await errorOf(client.placeOrder({ idempotencyKey: key(), lines: [{ sku: 'A-1', quantity: 1n }, { sku: 'NOPE-9', quantity: 1n }], paymentToken: 'tok_visa' }, as(user)));

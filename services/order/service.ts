@@ -28,7 +28,8 @@ import {
 } from './domain.js';
 import type { SagaOrchestrator, SagaSubject } from './saga.js';
 import { orders, type OrderRow } from './schema.js';
-import { insertOrder, outboxRow } from './writes.js';
+import { outboxRow } from './writes.js';
+import { createOrderInserter } from './place-batch.js';
 import { CatalogPrices } from './prices.js';
 import { lineToProto, linesOf, listOrders, loadOrder, money, orderToProto, STATUS_TO_PROTO, statusFromProto } from './store.js';
 
@@ -53,6 +54,8 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
   const watchPollMs = deps.watchPollMs ?? 1000;
   // Concurrent PlaceOrders share their catalog calls (prices.ts).
   const prices = new CatalogPrices(deps.catalog);
+  // Concurrent PlaceOrders share their insert statement and its commit (place-batch.ts).
+  const inserter = createOrderInserter(db);
 
   return {
     /**
@@ -92,8 +95,9 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
         deps.subjectPrefix,
       );
       // One statement: order, lines, saga row (leased to this process, so the kick
-      // below runs it without a claim) and the OrderPlaced outbox row, or nothing.
-      const inserted = await insertOrder(db, {
+      // below runs it without a claim) and the OrderPlaced outbox row, or nothing;
+      // maybe shared with concurrent PlaceOrders (place-batch.ts).
+      const inserted = await inserter.insert({
         id,
         userId: caller.userId,
         idempotencyKey: input.idempotencyKey,
@@ -108,7 +112,7 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
       });
 
       if (!inserted) {
-        // The key was used before (or a concurrent request with it won): answer the first order.
+        // The key was used before (or a concurrent request with it won, in this batch or another): answer the first order.
         const first = await findByKey(db, caller.userId, input.idempotencyKey);
         if (!first) throw new ConnectError('the first order with this idempotency_key vanished', Code.Aborted);
         return { order: first };
