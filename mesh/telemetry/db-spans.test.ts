@@ -7,7 +7,7 @@ import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
 import { sql } from "drizzle-orm";
 import { integer, pgTable, text } from "drizzle-orm/pg-core";
-import { trace, SpanKind } from "@opentelemetry/api";
+import { context as otelContext, INVALID_SPAN_CONTEXT, trace, SpanKind } from "@opentelemetry/api";
 import { startTracing, type TracingHandle } from "./tracing.js";
 import { tracePostgres, tracePglite } from "./db-spans.js";
 import { metricsRegistry } from "./metrics.js";
@@ -92,4 +92,38 @@ test.serial("PGlite through drizzle: the same spans", async (t) => {
   const names = dbSpans("litetest").map((s) => s.name);
   t.true(names.includes("insert litetest"), names.join());
   t.true(names.includes("select litetest"), names.join());
+});
+
+test.serial("spans not recorded: no span is started per statement, the metrics still count it", async (t) => {
+  // Tracing stopped (as in a process with no exporter): a DB span would have no children and
+  // go nowhere, so none is made. The global provider here counts what is asked of it.
+  await tracing.shutdown();
+  t.teardown(async () => {
+    trace.disable();
+    tracing = await startTracing({ exporter: "memory", instrumentations: [] });
+  });
+  let started = 0;
+  trace.disable();
+  trace.setGlobalTracerProvider({
+    getTracer: () => ({
+      startSpan: () => {
+        started++;
+        return trace.wrapSpanContext(trace.getSpanContext(otelContext.active()) ?? INVALID_SPAN_CONTEXT);
+      },
+      startActiveSpan: () => {
+        throw new Error("not used");
+      },
+    }),
+  });
+  const url = new URL(base);
+  url.pathname = `/${dbName}`;
+  const client = tracePostgres(postgres(url.toString(), { max: 2, onnotice: () => {} }), { context: "quiettest", maxConnections: 2 });
+  t.teardown(() => client.end());
+  const db = drizzlePostgres({ client });
+  for (let i = 0; i < 3; i++) await db.execute(sql`select 1`);
+  await db.transaction(async (tx) => {
+    await tx.execute(sql`select 2`);
+  });
+  t.is(started, 0, "no span started for a statement");
+  t.regex(await metricsText(), /mesh_db_query_duration_seconds_count\{[^}]*context="quiettest"[^}]*operation="select"[^}]*outcome="ok"[^}]*\} 4/);
 });

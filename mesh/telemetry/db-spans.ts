@@ -12,7 +12,8 @@
 // (mesh_db_pool_connections) is estimated from what passes through the wrapper: statements
 // in flight outside transactions plus open transactions, against the configured maximum.
 import { context as otelContext, trace, SpanKind, SpanStatusCode, type Context } from "@opentelemetry/api";
-import { observeDbQuery, registerDbPool } from "./metrics.js";
+import { dbQuerySeries, registerDbPool, type DbQuerySeries } from "./metrics.js";
+import { spansRecorded } from "./recording.js";
 
 export interface DbTraceOptions {
   /** Bounded context that owns the database ("order"): the db.namespace and the metric label. */
@@ -23,48 +24,86 @@ export interface DbTraceOptions {
 
 const MAX_QUERY_TEXT = 2_000;
 
+/** What a statement text needs on every run, worked out once per text per wrapped client. */
+interface StatementInfo {
+  operation: string;
+  spanName: string;
+  attributes: Record<string, string>;
+  ok: DbQuerySeries;
+  error: DbQuerySeries;
+}
+
 function operationOf(query: string): string {
   const m = /^\s*([A-Za-z]+)/.exec(query);
   return m ? m[1]!.toLowerCase() : "query";
+}
+
+/**
+ * Statement texts are few and fixed (drizzle's builders and mesh/db-prepared's texts repeat),
+ * so their operation, span name, attributes and metric series are kept per text. Bounded, in
+ * case a caller builds texts with values inlined.
+ */
+const MAX_CACHED_TEXTS = 2_000;
+function statementInfo(cache: Map<string, StatementInfo>, opts: DbTraceOptions, query: string): StatementInfo {
+  let info = cache.get(query);
+  if (info) return info;
+  const operation = operationOf(query);
+  info = {
+    operation,
+    spanName: `${operation} ${opts.context}`,
+    attributes: {
+      "db.system.name": "postgresql",
+      "db.namespace": opts.context,
+      "db.operation.name": operation.toUpperCase(),
+      "db.query.text": query.length > MAX_QUERY_TEXT ? `${query.slice(0, MAX_QUERY_TEXT)}…` : query,
+    },
+    ok: dbQuerySeries(opts.context, operation, true),
+    error: dbQuerySeries(opts.context, operation, false),
+  };
+  if (cache.size >= MAX_CACHED_TEXTS) cache.clear();
+  cache.set(query, info);
+  return info;
 }
 
 interface Counter {
   inUse: number;
 }
 
-/** Times `run` (called lazily, once) as one statement; returns what it returns. */
-function observeStatement<T>(
-  opts: DbTraceOptions,
-  query: string,
-  parent: Context,
-  pool: Counter | undefined,
-  run: () => Promise<T>,
-): Promise<T> {
-  const operation = operationOf(query);
-  const span = trace.getTracer("protomesh-db").startSpan(
-    `${operation} ${opts.context}`,
-    {
-      kind: SpanKind.CLIENT,
-      attributes: {
-        "db.system.name": "postgresql",
-        "db.namespace": opts.context,
-        "db.operation.name": operation.toUpperCase(),
-        "db.query.text": query.length > MAX_QUERY_TEXT ? `${query.slice(0, MAX_QUERY_TEXT)}…` : query,
-      },
-    },
-    parent,
-  );
+/** Per wrapped client: the pool estimate and the per-text cache. */
+interface Tracked {
+  opts: DbTraceOptions;
+  pool: Counter;
+  texts: Map<string, StatementInfo>;
+}
+
+/**
+ * Starts timing one statement; the returned function ends it (with the error, if any). A
+ * span is made only while spans are recorded: a statement's span has no children and
+ * propagates nowhere, so an unrecorded one would be ids and garbage for nothing.
+ */
+function startStatement(tracked: Tracked, query: string, parent: Context, inTransaction: boolean): (err?: unknown) => void {
+  const info = statementInfo(tracked.texts, tracked.opts, query);
+  const span = spansRecorded()
+    ? trace.getTracer("protomesh-db").startSpan(info.spanName, { kind: SpanKind.CLIENT, attributes: info.attributes }, parent)
+    : undefined;
+  const pool = inTransaction ? undefined : tracked.pool;
   const started = performance.now();
   if (pool) pool.inUse++;
-  const finish = (err?: unknown) => {
+  return (err?: unknown) => {
     if (pool) pool.inUse--;
-    observeDbQuery(opts.context, operation, (performance.now() - started) / 1000, err === undefined);
+    (err === undefined ? info.ok : info.error).record((performance.now() - started) / 1000);
+    if (!span) return;
     if (err !== undefined) {
       span.recordException(err as Error);
       span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message });
     }
     span.end();
   };
+}
+
+/** Times `run` as one statement; returns what it returns. */
+function observeStatement<T>(tracked: Tracked, query: string, parent: Context, inTransaction: boolean, run: () => Promise<T>): Promise<T> {
+  const finish = startStatement(tracked, query, parent, inTransaction);
   let result: Promise<T>;
   try {
     result = run();
@@ -82,19 +121,22 @@ function observeStatement<T>(
 type AnyFn = (...args: any[]) => any;
 
 /**
- * A postgres.js query is lazy: it runs when first awaited. Keep it that way, and start the
- * span at that moment, by taking over `then` on this one query object (`.values()` and
+ * A postgres.js query is lazy: it runs when first awaited. Keep it that way, and start
+ * timing at that moment, by taking over `then` on this one query object (`.values()` and
  * friends return the same object, so they stay traced).
  */
-function traceLazyQuery(pending: any, opts: DbTraceOptions, query: string, parent: Context, pool: Counter | undefined): any {
+function traceLazyQuery(pending: any, tracked: Tracked, query: string, parent: Context, inTransaction: boolean): any {
   if (!pending || typeof pending.then !== "function") return pending;
   const originalThen: AnyFn = pending.then;
   let observed = false;
   pending.then = function (onFulfilled?: AnyFn, onRejected?: AnyFn) {
     if (!observed) {
       observed = true; // before running: postgres.js calls then() again from inside
-      void observeStatement(opts, query, parent, pool, () => new Promise((resolve, reject) => originalThen.call(pending, resolve, reject))).catch(
-        () => undefined,
+      const finish = startStatement(tracked, query, parent, inTransaction);
+      originalThen.call(
+        pending,
+        () => finish(),
+        (err: unknown) => finish(err),
       );
     }
     return originalThen.call(pending, onFulfilled, onRejected);
@@ -104,22 +146,24 @@ function traceLazyQuery(pending: any, opts: DbTraceOptions, query: string, paren
 
 /** Wrap a postgres.js `Sql` (or a transaction's) so drizzle's statements are traced. */
 export function tracePostgres<T extends object>(sql: T, opts: DbTraceOptions): T {
-  const pool: Counter = { inUse: 0 };
+  const tracked: Tracked = { opts, pool: { inUse: 0 }, texts: new Map() };
+  const { pool } = tracked;
   if (opts.maxConnections !== undefined) {
     const max = opts.maxConnections;
     registerDbPool(opts.context, () => ({ inUse: Math.min(pool.inUse, max), idle: Math.max(0, max - pool.inUse), max }));
   }
-  return wrapPostgres(sql, opts, pool, false);
+  return wrapPostgres(sql, tracked, false);
 }
 
-function wrapPostgres<T extends object>(sql: T, opts: DbTraceOptions, pool: Counter, inTransaction: boolean): T {
+function wrapPostgres<T extends object>(sql: T, tracked: Tracked, inTransaction: boolean): T {
+  const { pool } = tracked;
   return new Proxy(sql, {
     get(target, prop) {
       const value = Reflect.get(target, prop, target);
       if (typeof value !== "function") return value;
       if (prop === "unsafe") {
         return (query: string, ...rest: unknown[]) =>
-          traceLazyQuery(value.call(target, query, ...rest), opts, query, otelContext.active(), inTransaction ? undefined : pool);
+          traceLazyQuery(value.call(target, query, ...rest), tracked, query, otelContext.active(), inTransaction);
       }
       if (prop === "begin" || prop === "savepoint") {
         return (...args: unknown[]) => {
@@ -127,7 +171,7 @@ function wrapPostgres<T extends object>(sql: T, opts: DbTraceOptions, pool: Coun
           if (fnIndex < 0) return value.apply(target, args);
           const fn = args[fnIndex] as AnyFn;
           const parent = otelContext.active();
-          args[fnIndex] = (tx: object) => otelContext.with(parent, () => fn(wrapPostgres(tx, opts, pool, true)));
+          args[fnIndex] = (tx: object) => otelContext.with(parent, () => fn(wrapPostgres(tx, tracked, true)));
           if (inTransaction) return value.apply(target, args);
           pool.inUse++; // a transaction holds one connection for its whole life
           const done = () => void pool.inUse--;
@@ -143,26 +187,28 @@ function wrapPostgres<T extends object>(sql: T, opts: DbTraceOptions, pool: Coun
 
 /** Wrap a PGlite instance (`query`, `exec`, `transaction`) the same way. */
 export function tracePglite<T extends object>(client: T, opts: DbTraceOptions): T {
-  const pool: Counter = { inUse: 0 };
+  const tracked: Tracked = { opts, pool: { inUse: 0 }, texts: new Map() };
+  const { pool } = tracked;
   registerDbPool(opts.context, () => ({ inUse: Math.min(pool.inUse, 1), idle: pool.inUse > 0 ? 0 : 1, max: 1 }));
-  return wrapPglite(client, opts, pool, false);
+  return wrapPglite(client, tracked, false);
 }
 
-function wrapPglite<T extends object>(client: T, opts: DbTraceOptions, pool: Counter, inTransaction: boolean): T {
+function wrapPglite<T extends object>(client: T, tracked: Tracked, inTransaction: boolean): T {
+  const { pool } = tracked;
   return new Proxy(client, {
     get(target, prop) {
       const value = Reflect.get(target, prop, target);
       if (typeof value !== "function") return value;
       if (prop === "query" || prop === "exec") {
         return (query: string, ...rest: unknown[]) =>
-          observeStatement(opts, query, otelContext.active(), inTransaction ? undefined : pool, () => value.call(target, query, ...rest));
+          observeStatement(tracked, query, otelContext.active(), inTransaction, () => value.call(target, query, ...rest));
       }
       if (prop === "transaction") {
         return (fn: AnyFn) => {
           const parent = otelContext.active();
           pool.inUse++;
           const done = () => void pool.inUse--;
-          const result = value.call(target, (tx: object) => otelContext.with(parent, () => fn(wrapPglite(tx, opts, pool, true))));
+          const result = value.call(target, (tx: object) => otelContext.with(parent, () => fn(wrapPglite(tx, tracked, true))));
           Promise.resolve(result).then(done, done);
           return result;
         };

@@ -48,18 +48,19 @@ export function grpcCodeName(code: number | string | undefined): string {
 export type RpcSide = "server" | "client";
 
 /**
- * One (side, service, method, code) of the RPC metrics, counted in plain numbers. An RPC is
- * recorded on the hot path, twice per call in a process that is both ends; prom-client's
- * own children validate, copy and hash their labels on every inc/observe, which cost
- * ~10 µs of CPU per call in garbage and work (bench/telemetry-overhead.ts, RPC telemetry
- * toggled in one process). These are read when /metrics is scraped.
+ * One label set of a latency histogram, counted in plain numbers. RPCs and database
+ * statements are recorded on the hot path (an RPC twice per call in a process that is both
+ * ends, a statement several times per request); prom-client's own children validate, copy
+ * and hash their labels on every inc/observe, which cost ~10 µs of CPU per call in garbage
+ * and work (bench/telemetry-overhead.ts, RPC telemetry toggled in one process). A caller
+ * keeps the series it records into; the values are read when /metrics is scraped.
  */
-export class RpcSeries {
+export class LatencySeries<L extends string = string> {
   count = 0;
   sum = 0;
   /** Observations per bucket of LATENCY_BUCKETS (not cumulative); the last one is +Inf. */
   readonly buckets = new Float64Array(LATENCY_BUCKETS.length + 1);
-  constructor(readonly labels: Readonly<Record<"grpc_service" | "grpc_method" | "grpc_code", string>>) {}
+  constructor(readonly labels: Readonly<Record<L, string>>) {}
 
   reset(): void {
     this.count = 0;
@@ -76,9 +77,11 @@ export class RpcSeries {
   }
 }
 
-const rpcSeriesBySide: Record<RpcSide, Map<string, RpcSeries>> = { server: new Map(), client: new Map() };
 const rpcLabels = ["grpc_service", "grpc_method", "grpc_code"] as const;
 type RpcLabel = (typeof rpcLabels)[number];
+/** One (service, method, code) of the RPC metrics of one side. */
+export type RpcSeries = LatencySeries<RpcLabel>;
+const rpcSeriesBySide: Record<RpcSide, Map<string, RpcSeries>> = { server: new Map(), client: new Map() };
 
 // prom-client metrics whose values come from the series (get() is what the registry reads).
 class RpcHandledCounter extends Counter<RpcLabel> {
@@ -102,20 +105,22 @@ class RpcHandledCounter extends Counter<RpcLabel> {
   }
 }
 
-class RpcHandlingHistogram extends Histogram<RpcLabel> {
+/** A prom-client histogram whose values are the LatencySeries `series()` yields. */
+class SeriesHistogram<L extends string> extends Histogram<L> {
   constructor(
     private readonly metricName: string,
     private readonly helpText: string,
-    private readonly side: RpcSide,
+    labelNames: readonly L[],
+    private readonly series: () => Iterable<LatencySeries<L>>,
   ) {
-    super({ name: metricName, help: helpText, labelNames: rpcLabels, buckets: LATENCY_BUCKETS, registers: [metricsRegistry] });
+    super({ name: metricName, help: helpText, labelNames, buckets: LATENCY_BUCKETS, registers: [metricsRegistry] });
     // prom-client's registry formats a histogram through getForPromString (absent from its
     // typings) rather than get(): give it the same values.
     (this as unknown as { getForPromString: () => Promise<unknown> }).getForPromString = () => this.get();
   }
   override async get() {
     const values: { value: number; labels: Record<string, string | number>; metricName: string }[] = [];
-    for (const s of rpcSeriesBySide[this.side].values()) {
+    for (const s of this.series()) {
       let cumulative = 0;
       for (let i = 0; i <= LATENCY_BUCKETS.length; i++) {
         cumulative += s.buckets[i]!;
@@ -126,11 +131,12 @@ class RpcHandlingHistogram extends Histogram<RpcLabel> {
       values.push({ value: s.count, labels: { ...s.labels }, metricName: `${this.metricName}_count` });
     }
     const metric = { name: this.metricName, help: this.helpText, type: "histogram", values, aggregator: "sum" };
-    return metric as unknown as Awaited<ReturnType<Histogram<RpcLabel>["get"]>>;
+    return metric as unknown as Awaited<ReturnType<Histogram<L>["get"]>>;
   }
   override reset(): void {
     super.reset();
-    if (this.side) for (const s of rpcSeriesBySide[this.side].values()) s.reset();
+    // Zeroed, not dropped (callers keep their series); the constructor calls reset() first.
+    if (this.series) for (const s of this.series()) s.reset();
   }
 }
 
@@ -139,13 +145,17 @@ new RpcHandledCounter(
   "RPCs completed by this process as a server, by service, method and status code.",
   "server",
 );
-new RpcHandlingHistogram("grpc_server_handling_seconds", "Time to handle an RPC as a server, from request to status.", "server");
+new SeriesHistogram("grpc_server_handling_seconds", "Time to handle an RPC as a server, from request to status.", rpcLabels, () =>
+  rpcSeriesBySide.server.values(),
+);
 new RpcHandledCounter(
   "grpc_client_handled_total",
   "RPCs completed by this process as a client, by service, method and status code.",
   "client",
 );
-new RpcHandlingHistogram("grpc_client_handling_seconds", "Time from starting an RPC as a client until its status arrived.", "client");
+new SeriesHistogram("grpc_client_handling_seconds", "Time from starting an RPC as a client until its status arrived.", rpcLabels, () =>
+  rpcSeriesBySide.client.values(),
+);
 
 /** The series of one (side, service, method, code); callers may keep it. */
 export function rpcSeries(side: RpcSide, service: string, method: string, code: number | string): RpcSeries {
@@ -154,7 +164,7 @@ export function rpcSeries(side: RpcSide, service: string, method: string, code: 
   const bySide = rpcSeriesBySide[side];
   let series = bySide.get(key);
   if (!series) {
-    series = new RpcSeries({ grpc_service: service, grpc_method: method, grpc_code: codeName });
+    series = new LatencySeries<RpcLabel>({ grpc_service: service, grpc_method: method, grpc_code: codeName });
     bySide.set(key, series);
   }
   return series;
@@ -342,16 +352,28 @@ export function registerDbPool(context: string, read: Reader<PoolStats>): void {
   poolReaders.set(context, read);
 }
 
-const dbQueryDuration = new Histogram({
-  name: "mesh_db_query_duration_seconds",
-  help: "Database query time per context and SQL operation (select, insert, ...).",
-  labelNames: ["context", "operation", "outcome"],
-  buckets: LATENCY_BUCKETS,
-  registers: [metricsRegistry],
-});
+const dbLabels = ["context", "operation", "outcome"] as const;
+/** One (context, operation, outcome) of mesh_db_query_duration_seconds. */
+export type DbQuerySeries = LatencySeries<(typeof dbLabels)[number]>;
+const dbSeries = new Map<string, DbQuerySeries>();
+new SeriesHistogram("mesh_db_query_duration_seconds", "Database query time per context and SQL operation (select, insert, ...).", dbLabels, () =>
+  dbSeries.values(),
+);
+
+/** The series a statement of `operation` in `context` records into; keep it (db-spans.ts does, per statement text). */
+export function dbQuerySeries(context: string, operation: string, ok: boolean): DbQuerySeries {
+  const outcome = ok ? "ok" : "error";
+  const key = `${context}\0${operation}\0${outcome}`;
+  let series = dbSeries.get(key);
+  if (!series) {
+    series = new LatencySeries({ context, operation, outcome });
+    dbSeries.set(key, series);
+  }
+  return series;
+}
 
 export function observeDbQuery(context: string, operation: string, seconds: number, ok: boolean): void {
-  dbQueryDuration.observe({ context, operation, outcome: ok ? "ok" : "error" }, seconds);
+  dbQuerySeries(context, operation, ok).record(seconds);
 }
 
 // --- Process metrics and the HTTP endpoint ----------------------------------------------

@@ -51,6 +51,7 @@ import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
 import { serviceIdentity } from "./service-identity.js";
 import { enabledInstrumentations } from "./enabled-instrumentations.js";
 import { installRpcTelemetry } from "./rpc-hooks.js";
+import { setSpansRecorded } from "./recording.js";
 import { MeshContextManager } from "./context-manager.js";
 import { IdPool } from "./ids.js";
 import { createRpcTelemetry } from "./rpc-telemetry.js";
@@ -76,6 +77,8 @@ export interface TracingOptions {
 
 export interface TracingHandle {
   exporter: TraceExporterKind;
+  /** Whether spans are recorded (something exports them); when not, spans only carry ids. */
+  recording: boolean;
   /** Spans finished so far; only filled when exporter is "memory" (tests). */
   finishedSpans(): ReadableSpan[];
   shutdown(): Promise<void>;
@@ -211,6 +214,7 @@ export async function startTracing(options: TracingOptions = {}): Promise<Tracin
   // OpenTelemetry's context in mesh's one AsyncLocalStorage (context-manager.ts).
   const contextManager = new MeshContextManager();
   provider.register({ contextManager });
+  setSpansRecorded(recording);
   const disable = registerInstrumentations({ instrumentations: options.instrumentations ?? defaultInstrumentations() });
   if (options.rpc ?? true) {
     installRpcTelemetry(createRpcTelemetry(trace.getTracer("protomesh-rpc"), {
@@ -221,9 +225,11 @@ export async function startTracing(options: TracingOptions = {}): Promise<Tracin
   }
   handle = {
     exporter: exporterKind,
+    recording,
     finishedSpans: () => memory?.getFinishedSpans() ?? [],
     async shutdown() {
       installRpcTelemetry(undefined);
+      setSpansRecorded(false);
       disable();
       await provider.shutdown();
       handle = undefined;
