@@ -58,9 +58,14 @@ export type RpcSide = "server" | "client";
 export class LatencySeries<L extends string = string> {
   count = 0;
   sum = 0;
-  /** Observations per bucket of LATENCY_BUCKETS (not cumulative); the last one is +Inf. */
-  readonly buckets = new Float64Array(LATENCY_BUCKETS.length + 1);
-  constructor(readonly labels: Readonly<Record<L, string>>) {}
+  /** Observations per bucket of `bounds` (not cumulative); the last one is +Inf. */
+  readonly buckets: Float64Array;
+  constructor(
+    readonly labels: Readonly<Record<L, string>>,
+    readonly bounds: readonly number[] = LATENCY_BUCKETS,
+  ) {
+    this.buckets = new Float64Array(bounds.length + 1);
+  }
 
   reset(): void {
     this.count = 0;
@@ -71,8 +76,9 @@ export class LatencySeries<L extends string = string> {
   record(seconds: number): void {
     this.count++;
     this.sum += seconds;
+    const bounds = this.bounds;
     let i = 0;
-    while (i < LATENCY_BUCKETS.length && seconds > LATENCY_BUCKETS[i]!) i++;
+    while (i < bounds.length && seconds > bounds[i]!) i++;
     this.buckets[i]!++;
   }
 }
@@ -112,8 +118,9 @@ class SeriesHistogram<L extends string> extends Histogram<L> {
     private readonly helpText: string,
     labelNames: readonly L[],
     private readonly series: () => Iterable<LatencySeries<L>>,
+    private readonly bounds: readonly number[] = LATENCY_BUCKETS,
   ) {
-    super({ name: metricName, help: helpText, labelNames, buckets: LATENCY_BUCKETS, registers: [metricsRegistry] });
+    super({ name: metricName, help: helpText, labelNames, buckets: [...bounds], registers: [metricsRegistry] });
     // prom-client's registry formats a histogram through getForPromString (absent from its
     // typings) rather than get(): give it the same values.
     (this as unknown as { getForPromString: () => Promise<unknown> }).getForPromString = () => this.get();
@@ -122,9 +129,9 @@ class SeriesHistogram<L extends string> extends Histogram<L> {
     const values: { value: number; labels: Record<string, string | number>; metricName: string }[] = [];
     for (const s of this.series()) {
       let cumulative = 0;
-      for (let i = 0; i <= LATENCY_BUCKETS.length; i++) {
+      for (let i = 0; i <= this.bounds.length; i++) {
         cumulative += s.buckets[i]!;
-        const le = i < LATENCY_BUCKETS.length ? LATENCY_BUCKETS[i]! : "+Inf";
+        const le = i < this.bounds.length ? this.bounds[i]! : "+Inf";
         values.push({ value: cumulative, labels: { ...s.labels, le }, metricName: `${this.metricName}_bucket` });
       }
       values.push({ value: s.sum, labels: { ...s.labels }, metricName: `${this.metricName}_sum` });
@@ -285,16 +292,24 @@ export function setOutboxBacklog(context: string, rows: number): void {
   outboxBacklogValues.set(context, rows);
 }
 
-const outboxPublishLag = new Histogram({
-  name: "mesh_outbox_publish_lag_seconds",
-  help: "Time from an outbox row's commit to its publication on NATS.",
-  labelNames: ["context"],
-  buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
-  registers: [metricsRegistry],
-});
+// Observed once per published event: plain-number series, as the RPC and statement metrics.
+const PUBLISH_LAG_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const publishLagSeries = new Map<string, LatencySeries<"context">>();
+new SeriesHistogram(
+  "mesh_outbox_publish_lag_seconds",
+  "Time from an outbox row's commit to its publication on NATS.",
+  ["context"],
+  () => publishLagSeries.values(),
+  PUBLISH_LAG_BUCKETS,
+);
 
 export function observeOutboxPublishLag(context: string, seconds: number): void {
-  outboxPublishLag.observe({ context }, seconds);
+  let series = publishLagSeries.get(context);
+  if (!series) {
+    series = new LatencySeries({ context }, PUBLISH_LAG_BUCKETS);
+    publishLagSeries.set(context, series);
+  }
+  series.record(seconds);
 }
 
 const consumerRedeliveries = new Counter({
