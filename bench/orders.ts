@@ -6,6 +6,15 @@
  * lost or duplicated, which must be 0.
  *
  *   npx tsx bench/orders.ts [--clients 32] [--seconds 20] [--pipeline 4] [--warmup 3] [--pg-stats]
+ *   npx tsx bench/orders.ts --rate 300 [--clients 32] [--seconds 20] [--warmup 3]
+ *
+ * Two ways to load it. Closed loop (the default): each client keeps `--pipeline` orders in
+ * flight, so the rate is whatever the shop sustains and the latency grows with the orders
+ * waiting (clients × pipeline). Open loop (`--rate R`): orders start on a fixed schedule,
+ * R per second spread over the clients whatever happens to earlier ones, and each order's
+ * latency counts from the moment the schedule said it should start, so a stalled shop shows
+ * as latency rather than as fewer orders (no coordinated omission). The latency at a rate
+ * is the open loop's question; the ceiling is the closed loop's.
  *
  * --pg-stats adds what Postgres did per order (bench/pg-stats.ts); it needs a server with
  * pg_stat_statements loaded, best a private one (docs/performance.md says how).
@@ -50,6 +59,7 @@ const { values: args } = parseArgs({
     clients: { type: 'string', default: '32' },
     seconds: { type: 'string', default: '20' },
     pipeline: { type: 'string', default: '4' },
+    rate: { type: 'string' },
     warmup: { type: 'string', default: '3' },
     external: { type: 'boolean', default: false },
     lines: { type: 'string', default: '1' },
@@ -61,6 +71,8 @@ const SECONDS = Number(args.seconds);
 const PIPELINE = Number(args.pipeline);
 const WARMUP = Number(args.warmup);
 const LINES = Number(args.lines);
+const RATE = args.rate === undefined ? undefined : Number(args.rate);
+if (RATE !== undefined && !(RATE > 0)) throw new Error(`--rate must be a positive number of orders per second, got ${args.rate}`);
 
 // ---- the shop ----------------------------------------------------------------------------
 
@@ -152,11 +164,12 @@ async function placeWithRetry(s: Shopper, req: { idempotencyKey: string; lines: 
   }
 }
 
-async function oneOrder(s: Shopper, i: number): Promise<void> {
+/** `scheduledAt`: when the open loop's schedule started it (latency counts from there); default now. */
+async function oneOrder(s: Shopper, i: number, scheduledAt?: number): Promise<void> {
   const lines = Array.from({ length: LINES }, (_, k) => ({ sku: products[(i + k) % products.length]!.sku, quantity: 1n }));
   const idempotencyKey = `bench-${randomUUID()}`;
   s.attempted++;
-  const t0 = performance.now();
+  const t0 = scheduledAt ?? performance.now();
   let id: string;
   try {
     const order = await placeWithRetry(s, { idempotencyKey, lines, paymentToken: 'tok_visa' });
@@ -195,6 +208,26 @@ async function client(s: Shopper, index: number): Promise<void> {
     const p = oneOrder(s, i++).finally(() => inFlight.delete(p));
     inFlight.add(p);
     if (inFlight.size >= PIPELINE) await Promise.race(inFlight);
+  }
+  await Promise.all(inFlight);
+}
+
+/**
+ * Open loop: order k starts at start + k / RATE seconds, from shopper k mod clients. A timer
+ * tick starts every order that is due (timers are coarse under load; the latency still
+ * counts from the due time). Resolves once the orders it started have ended.
+ */
+async function openLoop(rate: number): Promise<void> {
+  const inFlight = new Set<Promise<void>>();
+  const start = performance.now();
+  let k = 0;
+  while (!stop) {
+    const now = performance.now();
+    for (; start + (k * 1000) / rate <= now; k++) {
+      const p = oneOrder(shoppers[k % shoppers.length]!, k, start + (k * 1000) / rate).finally(() => inFlight.delete(p));
+      inFlight.add(p);
+    }
+    await sleep(Math.max(1, start + (k * 1000) / rate - performance.now()));
   }
   await Promise.all(inFlight);
 }
@@ -262,8 +295,12 @@ async function cpuSnapshot(): Promise<Map<string, number>> {
   return snap;
 }
 
-process.stderr.write(`load: ${CLIENTS} clients x pipeline ${PIPELINE}, ${WARMUP}s warm-up + ${SECONDS}s measured\n`);
-const running = shoppers.map((s, i) => client(s, i * 7));
+process.stderr.write(
+  RATE === undefined
+    ? `load: ${CLIENTS} clients x pipeline ${PIPELINE}, ${WARMUP}s warm-up + ${SECONDS}s measured\n`
+    : `load: ${RATE} orders/s offered over ${CLIENTS} clients (open loop), ${WARMUP}s warm-up + ${SECONDS}s measured\n`,
+);
+const running = RATE === undefined ? shoppers.map((s, i) => client(s, i * 7)) : [openLoop(RATE)];
 await sleep(WARMUP * 1000);
 measuring = true;
 const confirmedAtStart = confirmed;
@@ -348,7 +385,8 @@ const pct = (xs: number[], q: number) => {
 const f = (x: number) => x.toFixed(1);
 const report = {
   clients: CLIENTS,
-  pipeline: PIPELINE,
+  pipeline: RATE === undefined ? PIPELINE : undefined,
+  offered_per_second: RATE,
   seconds: Number(elapsed.toFixed(1)),
   orders_per_second: Number((confirmedInWindow / elapsed).toFixed(1)),
   place_to_confirmed_ms: { p50: f(pct(endToEnd, 0.5)), p99: f(pct(endToEnd, 0.99)), max: f(Math.max(...endToEnd)) },
@@ -368,7 +406,7 @@ const report = {
   window_monotonic_us: [windowStartUs, windowEndUs],
 };
 console.log(
-  `\norders/s (PlaceOrder -> CONFIRMED): ${report.orders_per_second}\n` +
+  `\norders/s (PlaceOrder -> CONFIRMED): ${report.orders_per_second}${RATE === undefined ? '' : ` (offered ${RATE}/s, open loop)`}\n` +
     `place -> confirmed: p50 ${report.place_to_confirmed_ms.p50} ms, p99 ${report.place_to_confirmed_ms.p99} ms (max ${report.place_to_confirmed_ms.max})\n` +
     `PlaceOrder RPC:     p50 ${report.place_order_rpc_ms.p50} ms, p99 ${report.place_order_rpc_ms.p99} ms\n` +
     `placed ${placedTotal}, confirmed ${confirmed}, cancelled ${cancelled}, errors ${errors}, PlaceOrder retries ${retries}, unanswered-but-created ${unanswered}\n` +
