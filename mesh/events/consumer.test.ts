@@ -1,11 +1,14 @@
 import test from "ava";
 import { create } from "@bufbuild/protobuf";
 import { eq, sql } from "drizzle-orm";
+import { drizzle } from "drizzle-orm/postgres-js";
+import postgres from "postgres";
+import type { ExecutionContext } from "ava";
 import { OrderConfirmedSchema, OrderPlacedSchema } from "../../gen/shop/order/v1/order_pb.js";
 import { PermanentEventError, startConsumer, type ConsumerOptions } from "./consumer.js";
 import { listDeadLetters, replayDeadLetter } from "./dead-letter.js";
 import { inboxRetentionFloorMs, pruneInbox } from "./inbox.js";
-import { rowsOf, type EventsTx } from "./db.js";
+import { rowsOf, type EventsDb, type EventsTx } from "./db.js";
 import { EVENT_ID, EVENT_TYPE, toMsgHdrs } from "./headers.js";
 import { eventSubject, packageStream } from "./naming.js";
 import { publishEvent, publishRawEvent } from "./publisher.js";
@@ -248,6 +251,132 @@ test.serial("two copies of one event in the same batch have one effect", async (
   await eventually("three deliveries settled", () => c.stats().handled + c.stats().duplicates === 3);
   t.deepEqual(await effects(name), ["bd-1", "bd-2"]);
   t.like(c.stats(), { handled: 2, duplicates: 1 });
+});
+
+/** A database whose driver records every statement it sends (postgres.js' debug hook), begin and commit included. */
+function countedDb(t: ExecutionContext): { db: EventsDb; statements: string[] } {
+  const statements: string[] = [];
+  const client = postgres(env.testDb.url, { max: 2, onnotice: () => {}, debug: (_connection, query) => void statements.push(query) });
+  t.teardown(() => client.end({ timeout: 2 }));
+  return { db: drizzle({ client }) as unknown as EventsDb, statements };
+}
+
+/** A gate a handler waits at until open(). */
+function gated() {
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  return { gate, open };
+}
+
+/**
+ * Makes what `publish` sends one batch: the lone event `gateOrderId` goes first and its
+ * handler waits at the gate, while the events published meanwhile queue up behind it; then
+ * the gate opens.
+ */
+async function batchBehindGate(
+  c: Awaited<ReturnType<typeof consumerOf>>,
+  open: () => void,
+  gateOrderId: string,
+  publish: (gateEventId: string) => Promise<unknown>,
+  queued: number,
+): Promise<void> {
+  const { eventId } = await publishEvent(env.js, OrderConfirmedSchema, confirmed(gateOrderId), { prefix: env.prefix });
+  await eventually("the gate event in its handler", () => c.stats().inFlight === 1);
+  await publish(eventId);
+  await eventually(`${queued} messages queued behind the gate`, () => c.stats().queued === queued);
+  open();
+}
+
+test.serial("handleBatch gets a batch's new events in one call, in stream order, copies skipped, in one statement", async (t) => {
+  const name = "batchhandler";
+  const { db, statements } = countedDb(t);
+  const { gate, open } = gated();
+  const alone: string[] = [];
+  const batches: string[][] = [];
+  const c = await consumerOf(
+    name,
+    async (tx, ev) => {
+      if (ev.orderId === "bh-gate") await gate;
+      alone.push(ev.orderId);
+      await recordEffect(tx, name, ev.orderId);
+    },
+    {
+      db,
+      handleBatch: async (tx, events) => {
+        batches.push(events.map((e) => e.event.orderId));
+        t.true(events.every((e) => e.meta.eventType === OrderConfirmedSchema.typeName && e.meta.deliveryCount === 1));
+        const orderIds = JSON.stringify(events.map((e) => e.event.orderId));
+        await tx.execute(sql`insert into consumer_test.effects (consumer, order_id)
+          select ${name}, o from jsonb_array_elements_text(${orderIds}::jsonb) with ordinality as x(o, i) order by i`);
+      },
+    },
+  );
+  t.teardown(() => c.stop());
+  const { toBinary } = await import("@bufbuild/protobuf");
+  const copyOf = (eventId: string, orderId: string) =>
+    publishRawEvent(env.js, {
+      subject: eventSubject(OrderConfirmedSchema.typeName, env.prefix),
+      payload: toBinary(OrderConfirmedSchema, confirmed(orderId)),
+      eventId,
+      eventType: OrderConfirmedSchema.typeName,
+      msgId: `${eventId}:again`,
+    });
+  await batchBehindGate(c, open, "bh-gate", async (gateId) => {
+    await publishEvent(env.js, OrderConfirmedSchema, confirmed("bh-1"), { prefix: env.prefix });
+    const { eventId: twice } = await publishEvent(env.js, OrderConfirmedSchema, confirmed("bh-2"), { prefix: env.prefix });
+    await copyOf(twice, "bh-2"); // a second copy in the same batch
+    await publishEvent(env.js, OrderConfirmedSchema, confirmed("bh-3"), { prefix: env.prefix });
+    await copyOf(gateId, "bh-gate"); // a copy of an event an earlier transaction applied
+    await publishEvent(env.js, OrderConfirmedSchema, confirmed("bh-4"), { prefix: env.prefix });
+  }, 6);
+  await eventually("every delivery settled", () => c.stats().handled + c.stats().duplicates === 7);
+  t.deepEqual(alone, ["bh-gate"], "the lone event went to handler");
+  t.deepEqual(batches, [["bh-1", "bh-2", "bh-3", "bh-4"]], "the batch's new events, once, in order");
+  t.deepEqual(await effects(name), ["bh-gate", "bh-1", "bh-2", "bh-3", "bh-4"]);
+  t.like(c.stats(), { handled: 5, duplicates: 2, transactions: 2, retries: 0 });
+  // The batch's transaction: begin, the inbox insert, ONE effects insert for its four new
+  // events (the handler would have sent four), commit.
+  const batchTx = statements.slice(statements.map((q) => q.trim()).lastIndexOf("begin"));
+  t.is(batchTx.length, 4, batchTx.join("\n"));
+  t.is(batchTx.filter((q) => q.includes("consumer_test.effects")).length, 1);
+});
+
+test.serial("a failing batch is redone one message per transaction: the poison event dead-letters alone, the others apply once", async (t) => {
+  const name = "batchpoison";
+  const { gate, open } = gated();
+  const alone: string[] = [];
+  const batches: string[][] = [];
+  const c = await consumerOf(
+    name,
+    async (tx, ev, meta) => {
+      if (ev.orderId === "bp-gate") await gate;
+      alone.push(`${ev.orderId}#${meta.deliveryCount}`);
+      await recordEffect(tx, name, ev.orderId);
+      if (ev.orderId === "bp-poison") throw new Error(`cannot apply ${ev.orderId}`);
+    },
+    {
+      maxDeliver: 2,
+      handleBatch: async (tx, events) => {
+        batches.push(events.map((e) => e.event.orderId));
+        for (const { event } of events) await recordEffect(tx, name, event.orderId); // rolled back with the failure
+        if (events.some((e) => e.event.orderId === "bp-poison")) throw new Error("cannot apply bp-poison");
+      },
+    },
+  );
+  t.teardown(() => c.stop());
+  const ids = ["bp-1", "bp-poison", "bp-2", "bp-3"];
+  await batchBehindGate(c, open, "bp-gate", async () => {
+    for (const id of ids) await publishEvent(env.js, OrderConfirmedSchema, confirmed(id), { prefix: env.prefix });
+  }, ids.length);
+  await eventually("the poison event dead-lettered", () => c.stats().deadLettered === 1 && c.stats().handled === 4);
+  t.deepEqual(batches, [ids], "the batch went to handleBatch once");
+  t.deepEqual(alone, ["bp-gate#1", "bp-1#1", "bp-poison#1", "bp-2#1", "bp-3#1", "bp-poison#2"], "then one message per transaction");
+  t.deepEqual(await effects(name), ["bp-gate", "bp-1", "bp-2", "bp-3"], "each good event applied once, the poison one never");
+  t.like(c.stats(), { handled: 4, retries: 1, deadLettered: 1, duplicates: 0 });
+  const [dl, ...more] = await listDeadLetters(env.js, { prefix: env.prefix, consumer: name });
+  t.is(more.length, 0);
+  t.is(dl.deliveries, 2);
+  t.regex(dl.error, /2 deliveries: cannot apply bp-poison/);
 });
 
 test.serial("pruneInbox removes only entries older than the cutoff", async (t) => {

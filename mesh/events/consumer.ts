@@ -9,6 +9,19 @@
 // message per transaction. Only a handler's database writes are exactly-once: the handler
 // itself may run more than once for an event (retries, a redone batch).
 //
+// Batch handler (optional `handleBatch`): when a batch transaction has two or more new
+// events, they go to handleBatch(tx, events) in one call instead of to `handler` one by
+// one, so a context can apply them with one statement rather than one per event (every
+// round trip costs CPU in the service, the driver and the backend). It must have the same
+// effects as `handler` on each event in order; `handler` still takes a lone new event and
+// the one-message transactions of a redone batch, so a poison event fails, retries and
+// dead-letters alone. Each event keeps its own CONSUMER span `process <subject>` in its own
+// trace, open while the batch runs (BatchEvent.inTrace runs code in it: build there what
+// carries the trace on, such as an outbox row); the batch itself runs in a span
+// `batch <consumer>` in the first event's trace, linked to the other events' spans, as
+// mesh/coalesce.ts does for a batch call (one statement cannot belong to N traces). Hooks
+// and stats stay per event.
+//
 // Failures: nak with a growing delay. On the maxDeliver-th delivery (or at once for a
 // payload that does not decode, a missing event id, or a PermanentEventError) the message
 // is copied to the dead-letter stream with the reason and then terminated. The server-side
@@ -20,7 +33,9 @@
 // has buffered, whereas our own queue lets stop() finish the handlers in flight and hand
 // every unstarted message straight back to the server (nak) for another replica.
 import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { withConsumerSpan } from "../telemetry/trace-context.js";
+import { SpanKind, trace, type Link, type Span } from "@opentelemetry/api";
+import { currentScopeRequestId, currentTraceContext, runWithRequestId, runWithTraceContext } from "../call-context.js";
+import { withConsumerSpan, withSpan } from "../telemetry/trace-context.js";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -65,6 +80,25 @@ export interface EventMeta {
 
 export type EventHandler<Desc extends DescMessage> = (tx: EventsTx, event: MessageShape<Desc>, meta: EventMeta) => Promise<void>;
 
+/** One new event of a batch, as handleBatch gets it. */
+export interface BatchEvent<Desc extends DescMessage> {
+  event: MessageShape<Desc>;
+  meta: EventMeta;
+  /**
+   * Runs `fn` in this event's CONSUMER span (its trace and request id), where `handler`
+   * would have run: build there what carries the trace on (outboxEvent reads the active
+   * trace into the event's headers) or logs on the event's behalf.
+   */
+  inTrace<T>(fn: () => T): T;
+}
+
+/**
+ * Applies two or more new events of one batch, in stream order, in the inbox's transaction:
+ * the same effects as `handler` on each in turn, in fewer statements. Throwing fails the whole
+ * batch, which is then redone one message per transaction through `handler`.
+ */
+export type BatchEventHandler<Desc extends DescMessage> = (tx: EventsTx, events: BatchEvent<Desc>[]) => Promise<void>;
+
 /** Thrown by a handler when retrying cannot help: the message goes to the dead letters at once. */
 export class PermanentEventError extends Error {
   override name = "PermanentEventError";
@@ -85,6 +119,11 @@ export interface ConsumerOptions<Desc extends DescMessage> {
   /** The event type consumed; its full name is the subject. */
   event: Desc;
   handler: EventHandler<Desc>;
+  /**
+   * Optional: the new events of a batch transaction in one call when there are two or more
+   * (see BatchEventHandler); `handler` takes lone events and redone batches.
+   */
+  handleBatch?: BatchEventHandler<Desc>;
   db: EventsDb;
   inbox: InboxTable;
   js: JetStreamClient;
@@ -246,9 +285,7 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
     const handleIn = (tx: EventsTx, item: Prepared<Desc>) => {
       // Run the handler in the publisher's trace, as a CONSUMER span `process <subject>` with
       // the request id restored (no-ops until telemetry registers a tracer and propagator).
-      return withConsumerSpan(item.meta.subject, item.meta.headers, { "messaging.consumer.group.name": opts.name, "messaging.message.id": item.meta.eventId }, () =>
-        opts.handler(tx, item.event, item.meta),
-      );
+      return withConsumerSpan(item.meta.subject, item.meta.headers, spanAttributes(item), () => opts.handler(tx, item.event, item.meta));
     };
     const run = async (tx: EventsTx, item: Prepared<Desc>) => {
       const entry = { consumer: opts.name, eventId: item.meta.eventId, eventType: item.meta.eventType };
@@ -265,13 +302,18 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
           const entries = items.map((item) => ({ consumer: opts.name, eventId: item.meta.eventId, eventType: item.meta.eventType }));
           const fresh = await recordInboxMany(tx, opts.inbox, entries);
           const out: ("fresh" | "duplicate")[] = [];
+          const handle: Prepared<Desc>[] = [];
           for (const item of items) {
-            if (!fresh.delete(item.meta.eventId)) {
-              out.push("duplicate");
-              continue;
-            }
-            await handleIn(tx, item);
-            out.push("fresh");
+            // delete: a second copy of an event in the batch is its duplicate.
+            const isNew = fresh.delete(item.meta.eventId);
+            out.push(isNew ? "fresh" : "duplicate");
+            if (isNew) handle.push(item);
+          }
+          if (opts.handleBatch && handle.length > 1) {
+            const handleBatchOf = opts.handleBatch;
+            await inConsumerSpans(handle, (events) => handleBatchOf(tx, events));
+          } else {
+            for (const item of handle) await handleIn(tx, item);
           }
           return out;
         });
@@ -314,6 +356,65 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
       m.nak(delay);
       stats.retries++;
       hooks.onRetry?.(meta, err, delay);
+    }
+  }
+
+  function spanAttributes(item: Prepared<Desc>) {
+    return { "messaging.consumer.group.name": opts.name, "messaging.message.id": item.meta.eventId };
+  }
+
+  /**
+   * Runs `fn` once for several events, each still in a CONSUMER span of its own trace (as
+   * handleIn would run it), open until `fn` ends and failed if it fails. `fn` itself runs in
+   * a span `batch <consumer>` in the first event's trace, linked to the other events' spans
+   * (as mesh/coalesce.ts does): its statements belong to one trace, and every event's trace
+   * still leads to them.
+   */
+  async function inConsumerSpans(items: Prepared<Desc>[], fn: (events: BatchEvent<Desc>[]) => Promise<void>): Promise<void> {
+    let finish!: () => void;
+    let fail!: (err: unknown) => void;
+    const done = new Promise<void>((resolve, reject) => ((finish = resolve), (fail = reject)));
+    const opened: Promise<{ span: Span; trace: unknown; requestId: string | undefined }>[] = [];
+    const ended: Promise<unknown>[] = [];
+    for (const item of items) {
+      opened.push(
+        new Promise((entered, failed) => {
+          const handling = withConsumerSpan(item.meta.subject, item.meta.headers, spanAttributes(item), (span) => {
+            // Here is the event's trace and request id: keep them for inTrace (as mesh/coalesce.ts
+            // keeps its callers' traces).
+            entered({ span, trace: currentTraceContext(), requestId: currentScopeRequestId() });
+            return done;
+          });
+          handling.catch(failed); // only matters if the span failed to open
+          ended.push(handling.catch(() => undefined)); // fn's failure reaches the caller itself
+        }),
+      );
+    }
+    try {
+      const spans = await Promise.all(opened);
+      const events: BatchEvent<Desc>[] = items.map((item, i) => {
+        const { trace: traceContext, requestId } = spans[i]!;
+        const inTrace = <T>(run: () => T): T => runWithTraceContext(traceContext, () => (requestId ? runWithRequestId(requestId, run) : run()));
+        return { event: item.event, meta: item.meta, inTrace };
+      });
+      const links: Link[] = [];
+      for (const { span } of spans.slice(1)) {
+        const linked = span.spanContext();
+        if (trace.isSpanContextValid(linked)) links.push({ context: linked });
+      }
+      await events[0]!.inTrace(() =>
+        withSpan(
+          `batch ${opts.name}`,
+          { kind: SpanKind.INTERNAL, links, attributes: { "messaging.consumer.group.name": opts.name, "protomesh.batch.size": items.length } },
+          () => fn(events),
+        ),
+      );
+      finish();
+    } catch (err) {
+      fail(err);
+      throw err;
+    } finally {
+      await Promise.all(ended);
     }
   }
 

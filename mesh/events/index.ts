@@ -5,6 +5,8 @@ export {
   ensureConsumer,
   PermanentEventError,
   startConsumer,
+  type BatchEvent,
+  type BatchEventHandler,
   type ConsumerHooks,
   type ConsumerOptions,
   type ConsumerStats,

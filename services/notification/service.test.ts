@@ -7,7 +7,13 @@ import { randomUUID } from 'node:crypto';
 import { create, toBinary, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import type { NatsConnection } from 'nats';
-import { count, eq } from 'drizzle-orm';
+import { asc, count, eq } from 'drizzle-orm';
+import { NotificationSentSchema } from '../../gen/shop/notification/v1/notification_pb.js';
+import { fromBinary } from '@bufbuild/protobuf';
+import type { Transaction } from '../../mesh/db.js';
+import type { BatchEvent, EventMeta } from '../../mesh/events/consumer.js';
+import { withEventSignals } from '../../mesh/events/commit-signal.js';
+import { listenFromDb } from '../../mesh/events/listen.js';
 import { NotificationKind, NotificationService } from '../../gen/shop/notification/v1/notification_pb.js';
 import { OrderCancelledSchema, OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
 import { PaymentFailedSchema } from '../../gen/shop/payment/v1/payment_pb.js';
@@ -18,7 +24,8 @@ import { identityHeaders } from '../../mesh/identity.js';
 import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { encodePageToken } from './domain.js';
 import { notificationSettings, startNotification, type NotificationApp } from './main.js';
-import { recordNotification } from './repository.js';
+import { notificationConsumers, notificationHandlers } from './consumers.js';
+import { recordNotification, RECORDED_CHANNEL, type RecordedAnnouncement } from './repository.js';
 import { notifications, outbox } from './schema.js';
 
 let svc: ServiceUnderTest<NotificationApp, typeof notificationSettings>;
@@ -212,4 +219,78 @@ test.serial('two replicas: a watcher on one hears a notification recorded by the
   t.is(got.value?.notification?.orderId, orderId);
   abort.abort();
   await stream.next().catch(() => undefined);
+});
+
+/**
+ * Runs `fn` in a transaction of the service's database as its consumers get it (with the
+ * post-commit relay wake) and records every statement it sends (drizzle's session client
+ * of the transaction: raw and builder statements alike).
+ */
+async function inCountedTransaction(fn: (tx: Transaction) => Promise<unknown>): Promise<string[]> {
+  const statements: string[] = [];
+  await withEventSignals(app.database.db).transaction(async (tx) => {
+    type Client = { unsafe(query: string, ...rest: unknown[]): unknown };
+    const session = (tx as unknown as { session: { client: Client } }).session;
+    const client = session.client;
+    session.client = new Proxy(client, {
+      get: (target, prop) =>
+        prop === 'unsafe' ? (query: string, ...rest: unknown[]) => (statements.push(query), target.unsafe(query, ...rest)) : Reflect.get(target, prop),
+    });
+    await fn(tx);
+  });
+  return statements;
+}
+
+function eventMeta(eventId: string): EventMeta {
+  return { eventId, eventType: OrderConfirmedSchema.typeName, subject: '', stream: '', streamSeq: 0, deliveryCount: 1, headers: {}, publishedAt: new Date() };
+}
+
+test('the new events of a batch are recorded as one at a time records them, in one statement', async (t) => {
+  t.true(notificationConsumers(nats.subjectPrefix).every((c) => typeof c.handleBatch === 'function'), 'every consumer batches');
+  const { handler, handleBatch } = notificationHandlers(nats.subjectPrefix).orderConfirmed;
+  const announced: RecordedAnnouncement[] = [];
+  const unlisten = await listenFromDb(app.database.db)!(RECORDED_CHANNEL, (payload) => announced.push(JSON.parse(payload)));
+  t.teardown(() => unlisten());
+  const orders = [2599n, 100n, 123456n].map((amountMinor) => ({ orderId: randomUUID(), total: { currencyCode: 'EUR', amountMinor } }));
+  const alone = randomUUID();
+  const together = randomUUID();
+  const eventsFor = (userId: string) => orders.map((o) => ({ event: create(OrderConfirmedSchema, { ...o, userId }), meta: eventMeta(randomUUID()) }));
+  // Each user's first event was recorded before (its inbox row since pruned, say): seen again, it records nothing.
+  const one = eventsFor(alone);
+  const many = eventsFor(together);
+  for (const { event, meta } of [one[0]!, many[0]!]) await app.database.db.transaction((tx) => handler(tx, event, meta));
+
+  for (const { event, meta } of one) await app.database.db.transaction((tx) => handler(tx, event, meta));
+  const batch: BatchEvent<typeof OrderConfirmedSchema>[] = many.map((e) => ({ ...e, inTrace: (fn) => fn() }));
+  const statements = await inCountedTransaction((tx) => handleBatch(tx, batch));
+  t.is(statements.length, 1, 'one statement for the batch (one per event before)');
+
+  // The same rows, in the same order, whichever way they were recorded.
+  const recorded = async (userId: string, events: typeof one) => {
+    const rows = await app.database.db.select().from(notifications).where(eq(notifications.userId, userId)).orderBy(asc(notifications.seq));
+    const sent = await app.database.db.select().from(outbox).where(eq(outbox.aggregateId, userId)).orderBy(asc(outbox.seq));
+    const eventIndex = (id: string) => events.findIndex((e) => e.meta.eventId === id);
+    return {
+      notifications: rows.map((r) => ({ kind: r.kind, title: r.title, body: r.body, orderId: r.orderId, source: eventIndex(r.sourceEventId) })),
+      sent: sent.map((o, i) => {
+        const m = fromBinary(NotificationSentSchema, o.payload);
+        const row = rows[i]!;
+        return {
+          eventType: o.eventType,
+          subject: o.subject,
+          headers: Object.keys(o.headers).sort(),
+          ofItsNotification: m.notificationId === row.id && m.userId === userId && m.orderId === row.orderId,
+          kind: m.kind,
+          occurAtCreate: Number(m.occurTime!.seconds) * 1000 + Math.floor(m.occurTime!.nanos / 1e6) === row.createTime.getTime(),
+        };
+      }),
+      announced: announced.filter((a) => a.userId === userId).map((a) => rows.findIndex((r) => r.id === a.id)),
+    };
+  };
+  await until('every announcement heard', () => announced.length >= 2 * orders.length);
+  const expected = await recorded(alone, one);
+  t.deepEqual(expected.notifications.map((n) => n.source), [0, 1, 2]);
+  t.deepEqual(expected.announced, [0, 1, 2]);
+  t.true(expected.sent.every((s) => s.ofItsNotification && s.occurAtCreate));
+  t.deepEqual(await recorded(together, many), expected);
 });

@@ -108,3 +108,25 @@ export async function awardPoints(
   );
   return inserted.length > 0;
 }
+
+/**
+ * awardPoints for many orders in ONE statement whatever their number (the awards travel as
+ * one jsonb parameter, so every batch size is the same statement text, prepared once per
+ * connection: mesh/db-prepared.ts), in the order given (seq follows it). An order already
+ * awarded, or twice in `awards`, is awarded once. Returns the order ids awarded now.
+ */
+export async function awardPointsMany(
+  tx: EventsTx,
+  awards: { orderId: string; userId: string; points: bigint }[],
+): Promise<string[]> {
+  if (awards.length === 0) return [];
+  const rows = awards.map((a) => ({ order_id: a.orderId, user_id: a.userId, points: a.points.toString() }));
+  const inserted = resultRows<{ order_id: string }>(
+    await tx.execute(sql`insert into "user".points_awards (order_id, user_id, points)
+      select x.order_id, x.user_id, x.points
+      from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(order_id text, user_id text, points bigint)
+      on conflict (order_id) do nothing
+      returning order_id`),
+  );
+  return inserted.map((r) => r.order_id);
+}

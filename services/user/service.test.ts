@@ -9,8 +9,11 @@ import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { jwtVerify } from 'jose';
 import type { NatsConnection } from 'nats';
-import { count, eq } from 'drizzle-orm';
-import { OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
+import { asc, count, eq } from 'drizzle-orm';
+import type { Transaction } from '../../mesh/db.js';
+import { withEventSignals } from '../../mesh/events/commit-signal.js';
+import { PermanentEventError, type BatchEvent, type EventMeta } from '../../mesh/events/consumer.js';
+import { OrderConfirmedSchema, type OrderConfirmed } from '../../gen/shop/order/v1/order_pb.js';
 import { Role, UserService } from '../../gen/shop/user/v1/user_pb.js';
 import { createMeshClient } from '../../mesh/client.js';
 import { fieldViolations } from '../../mesh/errors.js';
@@ -18,6 +21,7 @@ import { publishRawEvent } from '../../mesh/events/publisher.js';
 import { identityHeaders } from '../../mesh/identity.js';
 import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { toBinary } from '@bufbuild/protobuf';
+import { onOrderConfirmed, onOrdersConfirmed, userConsumers } from './consumers.js';
 import { LOGIN_FAILED_MESSAGE } from './domain.js';
 import { startUser, userSettings, type UserApp } from './main.js';
 import { outbox, pointsAwards, users, inbox } from './schema.js';
@@ -256,4 +260,73 @@ test.serial('an OrderConfirmed without a user is dead-lettered at once and award
   await until('the poison event dead-lettered', async () => consumer.stats().deadLettered > before);
   const awards = await app.database.db.select().from(pointsAwards).where(eq(pointsAwards.orderId, orderId));
   t.is(awards.length, 0);
+});
+
+/**
+ * Runs `fn` in a transaction of the service's database as its consumers get it (with the
+ * post-commit relay wake) and records every statement it sends (drizzle's session client
+ * of the transaction: raw and builder statements alike).
+ */
+async function inCountedTransaction(fn: (tx: Transaction) => Promise<unknown>): Promise<string[]> {
+  const statements: string[] = [];
+  await withEventSignals(app.database.db).transaction(async (tx) => {
+    type Client = { unsafe(query: string, ...rest: unknown[]): unknown };
+    const session = (tx as unknown as { session: { client: Client } }).session;
+    const client = session.client;
+    session.client = new Proxy(client, {
+      get: (target, prop) =>
+        prop === 'unsafe' ? (query: string, ...rest: unknown[]) => (statements.push(query), target.unsafe(query, ...rest)) : Reflect.get(target, prop),
+    });
+    await fn(tx);
+  });
+  return statements;
+}
+
+function eventMeta(eventId: string): EventMeta {
+  return { eventId, eventType: OrderConfirmedSchema.typeName, subject: '', stream: '', streamSeq: 0, deliveryCount: 1, headers: {}, publishedAt: new Date() };
+}
+
+test('the new events of a batch award what one at a time awards, in one statement', async (t) => {
+  t.true(userConsumers()[0]!.handleBatch === (onOrdersConfirmed as unknown), 'the consumer batches with onOrdersConfirmed');
+  const asBatch = (events: { event: OrderConfirmed; meta: EventMeta }[]): BatchEvent<typeof OrderConfirmedSchema>[] =>
+    events.map((e) => ({ ...e, inTrace: (fn) => fn() }));
+  const totals = [12_345n, 5n /* less than a euro: no points */, 999n, 250_000n];
+  const eventsFor = (userId: string) => {
+    const events = totals.map((amountMinor) =>
+      create(OrderConfirmedSchema, { orderId: randomUUID(), userId, total: { currencyCode: 'EUR', amountMinor } }),
+    );
+    // The third order again under another event id (re-published): awarded once.
+    return [...events, events[2]!].map((event) => ({ event, meta: eventMeta(randomUUID()) }));
+  };
+  const alone = randomUUID();
+  const together = randomUUID();
+  const one = eventsFor(alone);
+  const many = eventsFor(together);
+  // Each user's first order was awarded before: seen again, it awards nothing.
+  for (const { event, meta } of [one[0]!, many[0]!]) await app.database.db.transaction((tx) => onOrderConfirmed(tx, event, meta));
+
+  for (const { event, meta } of one) await app.database.db.transaction((tx) => onOrderConfirmed(tx, event, meta));
+  const statements = await inCountedTransaction((tx) => onOrdersConfirmed(tx, asBatch(many)));
+  t.is(statements.length, 1, 'one statement for the batch (one per award before)');
+
+  const awarded = async (userId: string, events: typeof one) => {
+    const rows = await app.database.db.select().from(pointsAwards).where(eq(pointsAwards.userId, userId)).orderBy(asc(pointsAwards.seq));
+    return rows.map((r) => ({ order: events.findIndex((e) => e.event.orderId === r.orderId), points: r.points }));
+  };
+  const expected = await awarded(alone, one);
+  t.deepEqual(expected, [
+    { order: 0, points: 123n },
+    { order: 2, points: 9n },
+    { order: 3, points: 2500n },
+  ]);
+  t.deepEqual(await awarded(together, many), expected);
+
+  // An event without a user fails the whole batch (mesh/events then redoes it one by one).
+  const poisoned = [...eventsFor(randomUUID()).slice(0, 2), { event: create(OrderConfirmedSchema, { orderId: randomUUID(), userId: '' }), meta: eventMeta(randomUUID()) }];
+  await t.throwsAsync(
+    app.database.db.transaction((tx) => onOrdersConfirmed(tx, asBatch(poisoned))),
+    { instanceOf: PermanentEventError },
+  );
+  const [{ n }] = await app.database.db.select({ n: count() }).from(pointsAwards).where(eq(pointsAwards.userId, poisoned[0]!.event.userId));
+  t.is(n, 0, 'nothing of the failed batch written');
 });
