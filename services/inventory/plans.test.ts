@@ -75,3 +75,33 @@ test('committing a reservation reads its stock rows by key, not the whole stock 
     { sku: 'SKU-9', on_hand: '96', reserved: '0' },
   ]);
 });
+
+// inventory.reserve_batch (migration 0002) runs its statements through plpgsql's plan cache,
+// which switches to generic plans too: forced here, reserving (new ids, a stored id, a short
+// line, a repeated id) must still reach stock and reservation rows by key.
+test('reserving a batch reads stock and reservations by key, even under a generic plan', async (t) => {
+  const db = await openInventory(t, 'force_generic_plan');
+  await db.execute(sql`insert into inventory.stock (sku, on_hand) select 'SKU-' || i, 100 from generate_series(1, 20000) i`);
+  await db.execute(sql`
+    insert into inventory.reservations (id, status, lines, expire_time)
+    select 'done-' || i, 'COMMITTED', '[]'::jsonb, now() - interval '1 hour' from generate_series(1, 5000) i`);
+  await db.execute(sql`analyze inventory.stock`);
+  await db.execute(sql`analyze inventory.reservations`);
+  const store = new InventoryStore({ db, reservationTtlMs: 60_000 });
+
+  const before = { stock: await seqScans(db, 'stock'), reservations: await seqScans(db, 'reservations') };
+  for (let round = 0; round < 3; round++) {
+    const answers = await store.reserveMany([
+      { id: `new-${round}`, lines: [{ sku: 'SKU-7', quantity: 2 }, { sku: 'SKU-9', quantity: 1 }] },
+      { id: 'done-17', lines: [] },
+      { id: `short-${round}`, lines: [{ sku: 'SKU-9', quantity: 500 }] },
+      { id: `new-${round}`, lines: [{ sku: 'SKU-7', quantity: 2 }, { sku: 'SKU-9', quantity: 1 }] },
+    ]);
+    t.deepEqual(answers.map((r) => (r instanceof Error ? r.constructor.name : r.status)), ['RESERVED', 'COMMITTED', 'ConnectError', 'RESERVED']);
+  }
+  t.deepEqual(
+    { stock: await seqScans(db, 'stock'), reservations: await seqScans(db, 'reservations') },
+    before,
+    'no sequential scan of inventory.stock or inventory.reservations',
+  );
+});

@@ -3,10 +3,11 @@
  * fresh Postgres database.
  */
 import test from 'ava';
-import { fromBinary } from '@bufbuild/protobuf';
+import { create, fromBinary } from '@bufbuild/protobuf';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { and, asc, eq, lte, sql } from 'drizzle-orm';
 import {
+  BatchReserveStockRequestSchema,
   InventoryService,
   ReservationStatus,
   StockReleasedSchema,
@@ -14,7 +15,7 @@ import {
 } from '../../gen/shop/inventory/v1/inventory_pb.js';
 import { PreconditionFailureSchema } from '../../gen/google/rpc/error_details_pb.js';
 import { createMeshTransport, type MeshTransport } from '../../mesh/client.js';
-import { openDatabase, type MeshDatabase } from '../../mesh/db.js';
+import { openDatabase, resultRows, type MeshDatabase } from '../../mesh/db.js';
 import { itemOutcome } from '../../mesh/batch-items.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { identityHeaders } from '../../mesh/identity.js';
@@ -502,4 +503,182 @@ test('concurrent BatchReserveStock calls never oversell: 200 reservations in 10 
     .from(outbox)
     .where(and(sql`${outbox.aggregateId} like 'ob-%'`, eq(outbox.eventType, 'shop.inventory.v1.StockReserved')));
   t.is(e, 50, 'one StockReserved per successful reservation');
+});
+
+test('BatchReserveStock serves its items in order against the running stock; a repeated id answers the reservation holding it', async (t) => {
+  const a = await stocked(5);
+  const b = await stocked(3);
+  await client.reserveStock({ reservationId: 'm-stored', lines: [{ sku: a, quantity: 1n }] });
+  const outcome = (o: unknown) =>
+    o instanceof ConnectError ? `${Code[o.code]}: ${o.rawMessage}` : ReservationStatus[(o as { reservation: { status: ReservationStatus } }).reservation.status];
+  const requests = [
+    { reservationId: 'm-new', lines: [{ sku: b, quantity: 1n }, { sku: a, quantity: 1n }] },
+    // Stored before the batch: the same lines answer it, other lines are refused.
+    { reservationId: 'm-stored', lines: [{ sku: a, quantity: 1n }] },
+    { reservationId: 'm-stored', lines: [{ sku: a, quantity: 2n }] },
+    // a has 3 left: the first of the two takes 2, the second finds 1 and fails alone.
+    { reservationId: 'm-first', lines: [{ sku: a, quantity: 2n }] },
+    { reservationId: 'm-second', lines: [{ sku: b, quantity: 1n }, { sku: a, quantity: 2n }] },
+    // Twice in the batch: the second answers the first's reservation, or ALREADY_EXISTS.
+    { reservationId: 'm-new', lines: [{ sku: a, quantity: 1n }, { sku: b, quantity: 1n }] },
+    { reservationId: 'm-new', lines: [{ sku: b, quantity: 2n }] },
+    // An id whose first try was short may try again later in the batch, as a second call would.
+    { reservationId: 'm-retry', lines: [{ sku: b, quantity: 3n }] },
+    { reservationId: 'm-retry', lines: [{ sku: b, quantity: 2n }] },
+    { reservationId: 'm-late', lines: [{ sku: b, quantity: 1n }] },
+  ];
+  const first = (await client.batchReserveStock({ requests })).results.map(itemOutcome);
+  t.deepEqual(first.map(outcome), [
+    'RESERVED',
+    'RESERVED',
+    'AlreadyExists: reservation m-stored already exists with different lines; a reservation id is used once',
+    'RESERVED',
+    `FailedPrecondition: ${a}: only 1 available, 2 requested`,
+    'RESERVED',
+    'AlreadyExists: reservation m-new already exists with different lines; a reservation id is used once',
+    `FailedPrecondition: ${b}: only 2 available, 3 requested`,
+    'RESERVED',
+    `FailedPrecondition: ${b}: only 0 available, 1 requested`,
+  ]);
+  const second = first[4] as ConnectError;
+  t.deepEqual(
+    second.findDetails(PreconditionFailureSchema)[0]?.violations.map((v) => [v.type, v.subject]),
+    [['INSUFFICIENT_STOCK', a]],
+  );
+  sameOutcome(t, first[5], first[0], 'the repeat answers the first reservation');
+  const held = first[8] as { reservation: { lines: { sku: string; quantity: bigint }[] } };
+  t.deepEqual(held.reservation.lines.map((l) => [l.sku, l.quantity]), [[b, 2n]], 'm-retry holds the lines of the try that fit');
+  t.deepEqual(await level(a), { onHand: 5, reserved: 4, available: 1 }, 'm-stored 1, m-new 1, m-first 2');
+  t.deepEqual(await level(b), { onHand: 3, reserved: 3, available: 0 }, 'm-new 1, m-retry 2');
+  const [retryRow] = await database.db.select().from(reservations).where(eq(reservations.id, 'm-retry'));
+  t.deepEqual(retryRow!.lines, [{ sku: b, quantity: 2 }]);
+  for (const id of ['m-second', 'm-late']) {
+    t.is((await database.db.select().from(reservations).where(eq(reservations.id, id))).length, 0, `${id} left no row`);
+  }
+  for (const [id, n] of [['m-new', 1], ['m-first', 1], ['m-retry', 1], ['m-stored', 1], ['m-second', 0], ['m-late', 0]] as const) {
+    t.is((await eventsOf(id)).length, n, `StockReserved events of ${id}`);
+  }
+  const retryEvent = fromBinary(StockReservedSchema, (await eventsOf('m-retry'))[0]!.payload);
+  t.deepEqual(retryEvent.lines.map((l) => [l.sku, l.quantity]), [[b, 2n]]);
+
+  // Each single call now answers as the stored state says, and so does the batch again.
+  for (const i of [0, 1, 2, 3, 8]) sameOutcome(t, await settle(client.reserveStock(requests[i]!)), first[i], `single requests[${i}]`);
+  const again = (await client.batchReserveStock({ requests })).results.map(itemOutcome);
+  t.deepEqual(again.map(outcome).slice(0, 4), first.map(outcome).slice(0, 4));
+  t.deepEqual(await level(a), { onHand: 5, reserved: 4, available: 1 }, 'a repeated batch holds nothing more');
+});
+
+// Serial: it counts the sessions waiting on a lock in the shared database.
+test.serial('two batches inserting the same ids from opposite ends never deadlock, even when both wait on one of them', async (t) => {
+  const sku = await stocked(100);
+  const ids = Array.from({ length: 10 }, (_, i) => `dl-pair-${i}`);
+  const requests = ids.map((reservationId) => ({ reservationId, lines: [{ sku, quantity: 1n }] }));
+  const waiting = async () =>
+    Number(
+      resultRows<{ n: number }>(
+        await database.db.execute(sql`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`),
+      )[0]!.n,
+    );
+  let batches: Promise<unknown>[] = [];
+  // A transaction of its own inserts the middle id and holds it until both batches wait: each
+  // batch that wrote its ids in request order would then hold half of the others' ids, and
+  // the two would wait on each other once the middle id is free.
+  await database.db
+    .transaction(async (tx) => {
+      await tx.insert(reservations).values({ id: ids[5]!, status: 'RESERVED', lines: [], expireTime: new Date(clock) });
+      batches = [
+        client.batchReserveStock({ requests }, { timeoutMs: 60_000 }),
+        client.batchReserveStock({ requests: [...requests].reverse() }, { timeoutMs: 60_000 }),
+      ];
+      for (let i = 0; (await waiting()) < 2; i++) {
+        if (i > 500) throw new Error('the batches never waited on the held id');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      throw new Error('rollback');
+    })
+    .catch((err: unknown) => {
+      if (!(err instanceof Error && err.message === 'rollback')) throw err;
+    });
+  const [forward, reverse] = (await Promise.all(batches)) as { results: Parameters<typeof itemOutcome>[0][] }[];
+  const statuses = (r: typeof forward) => r!.results.map(itemOutcome).map((o) => (o instanceof ConnectError ? Code[o.code] : 'ok'));
+  t.deepEqual(statuses(forward), ids.map(() => 'ok'));
+  t.deepEqual(statuses(reverse), ids.map(() => 'ok'), 'the later batch answers the reservations the first made');
+  t.deepEqual(await level(sku), { onHand: 100, reserved: 10, available: 90 });
+});
+
+// Serial: many calls at once would push other tests' calls past their deadlines.
+test.serial('batches sharing ids and SKUs in opposite orders, with single reserves, commits and releases, never deadlock', async (t) => {
+  const skus = [await stocked(1000), await stocked(1000), await stocked(1000), await stocked(1000)];
+  const lines = (i: number) => [skus[i % 4]!, skus[(i + 1) % 4]!, skus[(i + 3) % 4]!].map((sku) => ({ sku, quantity: 1n }));
+  const calls: Promise<unknown>[] = [];
+  const opts = { timeoutMs: 60_000 };
+  // Fresh ids each round: the two batches both insert them, one from each end.
+  for (let round = 0; round < 12; round++) {
+    const ids = Array.from({ length: 40 }, (_, i) => `dl-${round}-${String(i).padStart(2, '0')}`);
+    const requests = ids.map((id, i) => ({ reservationId: id, lines: lines(i) }));
+    for (let pair = 0; pair < 2; pair++) {
+      calls.push(client.batchReserveStock({ requests }, opts));
+      calls.push(client.batchReserveStock({ requests: [...requests].reverse() }, opts));
+    }
+    for (const r of requests.filter((_, i) => i % 10 === round % 10)) calls.push(client.reserveStock(r, opts));
+    calls.push(client.batchCommitReservations({ requests: ids.slice(0, 4).map((reservationId) => ({ reservationId })) }, opts));
+    calls.push(client.releaseReservation({ reservationId: ids[39 - round]!, reason: 'cancelled' }, opts));
+  }
+  const settled = await Promise.allSettled(calls);
+  // Every call answers; an item may be refused (released before its reserve, committed before
+  // it was reserved), but no call fails as a whole, which a deadlock would make it do.
+  for (const s of settled) {
+    if (s.status === 'rejected') {
+      const code = ConnectError.from(s.reason).code;
+      t.true(code === Code.FailedPrecondition || code === Code.NotFound, String(s.reason));
+    }
+  }
+  // What is held and sold adds up to the reservations' rows.
+  const rows = await database.db.select().from(reservations).where(sql`${reservations.id} like 'dl-%'`);
+  for (const sku of skus) {
+    const sum = (status: string) =>
+      rows.filter((r) => r.status === status).reduce((n, r) => n + (r.lines.find((l) => l.sku === sku)?.quantity ?? 0), 0);
+    t.deepEqual(await level(sku), { onHand: 1000 - sum('COMMITTED'), reserved: sum('RESERVED'), available: 1000 - sum('COMMITTED') - sum('RESERVED') });
+  }
+});
+
+test('BatchReserveStock is one statement for the whole batch', async (t) => {
+  // A database of its own, so only this test's statements are counted.
+  const own = await createTestDatabase(t);
+  const ownDatabase = await openDatabase({
+    context: 'inventory',
+    url: own.url,
+    maxConnections: 2,
+    migrationsFolder: new URL('./migrations', import.meta.url).pathname,
+  });
+  t.teardown(() => ownDatabase.close());
+  const ownStore = new InventoryStore({ db: ownDatabase.db, reservationTtlMs: TTL_MS });
+  for (const sku of ['ONE-1', 'TWO-2']) await ownStore.setStock(sku, 10);
+  await ownStore.reserve('s-stored', [{ sku: 'ONE-1', quantity: 1 }]);
+  const handler = inventoryService(ownStore);
+
+  const statements: string[] = [];
+  const driver = (ownDatabase.db as unknown as { $client: Record<'unsafe' | 'begin', (...a: unknown[]) => unknown> }).$client;
+  const { unsafe, begin } = driver;
+  driver.unsafe = (text: unknown, ...rest: unknown[]) => (statements.push(String(text)), unsafe.call(driver, text, ...rest));
+  driver.begin = (...args: unknown[]) => (statements.push('begin'), begin.apply(driver, args));
+  t.teardown(() => Object.assign(driver, { unsafe, begin }));
+
+  const requests = [
+    { reservationId: 's-1', lines: [{ sku: 'ONE-1', quantity: 2n }, { sku: 'TWO-2', quantity: 1n }] },
+    { reservationId: 's-stored', lines: [{ sku: 'ONE-1', quantity: 1n }] },
+    { reservationId: 's-short', lines: [{ sku: 'TWO-2', quantity: 20n }] },
+    { reservationId: 's-2', lines: [{ sku: 'TWO-2', quantity: 2n }] },
+    { reservationId: 's-1', lines: [{ sku: 'ONE-1', quantity: 2n }, { sku: 'TWO-2', quantity: 1n }] },
+  ];
+  const answer = await handler.batchReserveStock!(create(BatchReserveStockRequestSchema, { requests }), undefined as never);
+  t.deepEqual(
+    (answer.results ?? []).map((r) => r.result?.case),
+    ['response', 'response', 'error', 'response', 'response'],
+  );
+  // The relay's wake-up after commit (a NOTIFY here, where no relay of this process publishes
+  // the schema: mesh/events/commit-signal.ts) is no part of the reservations' work.
+  const work = statements.filter((s) => !s.startsWith('select pg_notify'));
+  t.is(work.length, 1, work.join('\n---\n'));
+  t.deepEqual(await ownStore.getStock('TWO-2'), { sku: 'TWO-2', onHand: 10, reserved: 3 });
 });

@@ -44,6 +44,7 @@ import {
   validateReason,
   validateReservationId,
   validateSku,
+  type Line,
   type ReservationRecord,
 } from './domain.js';
 import type { InventoryStore, StockLevelRecord } from './store.js';
@@ -87,16 +88,29 @@ export function inventoryService(store: InventoryStore): ServiceImpl<typeof Inve
       });
     },
 
-    // Each reservation is one statement of its own (all of its lines or none), as
-    // ReserveStock's; the batch saves the RPC, not the statements.
+    // The valid requests are reserved together, in request order (one statement,
+    // store.reserveMany), each answered as its ReserveStock would be.
     async batchReserveStock(req) {
       checkBatchSize(req.requests);
+      const valid: { index: number; id: string; lines: Line[] }[] = [];
+      req.requests.forEach((r, index) => {
+        try {
+          validateReservationId(r.reservationId);
+          valid.push({ index, id: r.reservationId, lines: validateLines(r.lines) });
+        } catch {
+          // answered by answerItem below, which validates again and names the fields
+        }
+      });
+      const answers = valid.length > 0 ? await store.reserveMany(valid) : [];
+      const outcomes = new Map(valid.map((v, i) => [v.index, answers[i]!]));
       const results = await Promise.all(
         req.requests.map((r, i) =>
           answerItem(i, async () => {
             validateReservationId(r.reservationId);
-            const lines = validateLines(r.lines);
-            return create(ReserveStockResponseSchema, { reservation: reservation(await store.reserve(r.reservationId, lines)) });
+            validateLines(r.lines);
+            const outcome = outcomes.get(i)!;
+            if (outcome instanceof Error) throw outcome;
+            return create(ReserveStockResponseSchema, { reservation: reservation(outcome) });
           }),
         ),
       );

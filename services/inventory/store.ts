@@ -9,20 +9,20 @@
  * reads the latest committed version of a row it had to wait for), so the sum of
  * what succeeds never exceeds what is on hand; the CHECK (reserved <= on_hand)
  * backs that up. Taking the locks in SKU order means two reservations sharing
- * SKUs never deadlock. A short line fails the statement (ReserveStock is one
- * statement, an implicit transaction of its own), which undoes it whole: all
- * lines or none.
+ * SKUs never deadlock. A reservation with a short line takes none of its lines
+ * (reserveMany: the reservations of a batch in one statement, each all or none).
  *
  * Lock order everywhere: the reservation row first, then stock rows in SKU order.
  */
 import { create } from '@bufbuild/protobuf';
+import { ConnectError } from '@connectrpc/connect';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import { and, asc, eq, inArray, lte, sql } from 'drizzle-orm';
 import type { Database, Transaction } from '../../mesh/db.js';
 import { resultRows } from '../../mesh/db.js';
 import { notFound, failedPrecondition } from '../../mesh/errors.js';
 import { announceCommitted } from '../../mesh/events/commit-signal.js';
-import { enqueueEvent, outboxInsertSql, outboxSchemaName } from '../../mesh/events/outbox.js';
+import { enqueueEvent, outboxEvent, outboxSchemaName } from '../../mesh/events/outbox.js';
 import { StockReleasedSchema, StockReservedSchema } from '../../gen/shop/inventory/v1/inventory_pb.js';
 import {
   answerRepeatedReserve,
@@ -102,83 +102,104 @@ export class InventoryStore {
     return inserted.length > 0;
   }
 
-  /**
-   * Reserves every line or none; a repeated id answers the stored reservation.
-   *
-   * One statement does the work (a round trip per line and per row saved, and the SKU
-   * rows stay locked for one round trip, not one per line): insert the reservation
-   * unless the id exists (the id's lock comes first: a concurrent call with the same id
-   * waits for this transaction, then finds the row), then lock the SKU rows in SKU order
-   * and read what they have (FOR UPDATE reads the latest committed row, so each reserver
-   * sees what the previous one left), take every line that fits, write StockReserved.
-   * If any line did not fit, the statement raises, which undoes all of it.
-   */
+  /** ReserveStock: reserveMany with one item (the same statement), its refusal thrown. */
   async reserve(id: string, lines: Line[]): Promise<ReservationRecord> {
-    const sorted = sortLines(lines);
-    const now = new Date(this.now());
-    const expire = new Date(now.getTime() + this.ttlMs);
-    // Raw statements take timestamps as text (postgres.js does not serialise a Date for an inferred type).
-    const ts = sql`${now.toISOString()}::timestamptz`;
-    const event = outboxInsertSql(
-      outbox,
-      StockReservedSchema,
-      create(StockReservedSchema, {
-        reservationId: id,
-        lines: sorted.map((l) => ({ sku: l.sku, quantity: BigInt(l.quantity) })),
-        occurTime: timestampFromMs(now.getTime()),
-      }),
-      { aggregateId: id, prefix: this.prefix },
-      sql`r`,
-    );
-    // One statement and no explicit transaction (one round trip instead of three): a
-    // statement is all or nothing by itself, and a line that cannot be covered makes it
-    // fail (inventory.short_stock, migration 0001), which undoes the reservation, the
-    // stock already taken and the event.
-    let res: { inserted: number } | undefined;
-    try {
-      [res] = resultRows<{ inserted: number }>(
-        await this.db.execute(sql`
-          with r as (
-            insert into ${reservations} (id, status, lines, expire_time, create_time, update_time)
-            values (${id}, 'RESERVED', ${JSON.stringify(sorted)}::jsonb, ${expire.toISOString()}::timestamptz, ${ts}, ${ts})
-            on conflict (id) do nothing
-            returning id
-          ), want as materialized (
-            -- The lines as jsonb, not a values row per line: one statement text for any number
-            -- of lines (statements are prepared per text and connection, mesh/db-prepared.ts).
-            select x.sku, x.quantity from jsonb_to_recordset(${JSON.stringify(sorted)}::jsonb) as x(sku text, quantity bigint)
-          ), held as materialized (
-            -- = any(array(...)), not in (select ...): Postgres guesses 100 rows for jsonb_to_recordset
-            -- and would read the whole stock table instead of probing its key per line.
-            select s.sku, s.on_hand - s.reserved as available from ${stock} s
-            where s.sku = any(array(select sku from want)) and exists (select 1 from r)
-            order by s.sku
-            for update
-          ), taken as (
-            update ${stock} s set reserved = s.reserved + w.quantity, update_time = ${ts}
-            from want w join held h on h.sku = w.sku
-            where s.sku = w.sku and s.sku = any(array(select sku from held)) and h.available >= w.quantity
-            returning s.sku
-          ), e as (${event})
-          select (select count(*) from r)::int as inserted,
-            case when (select count(*) from r) > 0 and (select count(*) from taken) < ${sorted.length}::int
-              then inventory.short_stock((select coalesce(json_agg(json_build_object('sku', sku, 'available', available)), '[]'::json) from held))
-              else 0 end as short`),
+    const [answer] = await this.reserveMany([{ id, lines }]);
+    if (answer instanceof Error) throw answer;
+    return answer!;
+  }
+
+  /**
+   * Reserves each item, every line or none, in the order given against the running
+   * availability (item 2 gets what item 1 left), and answers each as a ReserveStock call of
+   * its own would: the reservation, or its refusal as the error that call would throw
+   * (INSUFFICIENT_STOCK naming the SKU, ALREADY_EXISTS, RESERVATION_RELEASED). A repeated
+   * id, stored before or earlier in the same call, answers the reservation that holds it.
+   *
+   * One statement for all the items (one round trip and one commit, the SKU rows locked
+   * once and released at that one commit): inventory.reserve_batch, migration 0002, which
+   * says how it locks (reservation rows in id order, then stock rows in SKU order, the
+   * global order) and why it is a function. A StockReserved row per new reservation goes
+   * into the outbox in the same statement.
+   */
+  async reserveMany(items: { id: string; lines: Line[] }[]): Promise<(ReservationRecord | Error)[]> {
+    const now = this.now();
+    const expire = now + this.ttlMs;
+    const sortedItems = items.map((item) => ({ id: item.id, lines: sortLines(item.lines) }));
+    // Every item carries its event; the function writes those of the items it reserves.
+    const param = sortedItems.map(({ id, lines }) => {
+      const event = outboxEvent(
+        StockReservedSchema,
+        create(StockReservedSchema, {
+          reservationId: id,
+          lines: lines.map((l) => ({ sku: l.sku, quantity: BigInt(l.quantity) })),
+          occurTime: timestampFromMs(now),
+        }),
+        { aggregateId: id, prefix: this.prefix },
       );
-    } catch (err) {
-      const held = shortStockDetail(err);
-      if (!held) throw err;
-      const available = new Map(held.map((h) => [h.sku, Number(h.available)]));
-      const short = sorted.find((l) => (available.get(l.sku) ?? 0) < l.quantity)!;
-      throw insufficientStock(short.sku, short.quantity, available.get(short.sku) ?? 0);
+      return {
+        id,
+        lines,
+        event: {
+          id: event.id,
+          aggregate_id: event.aggregateId,
+          event_type: event.eventType,
+          subject: event.subject,
+          payload: Buffer.from(event.payload.buffer, event.payload.byteOffset, event.payload.byteLength).toString('base64'),
+          headers: event.headers,
+        },
+      };
+    });
+    // The items as one jsonb parameter: one statement text for any batch (mesh/db-prepared.ts).
+    // Timestamps as text (postgres.js does not serialise a Date for an inferred type).
+    const rows = resultRows<ReserveBatchRow>(
+      await this.db.execute(
+        sql`select * from inventory.reserve_batch(${JSON.stringify(param)}::jsonb, ${new Date(now).toISOString()}::timestamptz, ${new Date(expire).toISOString()}::timestamptz)`,
+      ),
+    );
+    if (rows.length !== items.length) throw new Error(`reserve_batch answered ${rows.length} rows for ${items.length} items`);
+    const answers: (ReservationRecord | Error)[] = [];
+    for (const [i, row] of rows.entries()) {
+      if (row.item !== i) throw new Error(`reserve_batch answered item ${row.item} in place ${i}`);
+      const { id, lines } = sortedItems[i]!;
+      switch (row.outcome) {
+        case 'reserved':
+          answers.push({ id, status: 'RESERVED', lines, expireAt: expire, releaseReason: '', tombstone: false });
+          break;
+        case 'short': {
+          const short = lines.find((l) => l.sku === row.short_sku)!;
+          answers.push(insufficientStock(short.sku, short.quantity, Number(row.short_available)));
+          break;
+        }
+        case 'repeat':
+          answers.push(repeated(answers[row.ref!]!, lines));
+          break;
+        case 'stored':
+          answers.push(
+            row.stored_status === null
+              ? new Error(`reservation ${id} conflicted but cannot be read`)
+              : repeated(
+                  recordFromSql({
+                    id,
+                    status: row.stored_status,
+                    lines: row.stored_lines!,
+                    expire_time: row.stored_expire!,
+                    release_reason: row.stored_reason!,
+                    tombstone: row.stored_tombstone!,
+                  }),
+                  lines,
+                ),
+          );
+          break;
+        default:
+          throw new Error(`reserve_batch answered outcome ${String(row.outcome)} for item ${i}`);
+      }
     }
-    if (!res || Number(res.inserted) === 0) {
-      const [existing] = await this.db.select().from(reservations).where(eq(reservations.id, id));
-      if (!existing) throw new Error(`reservation ${id} conflicted but cannot be read`);
-      return answerRepeatedReserve(record(existing), sorted);
-    }
-    announceCommitted(this.db, outboxSchemaName(outbox));
-    return { id, status: 'RESERVED', lines: sorted, expireAt: expire.getTime(), releaseReason: '', tombstone: false };
+    if (rows.some((row) => row.outcome === 'reserved')) announceCommitted(this.db, outboxSchemaName(outbox));
+    // Anything but a refusal (a row that cannot be read) fails the call, as it did for one reserve.
+    const broken = answers.find((a) => a instanceof Error && !(a instanceof ConnectError));
+    if (broken) throw broken;
+    return answers;
   }
 
   /**
@@ -414,11 +435,26 @@ function record(row: ReservationRow): ReservationRecord {
   };
 }
 
-/** The held rows carried by inventory.short_stock's error (SQLSTATE PMI01), or undefined for any other error. */
-function shortStockDetail(err: unknown): { sku: string; available: number | string }[] | undefined {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    const { code, detail } = e as { code?: unknown; detail?: unknown };
-    if (code === 'PMI01' && typeof detail === 'string') return JSON.parse(detail) as { sku: string; available: number | string }[];
+/** A row of inventory.reserve_batch (migration 0002). */
+interface ReserveBatchRow {
+  item: number;
+  outcome: 'reserved' | 'short' | 'repeat' | 'stored';
+  ref: number | null;
+  short_sku: string | null;
+  short_available: number | string | null;
+  stored_status: ReservationRow['status'] | null;
+  stored_lines: Line[] | string | null;
+  stored_expire: Date | string | null;
+  stored_reason: string | null;
+  stored_tombstone: boolean | null;
+}
+
+/** What a repeated reserve answers: the reservation holding the id (answerRepeatedReserve), or why not. */
+function repeated(holder: ReservationRecord | Error, requested: Line[]): ReservationRecord | Error {
+  if (holder instanceof Error) return holder;
+  try {
+    return answerRepeatedReserve(holder, requested);
+  } catch (err) {
+    return err as Error;
   }
-  return undefined;
 }
