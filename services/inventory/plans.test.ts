@@ -76,7 +76,7 @@ test('committing a reservation reads its stock rows by key, not the whole stock 
   ]);
 });
 
-// inventory.reserve_batch (migration 0002) runs its statements through plpgsql's plan cache,
+// inventory.reserve_batch (migrations 0002, 0003) runs its statements through plpgsql's plan cache,
 // which switches to generic plans too: forced here, reserving (new ids, a stored id, a short
 // line, a repeated id) must still reach stock and reservation rows by key.
 test('reserving a batch reads stock and reservations by key, even under a generic plan', async (t) => {
@@ -104,4 +104,24 @@ test('reserving a batch reads stock and reservations by key, even under a generi
     before,
     'no sequential scan of inventory.stock or inventory.reservations',
   );
+});
+
+// A plan is cached for the connection's life (plpgsql's plans as a prepared statement's), and
+// a shop starts with empty tables: a plan made then must not read the table whole once it
+// has grown (no ANALYZE in between to make Postgres plan again, as in bench/orders.ts).
+test('reserving a batch reads reservations by key even with plans cached while the table was empty', async (t) => {
+  const db = await openInventory(t);
+  await db.execute(sql`insert into inventory.stock (sku, on_hand) select 'SKU-' || i, 1000000 from generate_series(1, 100) i`);
+  const store = new InventoryStore({ db, reservationTtlMs: 60_000 });
+  const batch = (round: number) =>
+    store.reserveMany(Array.from({ length: 4 }, (_, i) => ({ id: `r-${round}-${i}`, lines: [{ sku: `SKU-${i + 1}`, quantity: 1 }] })));
+  for (let round = 0; round < 10; round++) await batch(round);
+  await db.execute(sql`
+    insert into inventory.reservations (id, status, lines, expire_time)
+    select 'done-' || i, 'COMMITTED', '[]'::jsonb, now() - interval '1 hour' from generate_series(1, 20000) i`);
+  const before = await seqScans(db, 'reservations');
+  for (let round = 10; round < 20; round++) {
+    t.true((await batch(round)).every((r) => !(r instanceof Error) && r.status === 'RESERVED'));
+  }
+  t.is(await seqScans(db, 'reservations'), before, 'no sequential scan of inventory.reservations');
 });

@@ -117,10 +117,10 @@ export class InventoryStore {
    * id, stored before or earlier in the same call, answers the reservation that holds it.
    *
    * One statement for all the items (one round trip and one commit, the SKU rows locked
-   * once and released at that one commit): inventory.reserve_batch, migration 0002, which
-   * says how it locks (reservation rows in id order, then stock rows in SKU order, the
-   * global order) and why it is a function. A StockReserved row per new reservation goes
-   * into the outbox in the same statement.
+   * once and released at that one commit): inventory.reserve_batch (migration 0002, which
+   * says how it locks, reservation rows in id order, then stock rows in SKU order, the
+   * global order, and why it is a function; 0003 keeps its plans off table size). A
+   * StockReserved row per new reservation goes into the outbox in the same statement.
    */
   async reserveMany(items: { id: string; lines: Line[] }[]): Promise<(ReservationRecord | Error)[]> {
     const now = this.now();
@@ -435,7 +435,7 @@ function record(row: ReservationRow): ReservationRecord {
   };
 }
 
-/** A row of inventory.reserve_batch (migration 0002). */
+/** A row of inventory.reserve_batch (migrations 0002, 0003). */
 interface ReserveBatchRow {
   item: number;
   outcome: 'reserved' | 'short' | 'repeat' | 'stored';
