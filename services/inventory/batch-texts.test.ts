@@ -40,5 +40,5 @@ test('reserve (2 and 3 lines), reserveMany (2 and 3 items) and commitMany (2 and
   ).map((r) => r.statement);
   const count = (pattern: RegExp) => texts.filter((s) => pattern.test(s)).length;
   t.is(count(/inventory\.reserve_batch\(/), 1, 'reserve and reserveMany');
-  t.is(count(/with cur as materialized/), 1, 'commitMany');
+  t.is(count(/inventory\.commit_batch\(/), 1, 'commitMany');
 });

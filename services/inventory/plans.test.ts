@@ -125,3 +125,70 @@ test('reserving a batch reads reservations by key even with plans cached while t
   }
   t.is(await seqScans(db, 'reservations'), before, 'no sequential scan of inventory.reservations');
 });
+
+// commitMany (BatchCommitReservations) is one prepared statement: forced generic here, on
+// grown and analyzed tables, a batch of stored ids (reserved, committed, released, unknown,
+// repeated) must lock and move its reservation and stock rows by key.
+test('committing a batch reads reservations and stock by key, even under a generic plan', async (t) => {
+  const db = await openInventory(t, 'force_generic_plan');
+  await db.execute(sql`insert into inventory.stock (sku, on_hand) select 'SKU-' || i, 100 from generate_series(1, 20000) i`);
+  await db.execute(sql`
+    insert into inventory.reservations (id, status, lines, expire_time)
+    select 'done-' || i, 'COMMITTED', '[]'::jsonb, now() - interval '1 hour' from generate_series(1, 20000) i`);
+  await db.execute(sql`analyze inventory.stock`);
+  await db.execute(sql`analyze inventory.reservations`);
+  const store = new InventoryStore({ db, reservationTtlMs: 60_000 });
+
+  for (let round = 0; round < 3; round++) {
+    await store.reserve(`a-${round}`, [{ sku: 'SKU-7', quantity: 2 }, { sku: 'SKU-9', quantity: 1 }]);
+    await store.reserve(`b-${round}`, [{ sku: 'SKU-9', quantity: 1 }]);
+    await store.reserve(`gone-${round}`, [{ sku: 'SKU-11', quantity: 1 }]);
+    await store.release(`gone-${round}`, 'declined');
+  }
+  const before = { stock: await seqScans(db, 'stock'), reservations: await seqScans(db, 'reservations') };
+  for (let round = 0; round < 3; round++) {
+    const answers = await store.commitMany([`a-${round}`, 'done-17', `gone-${round}`, `never-${round}`, `b-${round}`, `a-${round}`]);
+    t.deepEqual(
+      [...answers.values()].map((r) => (r instanceof Error ? r.constructor.name : r.status)),
+      ['COMMITTED', 'COMMITTED', 'ConnectError', 'ConnectError', 'COMMITTED'],
+    );
+  }
+  t.deepEqual(
+    { stock: await seqScans(db, 'stock'), reservations: await seqScans(db, 'reservations') },
+    before,
+    'no sequential scan of inventory.stock or inventory.reservations',
+  );
+  const levels = resultRows<{ sku: string; on_hand: string; reserved: string }>(
+    await db.execute(sql`select sku, on_hand::text, reserved::text from inventory.stock where sku in ('SKU-7', 'SKU-9', 'SKU-11') order by sku`),
+  );
+  t.deepEqual([...levels], [
+    { sku: 'SKU-11', on_hand: '100', reserved: '0' },
+    { sku: 'SKU-7', on_hand: '94', reserved: '0' },
+    { sku: 'SKU-9', on_hand: '94', reserved: '0' },
+  ]);
+});
+
+// As for reserve_batch above: the batch commit's plan, cached while the shop was new, must
+// still read reservations and stock by key once both have grown (no ANALYZE in between).
+test('committing a batch reads reservations and stock by key even with plans cached while the tables were empty', async (t) => {
+  const db = await openInventory(t);
+  await db.execute(sql`insert into inventory.stock (sku, on_hand) select 'SKU-' || i, 1000000 from generate_series(1, 100) i`);
+  const store = new InventoryStore({ db, reservationTtlMs: 60_000 });
+  const round = async (n: number) => {
+    const ids = Array.from({ length: 4 }, (_, i) => `r-${n}-${i}`);
+    await store.reserveMany(ids.map((id, i) => ({ id, lines: [{ sku: `SKU-${i + 1}`, quantity: 1 }, { sku: `SKU-${i + 2}`, quantity: 1 }] })));
+    return [...(await store.commitMany([...ids, `never-${n}`])).values()].map((r) => (r instanceof Error ? r.constructor.name : r.status));
+  };
+  for (let n = 0; n < 10; n++) await round(n);
+  await db.execute(sql`
+    insert into inventory.reservations (id, status, lines, expire_time)
+    select 'done-' || i, 'COMMITTED', '[]'::jsonb, now() - interval '1 hour' from generate_series(1, 20000) i`);
+  await db.execute(sql`insert into inventory.stock (sku, on_hand) select 'MORE-' || i, 100 from generate_series(1, 20000) i`);
+  const before = { stock: await seqScans(db, 'stock'), reservations: await seqScans(db, 'reservations') };
+  for (let n = 10; n < 20; n++) t.deepEqual(await round(n), ['COMMITTED', 'COMMITTED', 'COMMITTED', 'COMMITTED', 'ConnectError']);
+  t.deepEqual(
+    { stock: await seqScans(db, 'stock'), reservations: await seqScans(db, 'reservations') },
+    before,
+    'no sequential scan of inventory.stock or inventory.reservations',
+  );
+});

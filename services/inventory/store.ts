@@ -277,39 +277,23 @@ export class InventoryStore {
 
   /**
    * CommitReservation for several ids at once, each answered as commit() would (the
-   * reservation, or the error it would throw), in one statement: lock the reservations in
-   * id order, then every SKU row they hold in SKU order (the global lock order, so batches
-   * and single calls never deadlock), and commit each reservation whose SKU rows are all
-   * there, moving each SKU once by the sum of its committed lines (an UPDATE moves a row
-   * once, however many lines match it). A repeated id is one reservation.
+   * reservation, or the error it would throw), in one statement: inventory.commit_batch
+   * (migration 0004) locks the reservations in id order, then every SKU row they hold in SKU
+   * order (the global lock order, so batches and single calls never deadlock), and commits
+   * each reservation whose SKU rows are all there, moving each SKU once by the sum of its
+   * committed lines (an UPDATE moves a row once, however many lines match it). A repeated id
+   * is one reservation. It is a function so that its plans read both tables by key whatever
+   * their size was when the plans were made (0004 says how and why).
    */
   async commitMany(ids: string[]): Promise<Map<string, ReservationRecord | Error>> {
-    const ts = sql`${new Date(this.now()).toISOString()}::timestamptz`;
     // The ids as one jsonb parameter, not in ($1, ..., $n): one statement text for any number
     // of ids (statements are prepared per text and connection, mesh/db-prepared.ts).
+    // The timestamp as text (postgres.js does not serialise a Date for an inferred type).
     const wanted = JSON.stringify([...new Set(ids)]);
     const rows = resultRows<ReservationSql & { ok: boolean }>(
-      await this.db.execute(sql`
-        with cur as materialized (
-          select id, status, lines, expire_time, release_reason, tombstone from ${reservations}
-          where id = any(array(select jsonb_array_elements_text(${wanted}::jsonb))) order by id for update
-        ), want as materialized (
-          select cur.id, x.sku, x.quantity from cur, jsonb_to_recordset(cur.lines) as x(sku text, quantity bigint) where cur.status = 'RESERVED'
-        ), held as materialized (
-          select s.sku from ${stock} s where s.sku = any(array(select sku from want)) order by s.sku for update
-        ), ok as materialized (
-          select cur.id, not exists (select 1 from want w where w.id = cur.id and w.sku not in (select sku from held)) as ok from cur
-        ), done as (
-          update ${reservations} r set status = 'COMMITTED', update_time = ${ts}
-          from cur join ok on ok.id = cur.id where r.id = cur.id and cur.status = 'RESERVED' and ok.ok
-          returning r.id
-        ), taken as (
-          update ${stock} s set on_hand = s.on_hand - t.quantity, reserved = s.reserved - t.quantity, update_time = ${ts}
-          from (select w.sku, sum(w.quantity)::bigint as quantity from want w join ok on ok.id = w.id where ok.ok group by w.sku) t
-          where s.sku = t.sku and s.sku = any(array(select sku from held))
-          returning s.sku
-        )
-        select cur.*, ok.ok from cur join ok on ok.id = cur.id`),
+      await this.db.execute(
+        sql`select * from inventory.commit_batch(${wanted}::jsonb, ${new Date(this.now()).toISOString()}::timestamptz)`,
+      ),
     );
     const found = new Map(rows.map((row) => [row.id, row]));
     const answers = new Map<string, ReservationRecord | Error>();
