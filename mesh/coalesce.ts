@@ -34,8 +34,11 @@
  * link to every other input's span, so each of those callers' traces can
  * still be followed to the batch call that carried it.
  *
- * Used by order/prices.ts (catalog lookups) and order/saga-ports.ts (the
- * saga's inventory and payment calls).
+ * Used by the order service for calls (prices.ts: catalog lookups;
+ * saga-ports.ts: the saga's inventory and payment calls) and for its own
+ * writes (place-batch.ts: PlaceOrder's inserts; step-store.ts and
+ * finish-batch.ts: the saga's step and final writes), each a statement and a
+ * commit shared by the concurrent callers.
  */
 import { context as otelContext, SpanKind, SpanStatusCode, trace, type Context, type Link } from '@opentelemetry/api';
 import { currentTraceContext, runWithCallContext, runWithTraceContext } from './call-context.js';
