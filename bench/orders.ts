@@ -91,6 +91,11 @@ if (args.external) {
   const env = { DATABASE_URL: db.url, NATS_URL: testNatsUrl(), NATS_SUBJECT_PREFIX: nats.subjectPrefix, LOG_LEVEL: 'warn' };
   await runSeeds({ ...process.env, ...env });
   stack = await startStack({ env, readyTimeoutMs: 90_000 });
+  // A bench that fails half-way (a service died, an RPC refused) exits on the error: take the
+  // shop down with it rather than leave six services running on the two cores.
+  process.on('exit', () => {
+    for (const svc of stack?.running.values() ?? []) if (svc.process.exitCode === null) svc.process.kill('SIGKILL');
+  });
   for (const name of ['catalog', 'inventory', 'user', 'order'] as const) addr[name] = stack.addr(name);
   process.stderr.write(`shop up; logs in ${stack.logDir}\n`);
 }
