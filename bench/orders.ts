@@ -25,8 +25,11 @@
  * services at CATALOG_ADDR, INVENTORY_ADDR, USER_ADDR, ORDER_ADDR (defaults:
  * the mesh/config ports), for example a `make dev` stack.
  *
- * Each client places an order, then watches it; `--pipeline` orders per
- * client may be in flight at once (placed, not yet confirmed). One client =
+ * Each client places an order, then follows it to CONFIRMED; `--pipeline` orders per
+ * client may be in flight at once (placed, not yet confirmed). How it follows: `--follow
+ * shopper` (the default) keeps one WatchMyOrders stream per client open for the whole run,
+ * as a storefront's "my orders" view does; `--follow order` opens a WatchOrder stream per
+ * order (the only way before WatchMyOrders, and still what a page showing one order does). One client =
  * one shopper (a registered user): the rate limit of the gateway is not in
  * the path, these are direct service calls.
  *
@@ -60,6 +63,7 @@ const { values: args } = parseArgs({
     seconds: { type: 'string', default: '20' },
     pipeline: { type: 'string', default: '4' },
     rate: { type: 'string' },
+    follow: { type: 'string', default: 'shopper' },
     warmup: { type: 'string', default: '3' },
     external: { type: 'boolean', default: false },
     lines: { type: 'string', default: '1' },
@@ -71,6 +75,8 @@ const SECONDS = Number(args.seconds);
 const PIPELINE = Number(args.pipeline);
 const WARMUP = Number(args.warmup);
 const LINES = Number(args.lines);
+const FOLLOW = args.follow;
+if (FOLLOW !== 'shopper' && FOLLOW !== 'order') throw new Error(`--follow must be shopper or order, got ${FOLLOW}`);
 const RATE = args.rate === undefined ? undefined : Number(args.rate);
 if (RATE !== undefined && !(RATE > 0)) throw new Error(`--rate must be a positive number of orders per second, got ${args.rate}`);
 
@@ -122,6 +128,9 @@ for (const p of products) stockBefore.set(p.sku, (await inventory.getStock({ sku
 
 interface Shopper {
   userId: string;
+  /** --follow shopper: who waits for which order's end, and ends heard before PlaceOrder answered. */
+  waiting: Map<string, (status: OrderStatus) => void>;
+  ended: Map<string, OrderStatus>;
   as: { headers: Record<string, string> };
   placed: Map<string, { lines: { sku: string; quantity: bigint }[]; total: bigint }>;
   /** Idempotency keys tried (answered or not): more listed orders than this would be duplicates. */
@@ -137,7 +146,14 @@ while (shoppers.length < CLIENTS) {
         const email = `bench-${randomUUID()}@example.test`;
         await users.register({ email, password: 'bench password 123', displayName: 'Bench' }, { timeoutMs: 30_000 });
         const { user } = await users.login({ email, password: 'bench password 123' }, { timeoutMs: 30_000 });
-        return { userId: user!.id, as: { headers: identityHeaders({ userId: user!.id, role: 'user' }) }, placed: new Map(), attempted: 0 };
+        return {
+          userId: user!.id,
+          as: { headers: identityHeaders({ userId: user!.id, role: 'user' }) },
+          waiting: new Map(),
+          ended: new Map(),
+          placed: new Map(),
+          attempted: 0,
+        };
       }),
     )),
   );
@@ -154,6 +170,53 @@ let retries = 0;
 const errorSamples = new Set<string>();
 let measuring = false;
 let stop = false;
+
+// --follow shopper: one WatchMyOrders stream per shopper for the whole run, open (synced) before any order.
+const watchStop = new AbortController();
+const watching: Promise<void>[] = [];
+if (FOLLOW === 'shopper') {
+  for (const s of shoppers) {
+    let synced!: () => void;
+    const ready = new Promise<void>((r) => (synced = r));
+    watching.push(
+      (async () => {
+        try {
+          for await (const msg of orders.watchMyOrders({}, { ...s.as, signal: watchStop.signal, timeoutMs: 3_600_000 })) {
+            if (msg.event.case === 'synced') synced();
+            if (msg.event.case !== 'order') continue;
+            const { id, status } = msg.event.value;
+            if (status !== OrderStatus.CONFIRMED && status !== OrderStatus.CANCELLED) continue;
+            const waiter = s.waiting.get(id);
+            if (waiter) waiter(status);
+            else s.ended.set(id, status);
+          }
+        } catch (err) {
+          if (!watchStop.signal.aborted) {
+            errors++;
+            errorSamples.add(`watchMyOrders: ${String((err as Error).message).slice(0, 120)}`);
+          }
+        }
+      })(),
+    );
+    await ready;
+  }
+}
+
+/** Resolves with the order's final status, heard on its shopper's WatchMyOrders stream. */
+function endOf(s: Shopper, id: string): Promise<OrderStatus> {
+  const heard = s.ended.get(id);
+  if (heard !== undefined) {
+    s.ended.delete(id);
+    return Promise.resolve(heard);
+  }
+  return new Promise((resolve) =>
+    s.waiting.set(id, (status) => {
+      s.waiting.delete(id);
+      resolve(status);
+    }),
+  );
+}
+
 
 /** A real client's retry: the same idempotency key again, so a lost answer never makes a second order. */
 async function placeWithRetry(s: Shopper, req: { idempotencyKey: string; lines: { sku: string; quantity: bigint }[]; paymentToken: string }) {
@@ -186,6 +249,16 @@ async function oneOrder(s: Shopper, i: number, scheduledAt?: number): Promise<vo
     return;
   }
   const t1 = performance.now();
+  if (FOLLOW === 'shopper') {
+    const st = await endOf(s, id);
+    if (st === OrderStatus.CONFIRMED) confirmed++;
+    else cancelled++;
+    if (measuring) {
+      endToEnd.push(performance.now() - t0);
+      placeLatency.push(t1 - t0);
+    }
+    return;
+  }
   try {
     for await (const msg of orders.watchOrder({ id }, { ...s.as, timeoutMs: 60_000 })) {
       const st = msg.order!.status;
@@ -329,6 +402,8 @@ const elapsed = (performance.now() - tStart) / 1000;
 measuring = false;
 stop = true;
 await Promise.all(running);
+watchStop.abort();
+await Promise.all(watching);
 
 // ---- audit: nothing lost, nothing duplicated ---------------------------------------------------------
 
@@ -390,6 +465,7 @@ const pct = (xs: number[], q: number) => {
 const f = (x: number) => x.toFixed(1);
 const report = {
   clients: CLIENTS,
+  follow: FOLLOW,
   pipeline: RATE === undefined ? PIPELINE : undefined,
   offered_per_second: RATE,
   seconds: Number(elapsed.toFixed(1)),

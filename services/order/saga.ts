@@ -488,7 +488,7 @@ export class SagaOrchestrator {
     const event = this.#finalEvent(s, status, reason);
     const done = await this.#finisher.finish({ orderId: s.orderId, leaseToken, status, cancelReason: reason, lastError: t.lastError, event });
     if (!done.lease) throw new LeaseLost();
-    if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! });
+    if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! }, s.userId);
   }
 
   /** The bound passed: the order goes final with its event, the saga stays on `t.step` (ours when it goes on at once). */
@@ -508,7 +508,7 @@ export class SagaOrchestrator {
       event: this.#finalEvent(s, status, reason),
     });
     if (!done.lease) throw new LeaseLost();
-    if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! });
+    if (done.moved) this.#changes.changed(s.orderId, { status, cancelReason: reason, updateTime: done.updateTime! }, s.userId);
   }
 
   #finalEvent(s: SagaSubject, status: 'CONFIRMED' | 'CANCELLED', reason: string) {

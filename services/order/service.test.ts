@@ -249,6 +249,54 @@ test('happy path: PENDING at once, CONFIRMED through the watch; stock committed,
   t.deepEqual(events.map((e) => e.event_type), ['shop.order.v1.OrderPlaced', 'shop.order.v1.OrderConfirmed']);
 });
 
+test("WatchMyOrders: one stream per shopper: synced, then each of the caller's orders as placed and at every change; no one else's", async (t) => {
+  const user = `u-${randomUUID()}`;
+  const other = `u-${randomUUID()}`;
+  const stop = new AbortController();
+  t.teardown(() => stop.abort());
+  const stream = client.watchMyOrders({}, { ...as(user), signal: stop.signal, timeoutMs: 20_000 })[Symbol.asyncIterator]();
+  const first = await stream.next();
+  t.deepEqual(first.value?.event, { case: 'synced', value: true }, 'no open orders: synced first');
+
+  const place = (who: string, paymentToken: string) =>
+    client.placeOrder({ idempotencyKey: key(), lines: [{ sku: 'A-1', quantity: 1n }], paymentToken }, as(who));
+  const [ok, declined, theirs] = await Promise.all([place(user, 'tok_visa'), place(user, 'tok_declined'), place(other, 'tok_visa')]);
+
+  const seen = new Map<string, string[]>();
+  const ended = () => [ok, declined].every((p) => (seen.get(p.order!.id) ?? []).some((s) => s !== 'PENDING'));
+  while (!ended()) {
+    const { value, done } = await stream.next();
+    if (done) break;
+    if (value.event.case !== 'order') continue;
+    const o = value.event.value;
+    const status = OrderStatus[o.status] + (o.cancelReason ? ` ${o.cancelReason}` : '');
+    seen.set(o.id, [...(seen.get(o.id) ?? []), status]);
+  }
+  t.deepEqual(seen.get(ok.order!.id), ['PENDING', 'CONFIRMED']);
+  t.deepEqual(seen.get(declined.order!.id), ['PENDING', 'CANCELLED payment declined']);
+  t.false(seen.has(theirs.order!.id), "another shopper's order is not sent");
+});
+
+test('WatchMyOrders starts with the open orders, then synced', async (t) => {
+  const user = `u-${randomUUID()}`;
+  // An open order: its saga waits on the slow card while the stream starts.
+  const { order } = await client.placeOrder({ idempotencyKey: key(), lines: [{ sku: 'A-1', quantity: 1n }], paymentToken: 'tok_slow' }, as(user));
+  const stop = new AbortController();
+  t.teardown(() => stop.abort());
+  const stream = client.watchMyOrders({}, { ...as(user), signal: stop.signal, timeoutMs: 20_000 })[Symbol.asyncIterator]();
+  const events: string[] = [];
+  for (;;) {
+    const { value, done } = await stream.next();
+    if (done) break;
+    if (value.event.case === 'synced') {
+      events.push('synced');
+      break;
+    }
+    if (value.event.case === 'order') events.push(`${value.event.value.id} ${OrderStatus[value.event.value.status]}`);
+  }
+  t.deepEqual(events, [`${order!.id} PENDING`, 'synced']);
+});
+
 test('declined payment: CANCELLED "payment declined", stock released, nothing charged', async (t) => {
   const user = `u-${randomUUID()}`;
   const { order } = await client.placeOrder({ idempotencyKey: key(), lines: [{ sku: 'A-1', quantity: 1n }], paymentToken: 'tok_declined' }, as(user));

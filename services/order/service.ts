@@ -13,7 +13,7 @@ import { failedPrecondition, fieldViolations, invalidArgument, invalidArguments,
 import { requireUser } from '../../mesh/identity.js';
 import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import { OrderPlacedSchema, OrderSchema, OrderService, type Order } from '../../gen/shop/order/v1/order_pb.js';
-import type { OrderChange, OrderChanges } from './changes.js';
+import type { OrderChange, OrderChanges, UserOrderChange } from './changes.js';
 import {
   cancelReason,
   decodePageToken,
@@ -131,7 +131,6 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
         placedAt: inserted.createTime,
         orderStatus: 'PENDING',
       };
-      void saga.kick(id, leaseToken, subject);
       const row: OrderRow = {
         id,
         seq: inserted.seq,
@@ -144,7 +143,11 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
         createTime: inserted.createTime,
         updateTime: inserted.updateTime,
       };
-      return { order: orderToProto(row, priced.lines) };
+      const order = orderToProto(row, priced.lines);
+      // Announced before the saga starts, so a WatchMyOrders stream hears PENDING before any later status.
+      changes.placed(caller.userId, order);
+      void saga.kick(id, leaseToken, subject);
+      return { order };
     },
 
     async getOrder(req, ctx) {
@@ -204,6 +207,70 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
      * process's saga is heard at once (OrderChanges); one made by another
      * replica is seen by the periodic re-read.
      */
+    /**
+     * One stream per shopper: the open orders, `synced`, then each order as it is placed or
+     * changes. Subscribed before the first read, so nothing between the read and the wait
+     * is missed (an order both read and announced is sent once: a message goes out only when
+     * its status differs from the last one sent). What the saga or PlaceOrder here does is
+     * heard at once; what another replica does, on the next re-read (every watchPollMs) of
+     * the open orders and of the ones that left that list.
+     */
+    async *watchMyOrders(_req, ctx) {
+      const caller = requireUser(ctx);
+      const heard: UserOrderChange[] = [];
+      let wake: (() => void) | undefined;
+      const unsubscribe = changes.subscribeUser(caller.userId, (change) => {
+        heard.push(change);
+        wake?.();
+      });
+      // The last state sent of each order not yet final.
+      const open = new Map<string, Order>();
+      const sendIfNew = (order: Order): Order | undefined => {
+        const last = open.get(order.id);
+        if (last && last.status === order.status && last.cancelReason === order.cancelReason) return undefined;
+        if (isFinalProto(order)) open.delete(order.id);
+        else open.set(order.id, order);
+        return order;
+      };
+      try {
+        for (const order of await openOrders(db, caller.userId)) {
+          if (sendIfNew(order)) yield { event: { case: 'order', value: order } };
+        }
+        yield { event: { case: 'synced', value: true } };
+        while (!ctx.signal.aborted) {
+          if (heard.length === 0) await sleepUntilWoken(watchPollMs, ctx.signal, (w) => (wake = w));
+          wake = undefined;
+          if (ctx.signal.aborted) return;
+          const batch = heard.splice(0);
+          const now: Order[] = [];
+          if (batch.length > 0) {
+            for (const c of batch) {
+              if ('placed' in c) now.push(c.placed);
+              else {
+                // Known here (placed or read earlier): apply the change; else read the order.
+                const base = open.get(c.orderId) ?? (await loadOwnOrder(db, c.orderId, caller.userId));
+                if (base) now.push(withChange(base, c.change));
+              }
+            }
+          } else {
+            // Timer: what other replicas did. Orders that left the open list went final: read them.
+            const stillOpen = await openOrders(db, caller.userId);
+            now.push(...stillOpen);
+            const ids = new Set(stillOpen.map((o) => o.id));
+            for (const id of [...open.keys()].filter((k) => !ids.has(k))) {
+              const order = await loadOwnOrder(db, id, caller.userId);
+              if (order) now.push(order);
+            }
+          }
+          for (const order of now) {
+            if (sendIfNew(order)) yield { event: { case: 'order', value: order } };
+          }
+        }
+      } finally {
+        unsubscribe();
+      }
+    },
+
     async *watchOrder(req, ctx) {
       const caller = requireUser(ctx);
       const id = validateId(req.id);
@@ -237,6 +304,17 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
   };
 }
 
+/**
+ * The caller's open orders (not final), oldest first. An order the caller placed and left
+ * open for longer than a page is rare (the saga settles every order within SAGA_FINAL_WITHIN),
+ * so one page of the newest is read.
+ */
+async function openOrders(db: Database, userId: string): Promise<Order[]> {
+  const rows = await listOrders(db, { userId, status: 'PENDING', limit: OPEN_ORDERS_READ });
+  return rows.reverse().map((o) => orderToProto(o.row, o.lines));
+}
+const OPEN_ORDERS_READ = 500;
+
 /** Resolves after `ms`, on abort, or when the function handed to `onWake` is called. */
 function sleepUntilWoken(ms: number, signal: AbortSignal, onWake: (wake: () => void) => void): Promise<void> {
   return new Promise<void>((resolve) => {
@@ -269,6 +347,12 @@ function validateId(id: string): string {
   if (id === '') throw invalidArgument('id', 'is required', 'REQUIRED');
   if (!UUID.test(id)) throw invalidArgument('id', 'must be an order id (UUID)', 'MALFORMED');
   return id.toLowerCase();
+}
+
+/** The caller's order, or undefined when it is not theirs or not there. */
+async function loadOwnOrder(db: Database, id: string, userId: string): Promise<Order | undefined> {
+  const found = await loadOrder(db, id, userId);
+  return found ? orderToProto(found.row, found.lines) : undefined;
 }
 
 async function getOwnOrder(db: Database, id: string, userId: string): Promise<Order> {

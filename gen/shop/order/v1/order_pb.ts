@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/order/v1/order.proto.
  */
 export const file_shop_order_v1_order: GenFile = /*@__PURE__*/
-  fileDesc("ChlzaG9wL29yZGVyL3YxL29yZGVyLnByb3RvEg1zaG9wLm9yZGVyLnYxIo4BCglPcmRlckxpbmUSCwoDc2t1GAEgASgJEgwKBG5hbWUYAiABKAkSEAoIcXVhbnRpdHkYAyABKAMSKQoKdW5pdF9wcmljZRgEIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5EikKCmxpbmVfdG90YWwYBSABKAsyFS5zaG9wLmNvbW1vbi52MS5Nb25leSKYAgoFT3JkZXISCgoCaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIqCgZzdGF0dXMYAyABKA4yGi5zaG9wLm9yZGVyLnYxLk9yZGVyU3RhdHVzEicKBWxpbmVzGAQgAygLMhguc2hvcC5vcmRlci52MS5PcmRlckxpbmUSJAoFdG90YWwYBSABKAsyFS5zaG9wLmNvbW1vbi52MS5Nb25leRIVCg1jYW5jZWxfcmVhc29uGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKQoITGluZUl0ZW0SCwoDc2t1GAEgASgJEhAKCHF1YW50aXR5GAIgASgDImsKEVBsYWNlT3JkZXJSZXF1ZXN0EhcKD2lkZW1wb3RlbmN5X2tleRgBIAEoCRImCgVsaW5lcxgCIAMoCzIXLnNob3Aub3JkZXIudjEuTGluZUl0ZW0SFQoNcGF5bWVudF90b2tlbhgDIAEoCSI5ChJQbGFjZU9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIh0KD0dldE9yZGVyUmVxdWVzdBIKCgJpZBgBIAEoCSI3ChBHZXRPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlciJmChFMaXN0T3JkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIqCgZzdGF0dXMYAyABKA4yGi5zaG9wLm9yZGVyLnYxLk9yZGVyU3RhdHVzIlMKEkxpc3RPcmRlcnNSZXNwb25zZRIkCgZvcmRlcnMYASADKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIwChJDYW5jZWxPcmRlclJlcXVlc3QSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjoKE0NhbmNlbE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIh8KEVdhdGNoT3JkZXJSZXF1ZXN0EgoKAmlkGAEgASgJIjkKEldhdGNoT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIivwEKC09yZGVyUGxhY2VkEhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSJwoFbGluZXMYAyADKAsyGC5zaG9wLm9yZGVyLnYxLk9yZGVyTGluZRIkCgV0b3RhbBgEIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5Ei4KCm9jY3VyX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wOg6SoRkKCghvcmRlcl9pZCKZAQoOT3JkZXJDb25maXJtZWQSEAoIb3JkZXJfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIkCgV0b3RhbBgDIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5Ei4KCm9jY3VyX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wOg6SoRkKCghvcmRlcl9pZCKDAQoOT3JkZXJDYW5jZWxsZWQSEAoIb3JkZXJfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkSLgoKb2NjdXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXA6DpKhGQoKCG9yZGVyX2lkKn0KC09yZGVyU3RhdHVzEhwKGE9SREVSX1NUQVRVU19VTlNQRUNJRklFRBAAEhgKFE9SREVSX1NUQVRVU19QRU5ESU5HEAESGgoWT1JERVJfU1RBVFVTX0NPTkZJUk1FRBACEhoKFk9SREVSX1NUQVRVU19DQU5DRUxMRUQQAzLGBQoMT3JkZXJTZXJ2aWNlEoUBCgpQbGFjZU9yZGVyEiAuc2hvcC5vcmRlci52MS5QbGFjZU9yZGVyUmVxdWVzdBohLnNob3Aub3JkZXIudjEuUGxhY2VPcmRlclJlc3BvbnNlIjKSoRkSCAEQAhoCCAUgASoGCBQYKCACgtPkkwIWOgEqYgVvcmRlciIKL3YxL29yZGVycxKCAQoIR2V0T3JkZXISHi5zaG9wLm9yZGVyLnYxLkdldE9yZGVyUmVxdWVzdBofLnNob3Aub3JkZXIudjEuR2V0T3JkZXJSZXNwb25zZSI1kqEZEwgBEAIaAggCIAEqBwhkGMgBIAKC0+STAhhiBW9yZGVyEg8vdjEvb3JkZXJzL3tpZH0SewoKTGlzdE9yZGVycxIgLnNob3Aub3JkZXIudjEuTGlzdE9yZGVyc1JlcXVlc3QaIS5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXNwb25zZSIokqEZEggBEAIaAggCIAEqBggyGGQgAoLT5JMCDBIKL3YxL29yZGVycxKUAQoLQ2FuY2VsT3JkZXISIS5zaG9wLm9yZGVyLnYxLkNhbmNlbE9yZGVyUmVxdWVzdBoiLnNob3Aub3JkZXIudjEuQ2FuY2VsT3JkZXJSZXNwb25zZSI+kqEZEggBEAIaAggFIAEqBggUGCggAoLT5JMCIjoBKmIFb3JkZXIiFi92MS9vcmRlcnMve2lkfTpjYW5jZWwShwEKCldhdGNoT3JkZXISIC5zaG9wLm9yZGVyLnYxLldhdGNoT3JkZXJSZXF1ZXN0GiEuc2hvcC5vcmRlci52MS5XYXRjaE9yZGVyUmVzcG9uc2UiMpKhGREIARACGgMIrAIqBggUGCggAoLT5JMCFxIVL3YxL29yZGVycy97aWR9OndhdGNoMAEaC5KhGQcKBW9yZGVyYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_timestamp, file_protomesh_v1_options, file_shop_common_v1_money]);
+  fileDesc("ChlzaG9wL29yZGVyL3YxL29yZGVyLnByb3RvEg1zaG9wLm9yZGVyLnYxIo4BCglPcmRlckxpbmUSCwoDc2t1GAEgASgJEgwKBG5hbWUYAiABKAkSEAoIcXVhbnRpdHkYAyABKAMSKQoKdW5pdF9wcmljZRgEIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5EikKCmxpbmVfdG90YWwYBSABKAsyFS5zaG9wLmNvbW1vbi52MS5Nb25leSKYAgoFT3JkZXISCgoCaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIqCgZzdGF0dXMYAyABKA4yGi5zaG9wLm9yZGVyLnYxLk9yZGVyU3RhdHVzEicKBWxpbmVzGAQgAygLMhguc2hvcC5vcmRlci52MS5PcmRlckxpbmUSJAoFdG90YWwYBSABKAsyFS5zaG9wLmNvbW1vbi52MS5Nb25leRIVCg1jYW5jZWxfcmVhc29uGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKQoITGluZUl0ZW0SCwoDc2t1GAEgASgJEhAKCHF1YW50aXR5GAIgASgDImsKEVBsYWNlT3JkZXJSZXF1ZXN0EhcKD2lkZW1wb3RlbmN5X2tleRgBIAEoCRImCgVsaW5lcxgCIAMoCzIXLnNob3Aub3JkZXIudjEuTGluZUl0ZW0SFQoNcGF5bWVudF90b2tlbhgDIAEoCSI5ChJQbGFjZU9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIh0KD0dldE9yZGVyUmVxdWVzdBIKCgJpZBgBIAEoCSI3ChBHZXRPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlciJmChFMaXN0T3JkZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIqCgZzdGF0dXMYAyABKA4yGi5zaG9wLm9yZGVyLnYxLk9yZGVyU3RhdHVzIlMKEkxpc3RPcmRlcnNSZXNwb25zZRIkCgZvcmRlcnMYASADKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIwChJDYW5jZWxPcmRlclJlcXVlc3QSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjoKE0NhbmNlbE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyIh8KEVdhdGNoT3JkZXJSZXF1ZXN0EgoKAmlkGAEgASgJIjkKEldhdGNoT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnNob3Aub3JkZXIudjEuT3JkZXIiFgoUV2F0Y2hNeU9yZGVyc1JlcXVlc3QiWQoVV2F0Y2hNeU9yZGVyc1Jlc3BvbnNlEiUKBW9yZGVyGAEgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlckgAEhAKBnN5bmNlZBgCIAEoCEgAQgcKBWV2ZW50Ir8BCgtPcmRlclBsYWNlZBIQCghvcmRlcl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEicKBWxpbmVzGAMgAygLMhguc2hvcC5vcmRlci52MS5PcmRlckxpbmUSJAoFdG90YWwYBCABKAsyFS5zaG9wLmNvbW1vbi52MS5Nb25leRIuCgpvY2N1cl90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoOkqEZCgoIb3JkZXJfaWQimQEKDk9yZGVyQ29uZmlybWVkEhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSJAoFdG90YWwYAyABKAsyFS5zaG9wLmNvbW1vbi52MS5Nb25leRIuCgpvY2N1cl90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDoOkqEZCgoIb3JkZXJfaWQigwEKDk9yZGVyQ2FuY2VsbGVkEhAKCG9yZGVyX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEi4KCm9jY3VyX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wOg6SoRkKCghvcmRlcl9pZCp9CgtPcmRlclN0YXR1cxIcChhPUkRFUl9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRPUkRFUl9TVEFUVVNfUEVORElORxABEhoKFk9SREVSX1NUQVRVU19DT05GSVJNRUQQAhIaChZPUkRFUl9TVEFUVVNfQ0FOQ0VMTEVEEAMy1AYKDE9yZGVyU2VydmljZRKFAQoKUGxhY2VPcmRlchIgLnNob3Aub3JkZXIudjEuUGxhY2VPcmRlclJlcXVlc3QaIS5zaG9wLm9yZGVyLnYxLlBsYWNlT3JkZXJSZXNwb25zZSIykqEZEggBEAIaAggFIAEqBggUGCggAoLT5JMCFjoBKmIFb3JkZXIiCi92MS9vcmRlcnMSggEKCEdldE9yZGVyEh4uc2hvcC5vcmRlci52MS5HZXRPcmRlclJlcXVlc3QaHy5zaG9wLm9yZGVyLnYxLkdldE9yZGVyUmVzcG9uc2UiNZKhGRMIARACGgIIAiABKgcIZBjIASACgtPkkwIYYgVvcmRlchIPL3YxL29yZGVycy97aWR9EnsKCkxpc3RPcmRlcnMSIC5zaG9wLm9yZGVyLnYxLkxpc3RPcmRlcnNSZXF1ZXN0GiEuc2hvcC5vcmRlci52MS5MaXN0T3JkZXJzUmVzcG9uc2UiKJKhGRIIARACGgIIAiABKgYIMhhkIAKC0+STAgwSCi92MS9vcmRlcnMSlAEKC0NhbmNlbE9yZGVyEiEuc2hvcC5vcmRlci52MS5DYW5jZWxPcmRlclJlcXVlc3QaIi5zaG9wLm9yZGVyLnYxLkNhbmNlbE9yZGVyUmVzcG9uc2UiPpKhGRIIARACGgIIBSABKgYIFBgoIAKC0+STAiI6ASpiBW9yZGVyIhYvdjEvb3JkZXJzL3tpZH06Y2FuY2VsEocBCgpXYXRjaE9yZGVyEiAuc2hvcC5vcmRlci52MS5XYXRjaE9yZGVyUmVxdWVzdBohLnNob3Aub3JkZXIudjEuV2F0Y2hPcmRlclJlc3BvbnNlIjKSoRkRCAEQAhoDCKwCKgYIFBgoIAKC0+STAhcSFS92MS9vcmRlcnMve2lkfTp3YXRjaDABEosBCg1XYXRjaE15T3JkZXJzEiMuc2hvcC5vcmRlci52MS5XYXRjaE15T3JkZXJzUmVxdWVzdBokLnNob3Aub3JkZXIudjEuV2F0Y2hNeU9yZGVyc1Jlc3BvbnNlIi2SoRkRCAEQAhoDCJAcKgYIFBgoIAKC0+STAhISEC92MS9vcmRlcnM6d2F0Y2gwARoLkqEZBwoFb3JkZXJiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp, file_protomesh_v1_options, file_shop_common_v1_money]);
 
 /**
  * A line of an order as priced when it was placed.
@@ -419,6 +419,58 @@ export const WatchOrderResponseSchema: GenMessage<WatchOrderResponse> = /*@__PUR
   messageDesc(file_shop_order_v1_order, 12);
 
 /**
+ * Request for WatchMyOrders: the caller is the shopper.
+ *
+ * @generated from message shop.order.v1.WatchMyOrdersRequest
+ */
+export type WatchMyOrdersRequest = Message<"shop.order.v1.WatchMyOrdersRequest"> & {
+};
+
+/**
+ * Describes the message shop.order.v1.WatchMyOrdersRequest.
+ * Use `create(WatchMyOrdersRequestSchema)` to create a new message.
+ */
+export const WatchMyOrdersRequestSchema: GenMessage<WatchMyOrdersRequest> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order, 13);
+
+/**
+ * One message of WatchMyOrders.
+ *
+ * @generated from message shop.order.v1.WatchMyOrdersResponse
+ */
+export type WatchMyOrdersResponse = Message<"shop.order.v1.WatchMyOrdersResponse"> & {
+  /**
+   * What this message says.
+   *
+   * @generated from oneof shop.order.v1.WatchMyOrdersResponse.event
+   */
+  event: {
+    /**
+     * An order as it is now: placed, or its status changed.
+     *
+     * @generated from field: shop.order.v1.Order order = 1;
+     */
+    value: Order;
+    case: "order";
+  } | {
+    /**
+     * The orders that were open when the stream started have all been sent.
+     *
+     * @generated from field: bool synced = 2;
+     */
+    value: boolean;
+    case: "synced";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message shop.order.v1.WatchMyOrdersResponse.
+ * Use `create(WatchMyOrdersResponseSchema)` to create a new message.
+ */
+export const WatchMyOrdersResponseSchema: GenMessage<WatchMyOrdersResponse> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_order, 14);
+
+/**
  * Published when an order is placed (in the same transaction).
  *
  * @generated from message shop.order.v1.OrderPlaced
@@ -465,7 +517,7 @@ export type OrderPlaced = Message<"shop.order.v1.OrderPlaced"> & {
  * Use `create(OrderPlacedSchema)` to create a new message.
  */
 export const OrderPlacedSchema: GenMessage<OrderPlaced> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 13);
+  messageDesc(file_shop_order_v1_order, 15);
 
 /**
  * Published when an order is confirmed.
@@ -507,7 +559,7 @@ export type OrderConfirmed = Message<"shop.order.v1.OrderConfirmed"> & {
  * Use `create(OrderConfirmedSchema)` to create a new message.
  */
 export const OrderConfirmedSchema: GenMessage<OrderConfirmed> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 14);
+  messageDesc(file_shop_order_v1_order, 16);
 
 /**
  * Published when an order is cancelled.
@@ -549,7 +601,7 @@ export type OrderCancelled = Message<"shop.order.v1.OrderCancelled"> & {
  * Use `create(OrderCancelledSchema)` to create a new message.
  */
 export const OrderCancelledSchema: GenMessage<OrderCancelled> = /*@__PURE__*/
-  messageDesc(file_shop_order_v1_order, 15);
+  messageDesc(file_shop_order_v1_order, 17);
 
 /**
  * Where an order stands.
@@ -653,6 +705,20 @@ export const OrderService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchOrderRequestSchema;
     output: typeof WatchOrderResponseSchema;
+  },
+  /**
+   * Streams the caller's orders that are not final yet: first each one as it
+   * is now, then `synced` (every change from here on is streamed), then each
+   * order as it is placed and at every status change after, until the
+   * client ends the stream. One stream serves a shopper's every order, where
+   * WatchOrder is one stream per order.
+   *
+   * @generated from rpc shop.order.v1.OrderService.WatchMyOrders
+   */
+  watchMyOrders: {
+    methodKind: "server_streaming";
+    input: typeof WatchMyOrdersRequestSchema;
+    output: typeof WatchMyOrdersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_shop_order_v1_order, 0);
