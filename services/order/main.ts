@@ -71,7 +71,7 @@ export const orderSettings = {
   SAGA_RETRY_BASE: duration('100ms', 'First retry delay of a step that failed transiently'),
   SAGA_RETRY_MAX: duration('5s', 'Largest retry delay'),
   SAGA_CRASH_AFTER: crashPoint,
-  WATCH_POLL: duration('1s', "WatchOrder re-reads the order this often (sees other replicas' changes)"),
+  WATCH_POLL: duration('1s', "WatchOrder and WatchMyOrders re-read this often (they see other replicas' changes then)"),
 };
 export type OrderConfig = Config<typeof orderSettings>;
 
