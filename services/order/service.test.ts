@@ -277,6 +277,46 @@ test("WatchMyOrders: one stream per shopper: synced, then each of the caller's o
   t.false(seen.has(theirs.order!.id), "another shopper's order is not sent");
 });
 
+test("WatchMyOrders hears another replica's change on its re-read, while this replica's changes keep it busy", async (t) => {
+  const user = `u-${randomUUID()}`;
+  const stop = new AbortController();
+  t.teardown(() => stop.abort());
+  const stream = client.watchMyOrders({}, { ...as(user), signal: stop.signal, timeoutMs: 20_000 })[Symbol.asyncIterator]();
+  t.is((await stream.next()).value?.event.case, 'synced');
+  // Open while the slow card is charged; then "another replica" settles it: a write this
+  // process never announces.
+  const { order } = await client.placeOrder({ idempotencyKey: key(), lines: [{ sku: 'A-1', quantity: 1n }], paymentToken: 'tok_slow' }, as(user));
+  const pending = await stream.next();
+  t.is(pending.value?.event.case === 'order' && pending.value.event.value.status, OrderStatus.PENDING);
+  await app.database.db.execute(
+    sql`update "order".orders set status = 'CANCELLED', cancel_reason = 'settled elsewhere' where id = ${order!.id}::uuid`,
+  );
+  // Meanwhile orders of this shopper placed here keep the stream's live path busy (a change
+  // heard at least every ~50 ms, under WATCH_POLL's 200 ms), until the change arrives or 40
+  // orders later. A watcher that re-read only when idle would hear it only after that.
+  let heard = false;
+  let busyEnded = false;
+  const busy = (async () => {
+    for (let i = 0; i < 40 && !heard && !stop.signal.aborted; i++) {
+      await client.placeOrder({ idempotencyKey: key(), lines: [{ sku: 'A-1', quantity: 1n }], paymentToken: 'tok_visa' }, as(user));
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    busyEnded = true;
+  })();
+  for (;;) {
+    const { value, done } = await stream.next();
+    if (done) return t.fail('the stream ended before the change was heard');
+    if (value.event.case === 'order' && value.event.value.id === order!.id) {
+      t.false(busyEnded, 'heard while the stream was busy with this replica\'s changes');
+      heard = true;
+      t.is(value.event.value.status, OrderStatus.CANCELLED);
+      t.is(value.event.value.cancelReason, 'settled elsewhere');
+      break;
+    }
+  }
+  await busy;
+});
+
 test('WatchMyOrders starts with the open orders, then synced', async (t) => {
   const user = `u-${randomUUID()}`;
   // An open order: its saga waits on the slow card while the stream starts.

@@ -237,23 +237,26 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
           if (sendIfNew(order)) yield { event: { case: 'order', value: order } };
         }
         yield { event: { case: 'synced', value: true } };
+        let lastRead = Date.now();
         while (!ctx.signal.aborted) {
-          if (heard.length === 0) await sleepUntilWoken(watchPollMs, ctx.signal, (w) => (wake = w));
+          const readIn = lastRead + watchPollMs - Date.now();
+          if (heard.length === 0 && readIn > 0) await sleepUntilWoken(readIn, ctx.signal, (w) => (wake = w));
           wake = undefined;
           if (ctx.signal.aborted) return;
           const batch = heard.splice(0);
           const now: Order[] = [];
-          if (batch.length > 0) {
-            for (const c of batch) {
-              if ('placed' in c) now.push(c.placed);
-              else {
-                // Known here (placed or read earlier): apply the change; else read the order.
-                const base = open.get(c.orderId) ?? (await loadOwnOrder(db, c.orderId, caller.userId));
-                if (base) now.push(withChange(base, c.change));
-              }
+          for (const c of batch) {
+            if ('placed' in c) now.push(c.placed);
+            else {
+              // Known here (placed or read earlier): apply the change; else read the order.
+              const base = open.get(c.orderId) ?? (await loadOwnOrder(db, c.orderId, caller.userId));
+              if (base) now.push(withChange(base, c.change));
             }
-          } else {
-            // Timer: what other replicas did. Orders that left the open list went final: read them.
+          }
+          // Every watchPollMs, busy or not: what other replicas did. Orders that left the open
+          // list went final: read them.
+          if (Date.now() - lastRead >= watchPollMs) {
+            lastRead = Date.now();
             const stillOpen = await openOrders(db, caller.userId);
             now.push(...stillOpen);
             const ids = new Set(stillOpen.map((o) => o.id));
