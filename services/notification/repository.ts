@@ -6,7 +6,7 @@ import { and, desc, eq, lt, sql } from 'drizzle-orm';
 import type { Database } from '../../mesh/db.js';
 import { resultRows } from '../../mesh/db.js';
 import type { EventsTx } from '../../mesh/events/db.js';
-import { eventsEnqueued, outboxEvent, outboxInsertSql } from '../../mesh/events/outbox.js';
+import { eventsEnqueued, outboxEvent } from '../../mesh/events/outbox.js';
 import { NotificationSentSchema } from '../../gen/shop/notification/v1/notification_pb.js';
 import { kindToProto, type KindName, type MessageText } from './domain.js';
 import { notifications, outbox, type NotificationRow } from './schema.js';
@@ -32,47 +32,18 @@ export interface NewNotification extends MessageText {
 }
 
 /**
- * Records a notification, its NotificationSent outbox row and the announcement
- * for live watchers, all inside the consumer's transaction and in one
- * statement (one round trip instead of three: the event and the NOTIFY are
- * written only when the insert wrote a row). Returns undefined when this event
- * already produced a notification (nothing else is written).
+ * Records a notification, its NotificationSent outbox row and the announcement for live
+ * watchers, all inside the consumer's transaction and in one statement (the event and the
+ * NOTIFY are written only when the insert wrote a row): recordNotifications with one.
+ * Returns undefined when this event already produced a notification (nothing else is written).
  */
 export async function recordNotification(
   tx: EventsTx,
   n: NewNotification,
   subjectPrefix: string,
 ): Promise<NotificationRow | undefined> {
-  const id = randomUUID();
-  const createTime = new Date();
-  const event = outboxInsertSql(
-    outbox,
-    NotificationSentSchema,
-    create(NotificationSentSchema, {
-      notificationId: id,
-      userId: n.userId,
-      kind: kindToProto(n.kind),
-      orderId: n.orderId,
-      occurTime: timestampFromDate(createTime),
-    }),
-    { aggregateId: n.userId, prefix: subjectPrefix },
-    sql`n`,
-  );
-  const announcement: RecordedAnnouncement = { id, userId: n.userId };
-  // Written out rather than through drizzle's insert builder, which cost ~10 % of this
-  // process's CPU under the orders bench (it maps every column of every call).
-  const insert = sql`insert into "notification"."notifications" (id, user_id, kind, title, body, order_id, source_event_id, create_time)
-    values (${id}::uuid, ${n.userId}, ${n.kind}, ${n.title}, ${n.body}, ${n.orderId}, ${n.sourceEventId}, ${createTime.toISOString()}::timestamptz)
-    on conflict (source_event_id) do nothing
-    returning id, seq`;
-  const [row] = resultRows<{ seq: string | number | bigint }>(
-    await tx.execute(sql`
-      with n as (${insert}), e as (${event})
-      select n.seq, pg_notify(${RECORDED_CHANNEL}, ${JSON.stringify(announcement)}) from n`),
-  );
-  if (!row) return undefined;
-  await eventsEnqueued(tx, outbox);
-  return { id, seq: BigInt(row.seq), ...n, createTime };
+  const [recorded] = await recordNotifications(tx, [prepareNotification(n, subjectPrefix)]);
+  return recorded;
 }
 
 /**

@@ -10,9 +10,7 @@ import type { NatsConnection } from 'nats';
 import { asc, count, eq } from 'drizzle-orm';
 import { NotificationSentSchema } from '../../gen/shop/notification/v1/notification_pb.js';
 import { fromBinary } from '@bufbuild/protobuf';
-import type { Transaction } from '../../mesh/db.js';
 import type { BatchEvent, EventMeta } from '../../mesh/events/consumer.js';
-import { withEventSignals } from '../../mesh/events/commit-signal.js';
 import { listenFromDb } from '../../mesh/events/listen.js';
 import { NotificationKind, NotificationService } from '../../gen/shop/notification/v1/notification_pb.js';
 import { OrderCancelledSchema, OrderConfirmedSchema } from '../../gen/shop/order/v1/order_pb.js';
@@ -21,7 +19,7 @@ import { createMeshClient } from '../../mesh/client.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { publishRawEvent } from '../../mesh/events/publisher.js';
 import { identityHeaders } from '../../mesh/identity.js';
-import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
+import { startServiceForTest, statementsOfTransaction, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { encodePageToken } from './domain.js';
 import { notificationSettings, startNotification, type NotificationApp } from './main.js';
 import { notificationConsumers, notificationHandlers } from './consumers.js';
@@ -221,26 +219,6 @@ test.serial('two replicas: a watcher on one hears a notification recorded by the
   await stream.next().catch(() => undefined);
 });
 
-/**
- * Runs `fn` in a transaction of the service's database as its consumers get it (with the
- * post-commit relay wake) and records every statement it sends (drizzle's session client
- * of the transaction: raw and builder statements alike).
- */
-async function inCountedTransaction(fn: (tx: Transaction) => Promise<unknown>): Promise<string[]> {
-  const statements: string[] = [];
-  await withEventSignals(app.database.db).transaction(async (tx) => {
-    type Client = { unsafe(query: string, ...rest: unknown[]): unknown };
-    const session = (tx as unknown as { session: { client: Client } }).session;
-    const client = session.client;
-    session.client = new Proxy(client, {
-      get: (target, prop) =>
-        prop === 'unsafe' ? (query: string, ...rest: unknown[]) => (statements.push(query), target.unsafe(query, ...rest)) : Reflect.get(target, prop),
-    });
-    await fn(tx);
-  });
-  return statements;
-}
-
 function eventMeta(eventId: string): EventMeta {
   return { eventId, eventType: OrderConfirmedSchema.typeName, subject: '', stream: '', streamSeq: 0, deliveryCount: 1, headers: {}, publishedAt: new Date() };
 }
@@ -262,7 +240,7 @@ test('the new events of a batch are recorded as one at a time records them, in o
 
   for (const { event, meta } of one) await app.database.db.transaction((tx) => handler(tx, event, meta));
   const batch: BatchEvent<typeof OrderConfirmedSchema>[] = many.map((e) => ({ ...e, inTrace: (fn) => fn() }));
-  const statements = await inCountedTransaction((tx) => handleBatch(tx, batch));
+  const statements = await statementsOfTransaction(app.database.db, (tx) => handleBatch(tx, batch));
   t.is(statements.length, 1, 'one statement for the batch (one per event before)');
 
   // The same rows, in the same order, whichever way they were recorded.

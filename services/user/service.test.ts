@@ -10,8 +10,6 @@ import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { jwtVerify } from 'jose';
 import type { NatsConnection } from 'nats';
 import { asc, count, eq } from 'drizzle-orm';
-import type { Transaction } from '../../mesh/db.js';
-import { withEventSignals } from '../../mesh/events/commit-signal.js';
 import { PermanentEventError, type BatchEvent, type EventMeta } from '../../mesh/events/consumer.js';
 import { OrderConfirmedSchema, type OrderConfirmed } from '../../gen/shop/order/v1/order_pb.js';
 import { Role, UserService } from '../../gen/shop/user/v1/user_pb.js';
@@ -19,7 +17,7 @@ import { createMeshClient } from '../../mesh/client.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { publishRawEvent } from '../../mesh/events/publisher.js';
 import { identityHeaders } from '../../mesh/identity.js';
-import { startServiceForTest, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
+import { startServiceForTest, statementsOfTransaction, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { toBinary } from '@bufbuild/protobuf';
 import { onOrderConfirmed, onOrdersConfirmed, userConsumers } from './consumers.js';
 import { LOGIN_FAILED_MESSAGE } from './domain.js';
@@ -262,26 +260,6 @@ test.serial('an OrderConfirmed without a user is dead-lettered at once and award
   t.is(awards.length, 0);
 });
 
-/**
- * Runs `fn` in a transaction of the service's database as its consumers get it (with the
- * post-commit relay wake) and records every statement it sends (drizzle's session client
- * of the transaction: raw and builder statements alike).
- */
-async function inCountedTransaction(fn: (tx: Transaction) => Promise<unknown>): Promise<string[]> {
-  const statements: string[] = [];
-  await withEventSignals(app.database.db).transaction(async (tx) => {
-    type Client = { unsafe(query: string, ...rest: unknown[]): unknown };
-    const session = (tx as unknown as { session: { client: Client } }).session;
-    const client = session.client;
-    session.client = new Proxy(client, {
-      get: (target, prop) =>
-        prop === 'unsafe' ? (query: string, ...rest: unknown[]) => (statements.push(query), target.unsafe(query, ...rest)) : Reflect.get(target, prop),
-    });
-    await fn(tx);
-  });
-  return statements;
-}
-
 function eventMeta(eventId: string): EventMeta {
   return { eventId, eventType: OrderConfirmedSchema.typeName, subject: '', stream: '', streamSeq: 0, deliveryCount: 1, headers: {}, publishedAt: new Date() };
 }
@@ -306,7 +284,7 @@ test('the new events of a batch award what one at a time awards, in one statemen
   for (const { event, meta } of [one[0]!, many[0]!]) await app.database.db.transaction((tx) => onOrderConfirmed(tx, event, meta));
 
   for (const { event, meta } of one) await app.database.db.transaction((tx) => onOrderConfirmed(tx, event, meta));
-  const statements = await inCountedTransaction((tx) => onOrdersConfirmed(tx, asBatch(many)));
+  const statements = await statementsOfTransaction(app.database.db, (tx) => onOrdersConfirmed(tx, asBatch(many)));
   t.is(statements.length, 1, 'one statement for the batch (one per award before)');
 
   const awarded = async (userId: string, events: typeof one) => {
