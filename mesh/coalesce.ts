@@ -40,8 +40,8 @@
  * finish-batch.ts: the saga's step and final writes), each a statement and a
  * commit shared by the concurrent callers.
  */
-import { context as otelContext, SpanKind, SpanStatusCode, trace, type Context, type Link } from '@opentelemetry/api';
 import { currentTraceContext, runWithCallContext, runWithTraceContext } from './call-context.js';
+import { runInBatchSpan } from './telemetry/batch-span.js';
 
 export interface CoalescerOptions<In, Out> {
   /** What is coalesced, for the batch span's name ("coalesce <name>"); default "batch". */
@@ -139,30 +139,7 @@ export class Coalescer<In, Out> {
 
   /** Runs `send` in the first input's trace; a batch inside a span linked to the other inputs' spans. */
   #traced(batch: Waiting<In, Out>[], send: () => Promise<void>): Promise<void> {
-    const first = batch[0]!;
-    if (batch.length === 1) return runWithTraceContext(first.trace, send);
-    // The OpenTelemetry context each input was called in (the context manager resolves a deferred one).
-    const contextOf = (w: Waiting<In, Out>): Context => runWithTraceContext(w.trace, () => otelContext.active());
-    const links: Link[] = [];
-    for (let i = 1; i < batch.length; i++) {
-      const linked = trace.getSpanContext(contextOf(batch[i]!));
-      if (linked && trace.isSpanContextValid(linked)) links.push({ context: linked });
-    }
-    const parent = contextOf(first);
-    const parentSpan = trace.getSpanContext(parent);
-    // No trace to join or link (no tracing set up): as a lone call, in the first input's context.
-    if (links.length === 0 && !(parentSpan && trace.isSpanContextValid(parentSpan))) return runWithTraceContext(first.trace, send);
-    const span = trace
-      .getTracer('protomesh/coalesce')
-      .startSpan(`coalesce ${this.#options.name ?? 'batch'}`, { kind: SpanKind.INTERNAL, links, attributes: { 'protomesh.batch.size': batch.length } }, parent);
-    return runWithTraceContext(trace.setSpan(parent, span), send).then(
-      () => span.end(),
-      (err: unknown) => {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
-        span.end();
-        throw err;
-      },
-    );
+    return runInBatchSpan(`coalesce ${this.#options.name ?? 'batch'}`, batch.map((w) => w.trace), {}, send);
   }
 
   async #send(batch: Waiting<In, Out>[], inputs: In[]): Promise<void> {

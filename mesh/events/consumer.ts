@@ -33,9 +33,9 @@
 // has buffered, whereas our own queue lets stop() finish the handlers in flight and hand
 // every unstarted message straight back to the server (nak) for another replica.
 import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { SpanKind, trace, type Link, type Span } from "@opentelemetry/api";
 import { currentScopeRequestId, currentTraceContext, runWithRequestId, runWithTraceContext } from "../call-context.js";
-import { withConsumerSpan, withSpan } from "../telemetry/trace-context.js";
+import { runInBatchSpan } from "../telemetry/batch-span.js";
+import { withConsumerSpan } from "../telemetry/trace-context.js";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -374,15 +374,15 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
     let finish!: () => void;
     let fail!: (err: unknown) => void;
     const done = new Promise<void>((resolve, reject) => ((finish = resolve), (fail = reject)));
-    const opened: Promise<{ span: Span; trace: unknown; requestId: string | undefined }>[] = [];
+    const opened: Promise<{ trace: unknown; requestId: string | undefined }>[] = [];
     const ended: Promise<unknown>[] = [];
     for (const item of items) {
       opened.push(
         new Promise((entered, failed) => {
-          const handling = withConsumerSpan(item.meta.subject, item.meta.headers, spanAttributes(item), (span) => {
+          const handling = withConsumerSpan(item.meta.subject, item.meta.headers, spanAttributes(item), () => {
             // Here is the event's trace and request id: keep them for inTrace (as mesh/coalesce.ts
             // keeps its callers' traces).
-            entered({ span, trace: currentTraceContext(), requestId: currentScopeRequestId() });
+            entered({ trace: currentTraceContext(), requestId: currentScopeRequestId() });
             return done;
           });
           handling.catch(failed); // only matters if the span failed to open
@@ -397,17 +397,8 @@ export async function startConsumer<Desc extends DescMessage>(opts: ConsumerOpti
         const inTrace = <T>(run: () => T): T => runWithTraceContext(traceContext, () => (requestId ? runWithRequestId(requestId, run) : run()));
         return { event: item.event, meta: item.meta, inTrace };
       });
-      const links: Link[] = [];
-      for (const { span } of spans.slice(1)) {
-        const linked = span.spanContext();
-        if (trace.isSpanContextValid(linked)) links.push({ context: linked });
-      }
       await events[0]!.inTrace(() =>
-        withSpan(
-          `batch ${opts.name}`,
-          { kind: SpanKind.INTERNAL, links, attributes: { "messaging.consumer.group.name": opts.name, "protomesh.batch.size": items.length } },
-          () => fn(events),
-        ),
+        runInBatchSpan(`batch ${opts.name}`, spans.map((s) => s.trace), { "messaging.consumer.group.name": opts.name }, () => fn(events)),
       );
       finish();
     } catch (err) {
