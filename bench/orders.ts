@@ -5,7 +5,7 @@
  * PlaceOrder alone, to show where the time goes), and the count of orders
  * lost or duplicated, which must be 0.
  *
- *   npx tsx bench/orders.ts [--clients 32] [--seconds 20] [--pipeline 4] [--warmup 3] [--pg-stats]
+ *   npx tsx bench/orders.ts [--clients 32] [--seconds 20] [--pipeline 4] [--warmup 3] [--pg-stats] [--stages]
  *   npx tsx bench/orders.ts --rate 300 [--clients 32] [--seconds 20] [--warmup 3]
  *
  * Two ways to load it. Closed loop (the default): each client keeps `--pipeline` orders in
@@ -18,6 +18,8 @@
  *
  * --pg-stats adds what Postgres did per order (bench/pg-stats.ts); it needs a server with
  * pg_stat_statements loaded, best a private one (docs/performance.md says how).
+ * --stages adds where the latency goes (bench/stage-times.ts): each service's RPCs made and
+ * served and its statements in the window, as calls per order and mean ms, from /metrics.
  *
  * By default it starts the whole shop as child processes (scripts/stack.ts)
  * on a fresh database of the local Postgres (DATABASE_URL's server) and a NATS
@@ -40,6 +42,7 @@
  * after the drain count as lost events.
  */
 import { randomUUID } from 'node:crypto';
+import net from 'node:net';
 import os from 'node:os';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -54,7 +57,8 @@ import { createMeshTransport, type MeshTransport } from '../mesh/client.js';
 import { servicePorts } from '../mesh/config.js';
 import { identityHeaders } from '../mesh/identity.js';
 import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../mesh/testing/index.js';
-import { runSeeds, startStack, type Stack } from '../scripts/stack.js';
+import { runSeeds, SHOP_SERVICES, startStack, type ShopService, type Stack } from '../scripts/stack.js';
+import { scrape, stageReport } from './stage-times.js';
 import { pgStatsAvailable, pgStatsReport, pgStatsSnapshot } from './pg-stats.js';
 
 const { values: args } = parseArgs({
@@ -68,6 +72,7 @@ const { values: args } = parseArgs({
     external: { type: 'boolean', default: false },
     lines: { type: 'string', default: '1' },
     'pg-stats': { type: 'boolean', default: false },
+    stages: { type: 'boolean', default: false },
   },
 });
 const CLIENTS = Number(args.clients);
@@ -83,6 +88,8 @@ if (RATE !== undefined && !(RATE > 0)) throw new Error(`--rate must be a positiv
 // ---- the shop ----------------------------------------------------------------------------
 
 let stack: Stack | undefined;
+const metricsPorts: Partial<Record<ShopService, number>> = {};
+const metricsUrls = () => Object.fromEntries(Object.entries(metricsPorts).map(([name, port]) => [name, `http://127.0.0.1:${port}/metrics`]));
 let db: TestDatabase | undefined;
 const addr = { catalog: '', inventory: '', user: '', order: '' };
 if (args.external) {
@@ -96,7 +103,10 @@ if (args.external) {
   const nats = testNatsPrefix();
   const env = { DATABASE_URL: db.url, NATS_URL: testNatsUrl(), NATS_SUBJECT_PREFIX: nats.subjectPrefix, LOG_LEVEL: 'warn' };
   await runSeeds({ ...process.env, ...env });
-  stack = await startStack({ env, readyTimeoutMs: 90_000 });
+  // --stages reads each service's /metrics: give each a known port.
+  const serviceEnv: Partial<Record<ShopService, Record<string, string>>> = {};
+  if (args.stages) for (const name of SHOP_SERVICES) serviceEnv[name] = { METRICS_PORT: String((metricsPorts[name] = await freePort())) };
+  stack = await startStack({ env, serviceEnv, readyTimeoutMs: 90_000 });
   // A bench that fails half-way (a service died, an RPC refused) exits on the error: take the
   // shop down with it rather than leave six services running on the two cores.
   process.on('exit', () => {
@@ -384,6 +394,7 @@ measuring = true;
 const confirmedAtStart = confirmed;
 const pgStatsSkipped = args['pg-stats'] && pgAdmin ? await pgStatsAvailable(pgAdmin) : 'not asked';
 const pgStatsAtStart = pgAdmin && !pgStatsSkipped ? await pgStatsSnapshot(pgAdmin) : undefined;
+const stagesAtStart = args.stages ? await scrape(metricsUrls()) : undefined;
 const cpuAtStart = await cpuSnapshot();
 const tStart = performance.now();
 const windowStartUs = Number(process.hrtime.bigint() / 1000n);
@@ -391,6 +402,7 @@ await sleep(SECONDS * 1000);
 const confirmedInWindow = confirmed - confirmedAtStart;
 const windowEndUs = Number(process.hrtime.bigint() / 1000n);
 const cpuAtEnd = await cpuSnapshot();
+const stagesAtEnd = stagesAtStart ? await scrape(metricsUrls()) : undefined;
 const pgStatsAtEnd = pgAdmin && pgStatsAtStart ? await pgStatsSnapshot(pgAdmin) : undefined;
 const cpuPerOrder: Record<string, number> = {};
 for (const [name, end] of cpuAtEnd) {
@@ -513,6 +525,7 @@ if (Object.keys(cpuPerOrder).length) {
 }
 if (pgStatsAtStart && pgStatsAtEnd) console.log(pgStatsReport(pgStatsAtStart, pgStatsAtEnd, confirmedInWindow));
 else if (args['pg-stats']) console.log(`--pg-stats skipped: ${pgStatsSkipped}`);
+if (stagesAtStart && stagesAtEnd && confirmedInWindow > 0) console.log(stageReport(stagesAtStart, stagesAtEnd, confirmedInWindow));
 if (errorSamples.size) console.log(`error samples: ${[...errorSamples].slice(0, 5).join(' | ')}`);
 console.log(JSON.stringify(report));
 
@@ -521,6 +534,17 @@ await pgAdmin?.end();
 await stack?.stop();
 await db?.drop();
 process.exit(report.lost === 0 && report.duplicated === 0 && stockMismatch === 0 ? 0 : 1);
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
 
 function sleep(ms: number) {
   return new Promise((r) => setTimeout(r, ms));
