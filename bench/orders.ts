@@ -47,6 +47,7 @@ import os from 'node:os';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
+import { postgresConnection } from '../mesh/postgres-url.js';
 import { Code, ConnectError, createClient, type Client } from '@connectrpc/connect';
 import type { DescService } from '@bufbuild/protobuf';
 import { CatalogService } from '../gen/shop/catalog/v1/catalog_pb.js';
@@ -329,7 +330,8 @@ function cpuMs(pid: number | undefined): number | undefined {
 }
 // Postgres: the backends serving the bench's own database (the server's shared background
 // processes, such as the WAL writer, are not counted). Linux /proc, same host only.
-const pgAdmin = db ? postgres(db.url, { max: 1, onnotice: () => {} }) : undefined;
+const pgConnection = db ? postgresConnection(db.url) : undefined;
+const pgAdmin = pgConnection ? postgres(pgConnection.url, { ...pgConnection.options, max: 1, onnotice: () => {} }) : undefined;
 /** Backend CPU by application_name (`protomesh-<context>`), and the sum under `postgres`. */
 async function postgresCpuMs(): Promise<Map<string, number> | undefined> {
   if (!pgAdmin) return undefined;

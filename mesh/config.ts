@@ -262,7 +262,7 @@ export const servicePorts = {
  */
 export const meshSettings = {
   DATABASE_URL: optionalUrl(
-    'Postgres server to use; unset = embedded PGlite in DATA_DIR/<context>',
+    'Postgres server to use (a Unix socket as libpq writes it: postgres://user@localhost/db?host=/var/run/postgresql); unset = embedded PGlite in DATA_DIR/<context>',
     ['postgres:', 'postgresql:'],
   ),
   DATA_DIR: string('.data', 'Directory holding the embedded PGlite data directories (one per context)'),

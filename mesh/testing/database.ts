@@ -18,6 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import postgres from 'postgres';
+import { postgresConnection } from '../postgres-url.js';
 
 export const DEFAULT_TEST_SERVER = 'postgres://root@127.0.0.1:5432/postgres';
 const PREFIX = 'pm_t_';
@@ -47,7 +48,8 @@ export function testServerUrl(): string {
 
 /** Runs `fn` with a one-connection admin client on the maintenance database. */
 export async function withAdmin<T>(fn: (sql: postgres.Sql) => Promise<T>, adminUrl = testServerUrl()): Promise<T> {
-  const sql = postgres(adminUrl, { max: 1, onnotice: () => {}, connect_timeout: 5 });
+  const connection = postgresConnection(adminUrl);
+  const sql = postgres(connection.url, { ...connection.options, max: 1, onnotice: () => {}, connect_timeout: 5 });
   try {
     return await fn(sql);
   } finally {
