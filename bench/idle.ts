@@ -4,8 +4,8 @@
  *
  *   npx tsx bench/idle.ts [--seconds 10] [--rates 25,100,400]
  *
- * Starts the whole shop on a fresh database and NATS prefix (as the saga tests do), waits for
- * it to settle, reads each service's CPU time (/proc/<pid>/stat, all threads) over
+ * Starts the whole shop with its default settings (scripts/stack.ts, as bench/orders.ts does) on
+ * a fresh database and NATS prefix, waits for it to settle, reads each service's CPU time (/proc/<pid>/stat, all threads) over
  * `--seconds` at rest, then calls catalog ListProducts (page of 5) one at a time at each
  * `--rates` calls per second and prints the catalog's CPU per call.
  *
@@ -17,7 +17,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { startShop } from '../test/saga-support.js';
+import { createClient } from '@connectrpc/connect';
+import { CatalogService } from '../gen/shop/catalog/v1/catalog_pb.js';
+import { createMeshTransport } from '../mesh/client.js';
+import { createTestDatabase, testNatsPrefix, testNatsUrl } from '../mesh/testing/index.js';
+import { runSeeds, startStack } from '../scripts/stack.js';
 
 const { values: args } = parseArgs({
   options: { seconds: { type: 'string', default: '10' }, rates: { type: 'string', default: '25,100,400' } },
@@ -35,9 +39,14 @@ function cpuMs(pid: number): number {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 process.stderr.write('starting the shop (fresh database, own NATS prefix)...\n');
-const shop = await startShop();
+const db = await createTestDatabase();
+const env = { DATABASE_URL: db.url, NATS_URL: testNatsUrl(), NATS_SUBJECT_PREFIX: testNatsPrefix().subjectPrefix, LOG_LEVEL: 'warn' };
+await runSeeds({ ...process.env, ...env });
+const stack = await startStack({ env, readyTimeoutMs: 90_000 });
+const transport = createMeshTransport({ target: stack.addr('catalog') });
+const catalogClient = createClient(CatalogService, transport);
 try {
-  const services = [...shop.stack.running.values()].map((s) => ({ name: s.name, pid: s.process.pid! }));
+  const services = [...stack.running.values()].map((s) => ({ name: s.name, pid: s.process.pid! }));
   await sleep(5000); // start-up work (migrations, stream creation, first registry round) settles
   const before = services.map((s) => cpuMs(s.pid));
   process.stderr.write(`at rest for ${SECONDS} s...\n`);
@@ -54,7 +63,7 @@ try {
     for (let i = 0; i < calls; i++) {
       const wait = t0 + (i * 1000) / rate - Date.now();
       if (wait > 0) await sleep(wait);
-      await shop.catalog.listProducts({ pageSize: 5 });
+      await catalogClient.listProducts({ pageSize: 5 });
     }
     const achieved = calls / ((Date.now() - t0) / 1000);
     perCall[rate] = (cpuMs(catalog.pid) - start) / calls;
@@ -62,5 +71,7 @@ try {
   }
   console.log(JSON.stringify({ seconds: SECONDS, at_rest_ms_per_s: Object.fromEntries(atRest.map((s) => [s.name, s.msPerSecond])), catalog_ms_per_call: perCall }));
 } finally {
-  await shop.close();
+  transport.close();
+  await stack.stop();
+  await db.drop();
 }

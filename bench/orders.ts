@@ -42,12 +42,10 @@
  * after the drain count as lost events.
  */
 import { randomUUID } from 'node:crypto';
-import net from 'node:net';
 import os from 'node:os';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import postgres from 'postgres';
-import { postgresConnection } from '../mesh/postgres-url.js';
+import { openPostgres } from '../mesh/postgres-url.js';
 import { Code, ConnectError, createClient, type Client } from '@connectrpc/connect';
 import type { DescService } from '@bufbuild/protobuf';
 import { CatalogService } from '../gen/shop/catalog/v1/catalog_pb.js';
@@ -57,7 +55,7 @@ import { UserService } from '../gen/shop/user/v1/user_pb.js';
 import { createMeshTransport, type MeshTransport } from '../mesh/client.js';
 import { servicePorts } from '../mesh/config.js';
 import { identityHeaders } from '../mesh/identity.js';
-import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../mesh/testing/index.js';
+import { createTestDatabase, freePort, testNatsPrefix, testNatsUrl, type TestDatabase } from '../mesh/testing/index.js';
 import { runSeeds, SHOP_SERVICES, startStack, type ShopService, type Stack } from '../scripts/stack.js';
 import { scrape, stageReport } from './stage-times.js';
 import { pgStatsAvailable, pgStatsReport, pgStatsSnapshot } from './pg-stats.js';
@@ -330,8 +328,7 @@ function cpuMs(pid: number | undefined): number | undefined {
 }
 // Postgres: the backends serving the bench's own database (the server's shared background
 // processes, such as the WAL writer, are not counted). Linux /proc, same host only.
-const pgConnection = db ? postgresConnection(db.url) : undefined;
-const pgAdmin = pgConnection ? postgres(pgConnection.url, { ...pgConnection.options, max: 1, onnotice: () => {} }) : undefined;
+const pgAdmin = db ? openPostgres(db.url, { max: 1, onnotice: () => {} }) : undefined;
 /** Backend CPU by application_name (`protomesh-<context>`), and the sum under `postgres`. */
 async function postgresCpuMs(): Promise<Map<string, number> | undefined> {
   if (!pgAdmin) return undefined;
@@ -536,17 +533,6 @@ await pgAdmin?.end();
 await stack?.stop();
 await db?.drop();
 process.exit(report.lost === 0 && report.duplicated === 0 && stockMismatch === 0 ? 0 : 1);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function sleep(ms: number) {
   return new Promise((r) => setTimeout(r, ms));

@@ -28,8 +28,7 @@ import { sql } from 'drizzle-orm';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
-import postgres from 'postgres';
-import { postgresConnection } from './postgres-url.js';
+import { openPostgres } from './postgres-url.js';
 import { preparedStatements } from './db-prepared.js';
 import { migrate, type MigrateResult } from './migrate.js';
 import { tracePglite, tracePostgres } from './telemetry/db-spans.js';
@@ -84,9 +83,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<MeshDa
   let driver: MeshDatabase['driver'];
 
   if (options.url) {
-    const connection = postgresConnection(options.url);
-    const client = postgres(connection.url, {
-      ...connection.options,
+    const client = openPostgres(options.url, {
       max: options.maxConnections ?? 10,
       // false wins over every per-statement prepare: true (postgres.js), runStatement's included.
       prepare: options.prepare ?? true,

@@ -1,11 +1,10 @@
 import test from 'ava';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { openDatabase } from './db.js';
+import { openDatabase, resultRows } from './db.js';
 import { postgresConnection } from './postgres-url.js';
 import { createTestDatabase, testServerUrl, withAdmin } from './testing/index.js';
 import { sql } from 'drizzle-orm';
-import { resultRows } from './db.js';
 
 test('a URL without host or port parameters is passed through as it is', (t) => {
   const url = 'postgres://root@127.0.0.1:5432/shop?sslmode=disable';

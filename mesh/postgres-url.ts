@@ -1,3 +1,5 @@
+import postgres from 'postgres';
+
 /**
  * A DATABASE_URL as postgres.js should see it, libpq's `host` and `port` query parameters
  * included.
@@ -29,8 +31,14 @@ export function postgresConnection(databaseUrl: string): PostgresConnection {
       throw new Error(`DATABASE_URL: port=${JSON.stringify(portText)} is not a port number (1-65535)`);
     }
   }
-  if (host !== undefined && host === '') throw new Error('DATABASE_URL: host= is empty (a host name, or the directory of a Unix socket)');
+  if (host === '') throw new Error('DATABASE_URL: host= is empty (a host name, or the directory of a Unix socket)');
   u.searchParams.delete('host');
   u.searchParams.delete('port');
   return { url: u.toString(), options: { ...(host !== undefined ? { host } : {}), ...(port !== undefined ? { port } : {}) } };
+}
+
+/** A postgres.js client for a DATABASE_URL, its libpq `host`/`port` parameters honoured; `options` as postgres.js takes them. */
+export function openPostgres(databaseUrl: string, options: postgres.Options<{}> = {}): postgres.Sql {
+  const connection = postgresConnection(databaseUrl);
+  return postgres(connection.url, { ...connection.options, ...options });
 }

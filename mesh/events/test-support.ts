@@ -7,7 +7,7 @@ import { pgSchema } from "drizzle-orm/pg-core";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { connect, type JetStreamClient, type JetStreamManager, type NatsConnection } from "nats";
 import postgres from "postgres";
-import { postgresConnection } from "../postgres-url.js";
+import { openPostgres } from "../postgres-url.js";
 import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from "../testing/index.js";
 import type { EventsDb } from "./db.js";
 import { inboxTable, outboxTable, type InboxTable, type OutboxTable } from "./tables.js";
@@ -55,8 +55,7 @@ export async function createEventsTestEnv(opts: { poolSize?: number } = {}): Pro
   const testDb = await createTestDatabase();
   const clients: postgres.Sql[] = [];
   const openDb = () => {
-    const connection = postgresConnection(testDb.url);
-    const client = postgres(connection.url, { ...connection.options, max: opts.poolSize ?? 5, onnotice: () => {} });
+    const client = openPostgres(testDb.url, { max: opts.poolSize ?? 5, onnotice: () => {} });
     clients.push(client);
     return { client, db: drizzle({ client }) as unknown as EventsDb };
   };

@@ -395,7 +395,7 @@ export function observeDbQuery(context: string, operation: string, seconds: numb
 
 let processMetricsOn = false;
 /** How often the event-loop lag histogram samples (prom-client's eventLoopMonitoringPrecision). */
-export const EVENT_LOOP_SAMPLE_MS = 100;
+const EVENT_LOOP_SAMPLE_MS = 100;
 
 /** Node's own metrics (event-loop lag, heap, RSS, GC, handles) and the `service` label. Idempotent. */
 export function collectProcessMetrics(): void {
@@ -404,7 +404,7 @@ export function collectProcessMetrics(): void {
   metricsRegistry.setDefaultLabels({ service: serviceIdentity().name });
   // prom-client samples event-loop lag with a timer every 10 ms by default: 100 wake-ups a
   // second that cost an idle service about 5 ms of CPU per second (most of what it spends
-  // idle; bench/stage-times.ts' idle figures in docs/performance.md). Every 100 ms still
+  // idle; `npx tsx bench/idle.ts`, docs/performance.md round 6). Every 100 ms still
   // gives a scrape interval's lag percentiles from over a hundred samples.
   collectDefaultMetrics({ register: metricsRegistry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
 }

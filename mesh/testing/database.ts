@@ -18,7 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import postgres from 'postgres';
-import { postgresConnection } from '../postgres-url.js';
+import { openPostgres } from '../postgres-url.js';
 
 export const DEFAULT_TEST_SERVER = 'postgres://root@127.0.0.1:5432/postgres';
 const PREFIX = 'pm_t_';
@@ -48,8 +48,7 @@ export function testServerUrl(): string {
 
 /** Runs `fn` with a one-connection admin client on the maintenance database. */
 export async function withAdmin<T>(fn: (sql: postgres.Sql) => Promise<T>, adminUrl = testServerUrl()): Promise<T> {
-  const connection = postgresConnection(adminUrl);
-  const sql = postgres(connection.url, { ...connection.options, max: 1, onnotice: () => {}, connect_timeout: 5 });
+  const sql = openPostgres(adminUrl, { max: 1, onnotice: () => {}, connect_timeout: 5 });
   try {
     return await fn(sql);
   } finally {
