@@ -14,6 +14,7 @@ import { requireUser } from '../../mesh/identity.js';
 import { CatalogService } from '../../gen/shop/catalog/v1/catalog_pb.js';
 import { OrderPlacedSchema, OrderSchema, OrderService, type Order } from '../../gen/shop/order/v1/order_pb.js';
 import type { OrderChange, OrderChanges, UserOrderChange } from './changes.js';
+import { SentOrders } from './sent-orders.js';
 import {
   cancelReason,
   decodePageToken,
@@ -223,18 +224,11 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
         heard.push(change);
         wake?.();
       });
-      // The last state sent of each order not yet final.
-      const open = new Map<string, Order>();
-      const sendIfNew = (order: Order): Order | undefined => {
-        const last = open.get(order.id);
-        if (last && last.status === order.status && last.cancelReason === order.cancelReason) return undefined;
-        if (isFinalProto(order)) open.delete(order.id);
-        else open.set(order.id, order);
-        return order;
-      };
+      // The last state sent of each order: a state heard from two places goes out once.
+      const sent = new SentOrders(isFinalProto, Math.max(60_000, 10 * watchPollMs));
       try {
         for (const order of await openOrders(db, caller.userId)) {
-          if (sendIfNew(order)) yield { event: { case: 'order', value: order } };
+          if (sent.next(order)) yield { event: { case: 'order', value: order } };
         }
         yield { event: { case: 'synced', value: true } };
         let lastRead = Date.now();
@@ -249,7 +243,7 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
             if ('placed' in c) now.push(c.placed);
             else {
               // Known here (placed or read earlier): apply the change; else read the order.
-              const base = open.get(c.orderId) ?? (await loadOwnOrder(db, c.orderId, caller.userId));
+              const base = sent.get(c.orderId) ?? (await loadOwnOrder(db, c.orderId, caller.userId));
               if (base) now.push(withChange(base, c.change));
             }
           }
@@ -260,13 +254,13 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
             const stillOpen = await openOrders(db, caller.userId);
             now.push(...stillOpen);
             const ids = new Set(stillOpen.map((o) => o.id));
-            for (const id of [...open.keys()].filter((k) => !ids.has(k))) {
+            for (const id of sent.openIds().filter((k) => !ids.has(k))) {
               const order = await loadOwnOrder(db, id, caller.userId);
               if (order) now.push(order);
             }
           }
           for (const order of now) {
-            if (sendIfNew(order)) yield { event: { case: 'order', value: order } };
+            if (sent.next(order)) yield { event: { case: 'order', value: order } };
           }
         }
       } finally {
