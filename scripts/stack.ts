@@ -25,6 +25,12 @@ import {
   HealthCheckResponse_ServingStatus,
 } from '../gen/grpc/health/v1/health_pb.js';
 import { freePort } from './infra.js';
+import { CatalogService } from '../gen/shop/catalog/v1/catalog_pb.js';
+import { InventoryService } from '../gen/shop/inventory/v1/inventory_pb.js';
+import { NotificationService } from '../gen/shop/notification/v1/notification_pb.js';
+import { OrderService } from '../gen/shop/order/v1/order_pb.js';
+import { PaymentService } from '../gen/shop/payment/v1/payment_pb.js';
+import { UserService } from '../gen/shop/user/v1/user_pb.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** Loaded before each process's code: OpenTelemetry (gRPC/HTTP spans), /metrics, log trace ids. */
@@ -101,14 +107,30 @@ export function checkHealth(address: string, service = '', timeoutMs = 1000): Pr
   });
 }
 
+/**
+ * The gRPC service each process serves. Readiness asks health about it by name, not about
+ * the server as a whole (""): a port chosen free can be taken by another listener before the
+ * child binds it (another service of this stack, another test's), and that listener's health
+ * would answer SERVING for "" while the child dies of EADDRINUSE. Asked by name, a listener
+ * that is not this service answers NOT_FOUND, and the child's exit is reported instead.
+ */
+const SERVED: Record<ShopService, string> = {
+  catalog: CatalogService.typeName,
+  inventory: InventoryService.typeName,
+  payment: PaymentService.typeName,
+  user: UserService.typeName,
+  notification: NotificationService.typeName,
+  order: OrderService.typeName,
+};
+
 /** Polls health until SERVING; rejects with the child's exit or a timeout. */
-async function waitServing(name: string, address: string, child: ChildProcess, timeoutMs: number, logFile: string): Promise<void> {
+async function waitServing(name: ShopService, address: string, child: ChildProcess, timeoutMs: number, logFile: string): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {
     if (child.exitCode !== null || child.signalCode !== null) {
       throw new Error(`${name} exited (${child.exitCode ?? child.signalCode}) before it was ready; see ${logFile}`);
     }
-    if ((await checkHealth(address, '', 500)) === HealthCheckResponse_ServingStatus.SERVING) return;
+    if ((await checkHealth(address, SERVED[name], 500)) === HealthCheckResponse_ServingStatus.SERVING) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`${name} was not SERVING at ${address} within ${timeoutMs} ms; see ${logFile}`);
@@ -119,7 +141,12 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const logDir = options.logDir ?? path.join(os.tmpdir(), `protomesh-stack-${process.pid}-${Date.now()}`);
   mkdirSync(logDir, { recursive: true });
   const ports = new Map<ShopService, number>();
-  for (const name of SHOP_SERVICES) ports.set(name, options.ports?.[name] ?? (await freePort()));
+  for (const name of SHOP_SERVICES) {
+    // Distinct: the kernel may hand the same free port to two consecutive asks.
+    let port = options.ports?.[name] ?? (await freePort());
+    while (!options.ports?.[name] && [...ports.values()].includes(port)) port = await freePort();
+    ports.set(name, port);
+  }
   const addrs: Record<string, string> = {};
   for (const [name, port] of ports) addrs[addrVariable(name)] = `127.0.0.1:${port}`;
 
