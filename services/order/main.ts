@@ -36,7 +36,7 @@ import {
 import { serve } from '../../mesh/server.js';
 import { OrderChanges } from './changes.js';
 import { CRASH_POINTS, type CrashPoint } from './domain.js';
-import { SagaOrchestrator } from './saga.js';
+import { SagaOrchestrator, type SagaSettings } from './saga.js';
 import { batchedSagaPorts } from './saga-ports.js';
 import { registerSagaObligationsGauge } from './saga-metrics.js';
 import { outbox } from './schema.js';
@@ -77,6 +77,22 @@ export type OrderConfig = Config<typeof orderSettings>;
 
 export type OrderApp = ServiceApp<{ saga: SagaOrchestrator }>;
 
+/**
+ * The saga's settings from the service's config: one place, so that a test's extra
+ * replicas run exactly as the service's own (same retries, lease, bound and prefix).
+ */
+export function sagaSettingsOf(config: OrderConfig, subjectPrefix: string): SagaSettings {
+  return {
+    leaseMs: config.SAGA_LEASE,
+    pollIntervalMs: config.SAGA_POLL,
+    concurrency: config.SAGA_CONCURRENCY,
+    retry: { baseDelayMs: config.SAGA_RETRY_BASE, maxDelayMs: config.SAGA_RETRY_MAX },
+    subjectPrefix,
+    finalWithinMs: config.SAGA_FINAL_WITHIN,
+    crashAfter: config.SAGA_CRASH_AFTER,
+  };
+}
+
 /** Starts the service in this process; tests call it with their own config. */
 export function startOrder(config: OrderConfig, host?: string): Promise<OrderApp> {
   // The bound must leave the deadline room: a saga gives up taking things at SAGA_DEADLINE and
@@ -105,15 +121,7 @@ export function startOrder(config: OrderConfig, host?: string): Promise<OrderApp
         db,
         ports,
         changes,
-        {
-          leaseMs: config.SAGA_LEASE,
-          pollIntervalMs: config.SAGA_POLL,
-          concurrency: config.SAGA_CONCURRENCY,
-          retry: { baseDelayMs: config.SAGA_RETRY_BASE, maxDelayMs: config.SAGA_RETRY_MAX },
-          subjectPrefix: prefix,
-          finalWithinMs: config.SAGA_FINAL_WITHIN,
-          crashAfter: config.SAGA_CRASH_AFTER,
-        },
+        sagaSettingsOf(config, prefix),
         log,
       );
       saga.start();

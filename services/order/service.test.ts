@@ -23,8 +23,8 @@ import { fieldViolations, invalidArguments } from '../../mesh/errors.js';
 import { identityHeaders } from '../../mesh/identity.js';
 import { serve, startMeshServer, type MeshServer } from '../../mesh/server.js';
 import { createTestDatabase, testNatsPrefix, testNatsUrl, type TestDatabase } from '../../mesh/testing/index.js';
-import { streamPrefix } from '../../mesh/events/naming.js';
-import { orderSettings, startOrder, type OrderApp } from './main.js';
+import { normalizeSubjectPrefix, streamPrefix } from '../../mesh/events/naming.js';
+import { orderSettings, sagaSettingsOf, startOrder, type OrderApp, type OrderConfig } from './main.js';
 
 // ---- fakes --------------------------------------------------------------------------
 
@@ -163,6 +163,7 @@ const fakePayment: Partial<ServiceImpl<typeof PaymentService>> = {
 let testDb: TestDatabase;
 let upstreams: MeshServer[] = [];
 let app: OrderApp;
+let config: OrderConfig;
 const nats = testNatsPrefix();
 let client: ReturnType<typeof createMeshClient<typeof OrderService>>;
 
@@ -173,7 +174,7 @@ test.before(async () => {
     startMeshServer({ name: 'inventory', host: '127.0.0.1', port: 0, services: [serve(InventoryService, fakeInventory)] }),
     startMeshServer({ name: 'payment', host: '127.0.0.1', port: 0, services: [serve(PaymentService, fakePayment)] }),
   ]);
-  const config = parseConfig(orderSettings, {
+  config = parseConfig(orderSettings, {
     DATABASE_URL: testDb.url,
     NATS_URL: testNatsUrl(),
     NATS_SUBJECT_PREFIX: nats.subjectPrefix,
@@ -561,6 +562,8 @@ test('several replicas polling one database run each due saga exactly once (FOR 
     await db.execute(sql`insert into "order".order_lines (order_id, position, sku, name, quantity, unit_price_minor) values (${id}, 0, 'B-2', 'Banana', 1, 40)`);
   }
   // Two more replicas besides the app's own poller, on their own connections, all due at once.
+  // Configured as the app is (retries, lease, subject prefix): they also claim other tests'
+  // due sagas, and a replica with the default 5 s backoff held one past its watch's timeout.
   const { SagaOrchestrator } = await import('./saga.js');
   const { OrderChanges } = await import('./changes.js');
   const { openDatabase } = await import('../../mesh/db.js');
@@ -569,7 +572,8 @@ test('several replicas polling one database run each due saga exactly once (FOR 
     payment: createMeshClient(PaymentService, upstreams[2]!.address),
   };
   const others = await Promise.all([0, 1].map(() => openDatabase({ context: 'order', url: testDb.url, migrationsFolder: '', migrate: false })));
-  const replicas = others.map((d) => new SagaOrchestrator(d.db, ports, new OrderChanges(), { pollIntervalMs: 20, concurrency: 4 }));
+  const settings = { ...sagaSettingsOf(config, normalizeSubjectPrefix(nats.subjectPrefix)), pollIntervalMs: 20, concurrency: 4 };
+  const replicas = others.map((d) => new SagaOrchestrator(d.db, ports, new OrderChanges(), settings));
   const values = sql.join(
     ids.map((id) => sql`(${id}::uuid, 'reserve', 'tok_visa', now() - interval '1 second', now() + interval '1 minute')`),
     sql`, `,
