@@ -1,6 +1,6 @@
 /**
  * `npm test`: finds (or starts) the servers the suite needs, then runs ava in
- * two passes: the module and service tests (two files at a time), then the
+ * two passes: the module, service and bench-helper tests (two files at a time), then the
  * end-to-end tests in test/ one file at a time (each starts the whole shop as
  * child processes; two at once on a 2-core machine only slows both down and
  * crowds Postgres' connection limit). Extra arguments go to a single ava run,
@@ -33,7 +33,7 @@ async function main(): Promise<number> {
   ]);
   if (dbs.length + streams.length > 0) console.log(`test: removed ${dbs.length} leftover test databases and ${streams.length} leftover test streams`);
   const extra = process.argv.slice(2);
-  const passes = extra.length > 0 ? [extra] : [['mesh', 'services', 'gateway'], ['test', '--concurrency=1']];
+  const passes = extra.length > 0 ? [extra] : [['mesh', 'services', 'gateway', 'bench'], ['test', '--concurrency=1']];
   let code = 0;
   for (const args of passes) {
     const passCode = await runAva(args, env);
