@@ -32,6 +32,7 @@ import { orders, type OrderRow } from './schema.js';
 import { outboxRow } from './writes.js';
 import { createOrderInserter } from './place-batch.js';
 import { CatalogPrices } from './prices.js';
+import { createWatchRereader, nextRereadAt } from './watch-reread.js';
 import { lineToProto, linesOf, listOrders, loadOrder, money, orderToProto, STATUS_TO_PROTO, statusFromProto } from './store.js';
 
 const ORDER = 'shop.order.v1.Order';
@@ -57,6 +58,8 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
   const prices = new CatalogPrices(deps.catalog);
   // Concurrent PlaceOrders share their insert statement and its commit (place-batch.ts).
   const inserter = createOrderInserter(db);
+  // WatchMyOrders streams share their periodic re-reads (watch-reread.ts).
+  const rereader = createWatchRereader(db);
 
   return {
     /**
@@ -204,17 +207,12 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
     },
 
     /**
-     * The current state first, then each change. A change made by this
-     * process's saga is heard at once (OrderChanges); one made by another
-     * replica is seen by the periodic re-read.
-     */
-    /**
      * One stream per shopper: the open orders, `synced`, then each order as it is placed or
      * changes. Subscribed before the first read, so nothing between the read and the wait
      * is missed (an order both read and announced is sent once: a message goes out only when
      * its status differs from the last one sent). What the saga or PlaceOrder here does is
-     * heard at once; what another replica does, on the next re-read (every watchPollMs) of
-     * the open orders and of the ones that left that list.
+     * heard at once; what another replica does, on the next re-read (every watchPollMs, shared
+     * by the process's streams: watch-reread.ts) of the open orders and of the ones that left that list.
      */
     async *watchMyOrders(_req, ctx) {
       const caller = requireUser(ctx);
@@ -227,13 +225,14 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
       // The last state sent of each order: a state heard from two places goes out once.
       const sent = new SentOrders(isFinalProto, Math.max(60_000, 10 * watchPollMs));
       try {
-        for (const order of await openOrders(db, caller.userId)) {
+        for (const order of (await rereader.reread({ userId: caller.userId, knownOpen: [] })).open) {
           if (sent.next(order)) yield { event: { case: 'order', value: order } };
         }
         yield { event: { case: 'synced', value: true } };
-        let lastRead = Date.now();
+        // On the process's shared beat, so that the streams' re-reads go out together (watch-reread.ts).
+        let nextRead = nextRereadAt(Date.now(), watchPollMs);
         while (!ctx.signal.aborted) {
-          const readIn = lastRead + watchPollMs - Date.now();
+          const readIn = nextRead - Date.now();
           if (heard.length === 0 && readIn > 0) await sleepUntilWoken(readIn, ctx.signal, (w) => (wake = w));
           wake = undefined;
           if (ctx.signal.aborted) return;
@@ -248,16 +247,11 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
             }
           }
           // Every watchPollMs, busy or not: what other replicas did. Orders that left the open
-          // list went final: read them.
-          if (Date.now() - lastRead >= watchPollMs) {
-            lastRead = Date.now();
-            const stillOpen = await openOrders(db, caller.userId);
-            now.push(...stillOpen);
-            const ids = new Set(stillOpen.map((o) => o.id));
-            for (const id of sent.openIds().filter((k) => !ids.has(k))) {
-              const order = await loadOwnOrder(db, id, caller.userId);
-              if (order) now.push(order);
-            }
+          // list went final: they come back as they are now.
+          if (Date.now() >= nextRead) {
+            const { open, left } = await rereader.reread({ userId: caller.userId, knownOpen: sent.openIds() });
+            nextRead = nextRereadAt(Date.now(), watchPollMs);
+            now.push(...open, ...left);
           }
           for (const order of now) {
             if (sent.next(order)) yield { event: { case: 'order', value: order } };
@@ -268,6 +262,11 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
       }
     },
 
+    /**
+     * The current state first, then each change. A change made by this
+     * process's saga is heard at once (OrderChanges); one made by another
+     * replica is seen by the periodic re-read.
+     */
     async *watchOrder(req, ctx) {
       const caller = requireUser(ctx);
       const id = validateId(req.id);
@@ -301,16 +300,6 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
   };
 }
 
-/**
- * The caller's open orders (not final), oldest first. An order the caller placed and left
- * open for longer than a page is rare (the saga settles every order within SAGA_FINAL_WITHIN),
- * so one page of the newest is read.
- */
-async function openOrders(db: Database, userId: string): Promise<Order[]> {
-  const rows = await listOrders(db, { userId, status: 'PENDING', limit: OPEN_ORDERS_READ });
-  return rows.reverse().map((o) => orderToProto(o.row, o.lines));
-}
-const OPEN_ORDERS_READ = 500;
 
 /** Resolves after `ms`, on abort, or when the function handed to `onWake` is called. */
 function sleepUntilWoken(ms: number, signal: AbortSignal, onWake: (wake: () => void) => void): Promise<void> {

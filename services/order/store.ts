@@ -78,21 +78,27 @@ export async function linesOf(db: Database, orderIds: string[]): Promise<Map<str
  * and every WatchOrder start read through here.
  */
 export async function loadOrder(db: Database, id: string, userId?: string): Promise<{ row: OrderRow; lines: OrderLineRow[] } | undefined> {
-  const rows = await runStatement<{
-    id: string;
-    seq: string | number;
-    user_id: string;
-    idempotency_key: string;
-    status: OrderStatusName;
-    currency: string;
-    total_minor: string | number;
-    cancel_reason: string;
-    create_time: string | Date;
-    update_time: string | Date;
-    lines: string | Array<{ sku: string; name: string; quantity: string | number; unit_price_minor: string | number; position: number }>;
-  }>(db, userId === undefined ? LOAD_ORDER : LOAD_OWN_ORDER, userId === undefined ? [id] : [id, userId]);
+  const rows = await runStatement<LoadedOrderRow>(db, userId === undefined ? LOAD_ORDER : LOAD_OWN_ORDER, userId === undefined ? [id] : [id, userId]);
   const r = rows[0];
-  if (!r) return undefined;
+  return r ? orderFromLoaded(r) : undefined;
+}
+
+/** A row of LOAD_ORDER's shape: the order's columns and its lines aggregated as JSON. */
+export interface LoadedOrderRow {
+  id: string;
+  seq: string | number;
+  user_id: string;
+  idempotency_key: string;
+  status: OrderStatusName;
+  currency: string;
+  total_minor: string | number;
+  cancel_reason: string;
+  create_time: string | Date;
+  update_time: string | Date;
+  lines: string | Array<{ sku: string; name: string; quantity: string | number; unit_price_minor: string | number; position: number }>;
+}
+
+export function orderFromLoaded(r: LoadedOrderRow): { row: OrderRow; lines: OrderLineRow[] } {
   const lines = typeof r.lines === 'string' ? (JSON.parse(r.lines) as Exclude<typeof r.lines, string>) : r.lines;
   return {
     row: {
@@ -118,14 +124,19 @@ export async function loadOrder(db: Database, id: string, userId?: string): Prom
   };
 }
 
-/** loadOrder's statement (fixed text, see statements.ts); LOAD_OWN_ORDER also requires the user ($2). */
-const LOAD_ORDER = `
-      select o.id, o.seq, o.user_id, o.idempotency_key, o.status, o.currency, o.total_minor, o.cancel_reason,
-             o.create_time, o.update_time,
+/** The select list of a LoadedOrderRow, for "order".orders under the alias `o`. */
+export function loadedOrderColumns(o: string): string {
+  return `${o}.id, ${o}.seq, ${o}.user_id, ${o}.idempotency_key, ${o}.status, ${o}.currency, ${o}.total_minor, ${o}.cancel_reason,
+             ${o}.create_time, ${o}.update_time,
              (select coalesce(json_agg(json_build_object('sku', l.sku, 'name', l.name, 'quantity', l.quantity::text,
                                                          'unit_price_minor', l.unit_price_minor::text, 'position', l.position)
                                        order by l.position), '[]'::json)
-              from "order".order_lines l where l.order_id = o.id) as lines
+              from "order".order_lines l where l.order_id = ${o}.id) as lines`;
+}
+
+/** loadOrder's statement (fixed text, see statements.ts); LOAD_OWN_ORDER also requires the user ($2). */
+const LOAD_ORDER = `
+      select ${loadedOrderColumns('o')}
       from "order".orders o
       where o.id = $1::uuid`;
 const LOAD_OWN_ORDER = `${LOAD_ORDER} and o.user_id = $2`;
