@@ -1,6 +1,6 @@
 /** The user context's SQL, through drizzle: one method per question the service asks. */
 import { randomUUID } from 'node:crypto';
-import { desc, eq, sql } from 'drizzle-orm';
+import { desc, eq, getTableColumns, sql } from 'drizzle-orm';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { create } from '@bufbuild/protobuf';
 import { resultRows, type Database } from '../../mesh/db.js';
@@ -73,18 +73,21 @@ export class UserRepository {
   }
 
   /** The balance (sum of all awards) and the latest awards, newest first. */
+  /**
+   * The balance and the latest awards from one statement, so one snapshot: read apart, an
+   * award committed between the two reads showed in the list but not in the balance (a CI
+   * run saw balance 0 beside the order's award). The window sum runs before the LIMIT, so
+   * the balance counts every award, not only the page.
+   */
   async points(userId: string): Promise<{ balance: bigint; awards: PointsAwardRow[] }> {
-    const [sum] = await this.db
-      .select({ balance: sql<string>`coalesce(sum(${pointsAwards.points}), 0)::text` })
-      .from(pointsAwards)
-      .where(eq(pointsAwards.userId, userId));
-    const awards = await this.db
-      .select()
+    const rows = await this.db
+      .select({ ...getTableColumns(pointsAwards), balance: sql<string>`(sum(${pointsAwards.points}) over ())::text` })
       .from(pointsAwards)
       .where(eq(pointsAwards.userId, userId))
       .orderBy(desc(pointsAwards.seq))
       .limit(LATEST_AWARDS_LIMIT);
-    return { balance: BigInt(sum?.balance ?? '0'), awards };
+    const balance = BigInt(rows[0]?.balance ?? '0');
+    return { balance, awards: rows.map(({ balance: _, ...award }) => award) };
   }
 }
 

@@ -20,7 +20,7 @@ import { identityHeaders } from '../../mesh/identity.js';
 import { startServiceForTest, statementsOfTransaction, type ServiceUnderTest, type TestNatsPrefix } from '../../mesh/testing/index.js';
 import { toBinary } from '@bufbuild/protobuf';
 import { onOrderConfirmed, onOrdersConfirmed, userConsumers } from './consumers.js';
-import { LOGIN_FAILED_MESSAGE } from './domain.js';
+import { LATEST_AWARDS_LIMIT, LOGIN_FAILED_MESSAGE } from './domain.js';
 import { startUser, userSettings, type UserApp } from './main.js';
 import { outbox, pointsAwards, users, inbox } from './schema.js';
 import { ADMIN_EMAIL, DEV_ADMIN_PASSWORD, seedAdmin } from './seed.js';
@@ -187,6 +187,25 @@ test('an unknown email and a wrong password get the identical answer', async (t)
   t.is(wrong.rawMessage, LOGIN_FAILED_MESSAGE);
   t.is(unknown.rawMessage, wrong.rawMessage);
   t.deepEqual(unknown.details, wrong.details);
+});
+
+test('GetPoints: the balance counts every award, the list the latest page, both read in one statement (one snapshot)', async (t) => {
+  const { user } = await client.register({ email: uniqueEmail(), password: 'points password', displayName: 'Pat' });
+  const userId = user!.id;
+  // More awards than a page (LATEST_AWARDS_LIMIT), inserted in order: 1, 2, ..., 25 points.
+  for (let i = 1; i <= LATEST_AWARDS_LIMIT + 5; i++) {
+    await app.database.db.insert(pointsAwards).values({ orderId: `o-${userId}-${i}`, userId, points: BigInt(i) });
+  }
+  const points = await client.getPoints({}, { headers: identityHeaders({ userId, role: 'user' }) });
+  const all = LATEST_AWARDS_LIMIT + 5;
+  t.is(points.balance, BigInt((all * (all + 1)) / 2), 'every award, not only the page');
+  t.is(points.awards.length, LATEST_AWARDS_LIMIT);
+  t.deepEqual(points.awards.slice(0, 2).map((a) => a.points), [BigInt(all), BigInt(all - 1)], 'newest first');
+
+  // Read apart, an award committed between the two reads was in the list but not in the
+  // balance (a CI run saw balance 0 beside the order's award): one statement is one snapshot.
+  const statements = await statementsOfTransaction(app.database.db, (tx) => new UserRepository(tx as never).points(userId));
+  t.is(statements.filter((q) => q.includes('points_awards')).length, 1);
 });
 
 test('OrderConfirmed delivered twice awards points once', async (t) => {
