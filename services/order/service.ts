@@ -300,7 +300,6 @@ export function createOrderService(deps: OrderServiceDeps): ServiceImpl<typeof O
   };
 }
 
-
 /** Resolves after `ms`, on abort, or when the function handed to `onWake` is called. */
 function sleepUntilWoken(ms: number, signal: AbortSignal, onWake: (wake: () => void) => void): Promise<void> {
   return new Promise<void>((resolve) => {
