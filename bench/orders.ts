@@ -42,6 +42,7 @@
  * after the drain count as lost events.
  */
 import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import os from 'node:os';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -182,6 +183,8 @@ let stop = false;
 
 // --follow shopper: one WatchMyOrders stream per shopper for the whole run, open (synced) before any order.
 const watchStop = new AbortController();
+// One listener per shopper's stream on this one signal: not a leak, so no MaxListeners warning.
+setMaxListeners(0, watchStop.signal);
 const watching: Promise<void>[] = [];
 if (FOLLOW === 'shopper') {
   for (const s of shoppers) {
