@@ -528,7 +528,7 @@ export class SagaOrchestrator {
   }
 
   /**
-   * CancelOrder's half in the database: under the order's row lock, decide
+   * CancelOrder's half in the database: under the saga's and the order's row locks, decide
    * and, when the saga can still be stopped, take it over for compensation
    * with a fresh lease (a worker running a step of it loses its lease, so its
    * result is dropped). Returns the lease to kick, or why not.
@@ -545,6 +545,11 @@ export class SagaOrchestrator {
     | { kind: 'compensate'; leaseToken: string }
   > {
     return this.#db.transaction(async (tx) => {
+      // The saga row first, then the order row: the order every writer of both takes them
+      // (finishSaga, the batched finish and settleOrder update sagas, then orders). The other
+      // way round, a cancel meeting a finishing saga deadlocked (saga-cancel.test.ts). Locking
+      // another user's saga row for a moment reveals nothing: the answer is still not_found.
+      const [saga] = await tx.select({ step: sagas.step }).from(sagas).where(eq(sagas.orderId, orderId)).for('update');
       const [o] = await tx
         .select({ status: orders.status })
         .from(orders)
@@ -552,7 +557,6 @@ export class SagaOrchestrator {
         .for('update');
       if (!o) return { kind: 'not_found' as const };
       if (o.status !== 'PENDING') return { kind: 'final' as const, status: o.status };
-      const [saga] = await tx.select({ step: sagas.step }).from(sagas).where(eq(sagas.orderId, orderId)).for('update');
       if (!saga || saga.step === 'confirm' || saga.step === 'commit' || saga.step === 'done') return { kind: 'confirming' as const };
       if (saga.step === 'compensate') return { kind: 'compensating' as const };
       const leaseToken = randomUUID();
