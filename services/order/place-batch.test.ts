@@ -7,9 +7,11 @@ import { create, fromBinary } from '@bufbuild/protobuf';
 import { sql } from 'drizzle-orm';
 import { openDatabase, resultRows, type Database } from '../../mesh/db.js';
 import { createTestDatabase } from '../../mesh/testing/index.js';
+import type postgres from 'postgres';
+import { openPostgres } from '../../mesh/postgres-url.js';
 import { OrderPlacedSchema } from '../../gen/shop/order/v1/order_pb.js';
 import { orderMigrations } from './main.js';
-import { createOrderInserter } from './place-batch.js';
+import { createOrderInserter, type Inserted } from './place-batch.js';
 import { insertOrder, outboxRow, type NewOrder } from './writes.js';
 
 /** An order database, and the texts of the statements sent since that insert into "order".orders. */
@@ -181,4 +183,46 @@ test('an order the batch statement refuses fails alone; its batch-mates are writ
   t.is(s.lines.length, 10, 'nothing of the refused orders');
   t.is(s.sagas.length, 5);
   t.is(s.events.length, 5);
+});
+
+test("two replicas' batches holding the same keys wait for each other instead of deadlocking: a batch takes its keys in key order", async (t) => {
+  const testDb = await createTestDatabase(t);
+  const database = await openDatabase({ context: 'order', url: testDb.url, migrationsFolder: orderMigrations, maxConnections: 2 });
+  t.teardown(() => database.close());
+  const { db } = database;
+  const statements: string[] = [];
+  const client = (db as unknown as { $client: { unsafe: (...a: unknown[]) => unknown } }).$client;
+  const unsafe = client.unsafe.bind(client);
+  client.unsafe = (text: unknown, ...rest: unknown[]) => {
+    if (typeof text === 'string' && text.includes('insert into "order".orders')) statements.push(text);
+    return unsafe(text, ...rest);
+  };
+  // The other replica: its own connections, unseen by the hook above.
+  const other = openPostgres(testDb.url, { max: 2 });
+  t.teardown(() => other.end());
+  const insertRow = (tx: postgres.TransactionSql, key: string) =>
+    tx`insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)
+       values (${randomUUID()}::uuid, 'u1', ${key}, 'PENDING', 'EUR', 100)`;
+
+  const inserter = createOrderInserter(db);
+  let answers: Promise<Inserted[]> | undefined;
+  await other.begin(async (tx) => {
+    await insertRow(tx, 'k-1'); // the other replica's batch has taken k-1 ...
+    // ... while this one sends k-0 alone and then k-2, k-1 together, in that arrival order.
+    answers = Promise.all([inserter.insert(newOrder('u1', 'k-0')), inserter.insert(newOrder('u1', 'k-2')), inserter.insert(newOrder('u1', 'k-1'))]);
+    answers.catch(() => {});
+    // Until our batch waits on k-1.
+    for (;;) {
+      const [w] = await other`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`;
+      if (w!.n > 0) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await insertRow(tx, 'k-2'); // ... and goes on to k-2. Arrival order held k-2 here: a deadlock.
+  });
+  const [zero, two, one] = await answers!;
+  t.truthy(zero, 'k-0 written');
+  t.is(two, undefined, 'k-2 was taken by the other replica');
+  t.is(one, undefined, 'k-1 was taken by the other replica');
+  t.is(statements.length, 2, 'k-0 alone, then one batch; no batch aborted by a deadlock and redone order by order');
+  t.regex(statements[1]!, /jsonb_to_recordset/);
 });

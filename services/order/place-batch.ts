@@ -23,6 +23,11 @@
  * statement (the connection dropped) reaches every order of the batch, as it
  * would have reached each alone; PlaceOrder is idempotent and clients retry.
  * The relay is woken once per batch, after its commit.
+ *
+ * Orders go in by (user, idempotency key), not by arrival: a key another replica's batch is
+ * inserting at the same moment is waited for, and two batches holding two such keys in
+ * opposite orders deadlocked (Postgres aborted one after deadlock_timeout, and its orders were
+ * redone one by one). Taken in one order everywhere, one batch simply waits for the other.
  */
 import { Coalescer } from '../../mesh/coalesce.js';
 import { announceCommitted } from '../../mesh/events/commit-signal.js';
@@ -40,7 +45,7 @@ const INSERT_ORDERS = `
           payload text, headers jsonb, lines jsonb)
       ), o as (
         insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)
-        select v.id, v.user_id, v.idempotency_key, 'PENDING', v.currency, v.total_minor from v order by v.position
+        select v.id, v.user_id, v.idempotency_key, 'PENDING', v.currency, v.total_minor from v order by v.user_id, v.idempotency_key
         on conflict (user_id, idempotency_key) do nothing
         returning id, seq, create_time, update_time
       ), l as (
