@@ -2,9 +2,9 @@
 // transaction as the handler's writes; and forget them once no copy of the event can
 // come back (pruneInbox, startInboxPruner), so the table does not grow for ever.
 import { sql } from "drizzle-orm";
-import { getTableConfig } from "drizzle-orm/pg-core";
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { rowsOf, type EventsDb, type EventsTx } from "./db.js";
+import { deleteInBatches, PRUNE_BATCH } from "./prune.js";
 import type { InboxTable } from "./tables.js";
 
 /**
@@ -46,48 +46,15 @@ export async function recordInboxMany(
   return new Set(inserted.map((r) => r.event_id));
 }
 
-/** Rows one pruning statement deletes at most: a short statement, short row locks, a small WAL burst. */
-export const PRUNE_BATCH = 1000;
-
 /**
  * Deletes inbox rows older than `olderThanMs` (by the database's clock); returns how many
- * went. In batches of `batchSize`, each its own statement (its own transaction), so a big
- * backlog never holds many row locks or one long transaction; the batches walk the table
- * in physical order (a TID range scan from where the last one stopped), so the whole pass
- * reads the table about once, with no index on processed_at to keep up on every insert.
- * Several replicas pruning at once skip each other's rows (SKIP LOCKED) and never wait on
- * each other; a row one of them skipped is deleted by the next pass.
+ * went. In bounded batches that replicas pruning at once never wait on (prune.ts).
  *
  * Keep rows longer than any copy of their event can come back (inboxRetentionFloorMs):
  * once a row is gone, a redelivery of its event is applied again.
  */
 export async function pruneInbox(db: EventsDb, inbox: InboxTable, olderThanMs: number, batchSize = PRUNE_BATCH): Promise<number> {
-  const table = sql.raw(qualifiedName(inbox));
-  let after = "(0,0)";
-  let total = 0;
-  for (;;) {
-    const [row] = rowsOf<{ n: number; last: string | null }>(
-      await db.execute(sql`
-        with gone as (
-          delete from ${table} where ctid = any(array(
-            select ctid from ${table}
-            where ctid > ${after}::tid and processed_at < now() - ${olderThanMs} * interval '1 millisecond'
-            limit ${batchSize}
-            for update skip locked))
-          returning ctid)
-        select count(*)::int as n, max(ctid)::text as last from gone`),
-    );
-    const n = Number(row?.n ?? 0);
-    total += n;
-    if (n < batchSize || !row?.last) return total;
-    after = row.last;
-  }
-}
-
-function qualifiedName(inbox: InboxTable): string {
-  const { name, schema } = getTableConfig(inbox);
-  const quote = (id: string) => `"${id.replaceAll('"', '""')}"`;
-  return schema ? `${quote(schema)}.${quote(name)}` : quote(name);
+  return deleteInBatches(db, inbox, sql`processed_at < now() - ${olderThanMs} * interval '1 millisecond'`, batchSize);
 }
 
 /**

@@ -2,10 +2,11 @@
 import { randomUUID } from "node:crypto";
 import { injectTraceparent } from "../telemetry/trace-context.js";
 import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { and, isNotNull, lt, sql, type SQL } from "drizzle-orm";
+import { sql, type SQL } from "drizzle-orm";
 import { getTableConfig } from "drizzle-orm/pg-core";
 import { deferNotify } from "./commit-signal.js";
 import type { EventsDb, EventsTx } from "./db.js";
+import { deleteInBatches, PRUNE_BATCH } from "./prune.js";
 import { TRACEPARENT } from "./headers.js";
 import { eventSubject, outboxChannel } from "./naming.js";
 import type { EventHeaders, OutboxTable } from "./tables.js";
@@ -142,12 +143,11 @@ function currentTraceHeaders(): EventHeaders {
   return injectTraceparent<EventHeaders>({});
 }
 
-/** Deletes published rows older than `olderThanMs`; returns how many went. */
-export async function prunePublished(db: EventsDb, outbox: OutboxTable, olderThanMs: number): Promise<number> {
-  const cutoff = new Date(Date.now() - olderThanMs);
-  const gone = await db
-    .delete(outbox)
-    .where(and(isNotNull(outbox.publishedAt), lt(outbox.publishedAt, cutoff)))
-    .returning({ id: outbox.id });
-  return gone.length;
+/**
+ * Deletes rows published longer than `olderThanMs` ago (by the database's clock); returns how
+ * many went. Every replica's relay prunes, outside the relay lock: in bounded batches that
+ * skip each other's rows (prune.ts), so two replicas never wait on or deadlock with each other.
+ */
+export async function prunePublished(db: EventsDb, outbox: OutboxTable, olderThanMs: number, batchSize = PRUNE_BATCH): Promise<number> {
+  return deleteInBatches(db, outbox, sql`published_at < now() - ${olderThanMs} * interval '1 millisecond'`, batchSize);
 }
