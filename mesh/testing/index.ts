@@ -12,4 +12,4 @@ export { dropLeftoverTestStreams, testNatsPrefix, testNatsUrl, type TestNatsPref
 export { freePort } from './ports.js';
 export { deleteTestStreams, startServiceForTest, type ServiceForTestOptions, type ServiceUnderTest } from './service-app.js';
 export { sameOutcome, settle } from './outcomes.js';
-export { statementsOfTransaction } from './statements.js';
+export { recordStatements, statementsOfTransaction } from './statements.js';

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { create, fromBinary } from '@bufbuild/protobuf';
 import { sql } from 'drizzle-orm';
 import { openDatabase, resultRows, type Database } from '../../mesh/db.js';
-import { createTestDatabase } from '../../mesh/testing/index.js';
+import { createTestDatabase, recordStatements } from '../../mesh/testing/index.js';
 import type postgres from 'postgres';
 import { openPostgres } from '../../mesh/postgres-url.js';
 import { OrderPlacedSchema } from '../../gen/shop/order/v1/order_pb.js';
@@ -14,21 +14,12 @@ import { orderMigrations } from './main.js';
 import { createOrderInserter, type Inserted } from './place-batch.js';
 import { insertOrder, outboxRow, type NewOrder } from './writes.js';
 
-/** An order database, and the texts of the statements sent since that insert into "order".orders. */
-async function orderDatabase(t: ExecutionContext): Promise<{ db: Database; statements: string[] }> {
+/** An order database (and its URL), and the texts of the statements sent since that insert into "order".orders. */
+async function orderDatabase(t: ExecutionContext): Promise<{ db: Database; url: string; statements: string[] }> {
   const testDb = await createTestDatabase(t);
   const database = await openDatabase({ context: 'order', url: testDb.url, migrationsFolder: orderMigrations, maxConnections: 2 });
   t.teardown(() => database.close());
-  const { db } = database;
-  const statements: string[] = [];
-  const client = (db as unknown as { $client: { unsafe: (...a: unknown[]) => unknown } }).$client;
-  const unsafe = client.unsafe.bind(client);
-  client.unsafe = (text: unknown, ...rest: unknown[]) => {
-    if (typeof text === 'string' && text.includes('insert into "order".orders')) statements.push(text);
-    return unsafe(text, ...rest);
-  };
-  t.teardown(() => (client.unsafe = unsafe));
-  return { db, statements };
+  return { db: database.db, url: testDb.url, statements: recordStatements(t, database.db, 'insert into "order".orders') };
 }
 
 function newOrder(userId: string, key: string, over: { id?: string; name?: string } = {}): NewOrder {
@@ -186,19 +177,9 @@ test('an order the batch statement refuses fails alone; its batch-mates are writ
 });
 
 test("two replicas' batches holding the same keys wait for each other instead of deadlocking: a batch takes its keys in key order", async (t) => {
-  const testDb = await createTestDatabase(t);
-  const database = await openDatabase({ context: 'order', url: testDb.url, migrationsFolder: orderMigrations, maxConnections: 2 });
-  t.teardown(() => database.close());
-  const { db } = database;
-  const statements: string[] = [];
-  const client = (db as unknown as { $client: { unsafe: (...a: unknown[]) => unknown } }).$client;
-  const unsafe = client.unsafe.bind(client);
-  client.unsafe = (text: unknown, ...rest: unknown[]) => {
-    if (typeof text === 'string' && text.includes('insert into "order".orders')) statements.push(text);
-    return unsafe(text, ...rest);
-  };
+  const { db, url, statements } = await orderDatabase(t);
   // The other replica: its own connections, unseen by the hook above.
-  const other = openPostgres(testDb.url, { max: 2 });
+  const other = openPostgres(url, { max: 2 });
   t.teardown(() => other.end());
   const insertRow = (tx: postgres.TransactionSql, key: string) =>
     tx`insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor)

@@ -8,7 +8,7 @@ import type { ExecutionContext } from 'ava';
 import { randomUUID } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { openDatabase, type Database } from '../../mesh/db.js';
-import { createTestDatabase } from '../../mesh/testing/index.js';
+import { createTestDatabase, recordStatements } from '../../mesh/testing/index.js';
 import { orderMigrations } from './main.js';
 
 export interface LeasedSagas {
@@ -36,13 +36,6 @@ export async function leasedSagas(
   // Saga 3's lease went to another worker meanwhile.
   await db.execute(sql`update "order".sagas set lease_token = ${randomUUID()}::uuid where order_id = ${sagas[3]!.orderId}::uuid`);
 
-  const statements: string[] = [];
-  const client = (db as unknown as { $client: { unsafe: (...a: unknown[]) => unknown } }).$client;
-  const unsafe = client.unsafe.bind(client);
-  client.unsafe = (text: unknown, ...rest: unknown[]) => {
-    if (typeof text === 'string' && text.includes('"order".sagas')) statements.push(text);
-    return unsafe(text, ...rest);
-  };
-  t.teardown(() => (client.unsafe = unsafe));
+  const statements = recordStatements(t, db, '"order".sagas');
   return { db, sagas, statements };
 }

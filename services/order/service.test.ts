@@ -563,9 +563,9 @@ test.serial('several replicas polling one database run each due saga exactly onc
     await db.execute(sql`insert into "order".orders (id, user_id, idempotency_key, status, currency, total_minor) values (${id}, ${user}, ${key()}, 'PENDING', 'EUR', 40)`);
     await db.execute(sql`insert into "order".order_lines (order_id, position, sku, name, quantity, unit_price_minor) values (${id}, 0, 'B-2', 'Banana', 1, 40)`);
   }
-  // Two more replicas besides the app's own poller, on their own connections, all due at once.
-  // Configured as the app is (retries, lease, subject prefix): they also claim other tests'
-  // due sagas, and a replica with the default 5 s backoff held one past its watch's timeout.
+  // Two more replicas besides the app's own poller, on their own connections, all due at once,
+  // configured as the app is (retries, lease, subject prefix): they claim any due saga, and one
+  // on the defaults (a 5 s backoff) once held another test's saga past its watch's timeout.
   const { SagaOrchestrator } = await import('./saga.js');
   const { OrderChanges } = await import('./changes.js');
   const { openDatabase } = await import('../../mesh/db.js');
@@ -583,9 +583,13 @@ test.serial('several replicas polling one database run each due saga exactly onc
   // The other replicas make the first claims (the app's poller, paused, could otherwise take
   // all 30 in one poll: a CI run saw it), then all three poll for the rest.
   await app.saga.stop();
-  await db.execute(sql`insert into "order".sagas (order_id, step, payment_token, next_run_at, deadline_at) values ${values}`);
-  const firstClaims = await Promise.all(replicas.map((r) => r.pollOnce()));
-  app.saga.start();
+  let firstClaims: number[];
+  try {
+    await db.execute(sql`insert into "order".sagas (order_id, step, payment_token, next_run_at, deadline_at) values ${values}`);
+    firstClaims = await Promise.all(replicas.map((r) => r.pollOnce()));
+  } finally {
+    app.saga.start(); // the other tests of this file need it, whatever happened here
+  }
   for (const r of replicas) r.start();
   try {
     for (const id of ids) t.is((await watchToEnd(id, user)).at(-1)!.status, OrderStatus.CONFIRMED);

@@ -4,7 +4,7 @@ import test, { type ExecutionContext } from 'ava';
 import { randomUUID } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { openDatabase, type Database } from '../../mesh/db.js';
-import { createTestDatabase } from '../../mesh/testing/index.js';
+import { createTestDatabase, recordStatements } from '../../mesh/testing/index.js';
 import { orderMigrations } from './main.js';
 import { createWatchRereader, nextRereadAt, rereadOrders, type Reread } from './watch-reread.js';
 
@@ -13,14 +13,7 @@ async function orderDb(t: ExecutionContext): Promise<{ db: Database; statements:
   const database = await openDatabase({ context: 'order', url: testDb.url, migrationsFolder: orderMigrations, maxConnections: 2 });
   t.teardown(() => database.close());
   // Counts the re-read statements the driver is given.
-  const statements: string[] = [];
-  const client = (database.db as unknown as { $client: { unsafe: (...a: unknown[]) => unknown } }).$client;
-  const unsafe = client.unsafe.bind(client);
-  client.unsafe = (text: unknown, ...rest: unknown[]) => {
-    if (typeof text === 'string' && text.includes('jsonb_array_elements_text')) statements.push(text);
-    return unsafe(text, ...rest);
-  };
-  return { db: database.db, statements };
+  return { db: database.db, statements: recordStatements(t, database.db, 'jsonb_array_elements_text') };
 }
 
 async function placeRow(db: Database, userId: string, status: 'PENDING' | 'CONFIRMED' | 'CANCELLED', sku = 'A-1'): Promise<string> {
