@@ -34,12 +34,16 @@ export async function recordInboxMany(
   if (entries.length === 0) return new Set();
   // One text for any number of entries (not drizzle's `values ($1, $2, $3), ...`): statements
   // are prepared per text and connection (mesh/db-prepared.ts), and consumers' batches vary.
-  // jsonb_to_recordset yields the rows in array order, as the multi-row VALUES did.
+  // The rows go in event id order, not delivery order: each insert takes the key's unique-index
+  // entry until commit, and two batches of one consumer that share two events (a redelivery
+  // meeting the first copy, on another replica) would otherwise take them in opposite orders
+  // and deadlock. In one order, one batch waits for the other and then skips its events.
   const rows = entries.map((e) => ({ consumer: e.consumer, event_id: e.eventId, event_type: e.eventType }));
   const inserted = rowsOf<{ event_id: string }>(
     await tx.execute(sql`insert into ${inbox} (consumer, event_id, event_type)
       select x.consumer, x.event_id, x.event_type
       from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) as x(consumer text, event_id text, event_type text)
+      order by x.consumer, x.event_id
       on conflict do nothing
       returning event_id`),
   );
