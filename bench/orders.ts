@@ -59,6 +59,7 @@ import { identityHeaders } from '../mesh/identity.js';
 import { createTestDatabase, freePort, testNatsPrefix, testNatsUrl, type TestDatabase } from '../mesh/testing/index.js';
 import { runSeeds, SHOP_SERVICES, startStack, type ShopService, type Stack } from '../scripts/stack.js';
 import { scrape, stageReport } from './stage-times.js';
+import { runDelta, runReport, runSnapshot, runsPerOrder, type RunSnapshot } from './cpu-runs.js';
 import { pgStatsAvailable, pgStatsReport, pgStatsSnapshot } from './pg-stats.js';
 
 const { values: args } = parseArgs({
@@ -332,13 +333,17 @@ function cpuMs(pid: number | undefined): number | undefined {
 // Postgres: the backends serving the bench's own database (the server's shared background
 // processes, such as the WAL writer, are not counted). Linux /proc, same host only.
 const pgAdmin = db ? openPostgres(db.url, { max: 1, onnotice: () => {} }) : undefined;
-/** Backend CPU by application_name (`protomesh-<context>`), and the sum under `postgres`. */
-async function postgresCpuMs(): Promise<Map<string, number> | undefined> {
-  if (!pgAdmin) return undefined;
-  const rows = await pgAdmin<{ pid: number; app: string }[]>`
+/** The backends serving the bench's own database, with the service each belongs to. */
+async function postgresBackends(): Promise<{ pid: number; app: string }[]> {
+  if (!pgAdmin) return [];
+  return pgAdmin<{ pid: number; app: string }[]>`
     select pid, application_name as app from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`;
+}
+/** Backend CPU by application_name (`protomesh-<context>`), and the sum under `postgres`. */
+function postgresCpuMs(backends: { pid: number; app: string }[]): Map<string, number> | undefined {
+  if (!pgAdmin) return undefined;
   const byApp = new Map<string, number>([['postgres', 0]]);
-  for (const { pid, app } of rows) {
+  for (const { pid, app } of backends) {
     const ms = cpuMs(pid) ?? 0;
     byApp.set('postgres', byApp.get('postgres')! + ms);
     const key = `pg:${app.replace(/^protomesh-/, '') || '?'}`;
@@ -368,21 +373,31 @@ function hostBusyMs(): number | undefined {
   const all = f.slice(0, 8).reduce((a, b) => a + b, 0); // user..steal; guest is inside user
   return ((all - idle) * 1000) / 100;
 }
-async function cpuSnapshot(): Promise<Map<string, number>> {
+/** CPU so far by process name, and (Linux) every thread's scheduler figures for bench/cpu-runs.ts. */
+async function cpuSnapshot(): Promise<{ cpu: Map<string, number>; runs: RunSnapshot }> {
   const snap = new Map<string, number>();
+  const pids = new Map<string, number[]>();
   const host = hostBusyMs();
   if (host !== undefined) snap.set('host', host);
   const nats = cpuMs(natsPid);
-  if (nats !== undefined) snap.set('nats-server', nats);
+  if (nats !== undefined) {
+    snap.set('nats-server', nats);
+    pids.set('nats-server', [natsPid!]);
+  }
   for (const [name, svc] of stack?.running ?? []) {
     const ms = cpuMs(svc.process.pid);
-    if (ms !== undefined) snap.set(name, ms);
+    if (ms !== undefined) {
+      snap.set(name, ms);
+      pids.set(name, [svc.process.pid!]);
+    }
   }
   const own = process.cpuUsage();
   snap.set('bench client', (own.user + own.system) / 1000);
-  const pg = await postgresCpuMs().catch(() => undefined);
-  for (const [k, v] of pg ?? []) snap.set(k, v);
-  return snap;
+  pids.set('bench client', [process.pid]);
+  const backends = await postgresBackends().catch(() => []);
+  for (const [k, v] of postgresCpuMs(backends) ?? []) snap.set(k, v);
+  if (backends.length) pids.set('postgres', backends.map((b) => b.pid));
+  return { cpu: snap, runs: existsSync('/proc/self/task') ? runSnapshot(pids) : new Map() };
 }
 
 process.stderr.write(
@@ -397,13 +412,13 @@ const confirmedAtStart = confirmed;
 const pgStatsSkipped = args['pg-stats'] && pgAdmin ? await pgStatsAvailable(pgAdmin) : 'not asked';
 const pgStatsAtStart = pgAdmin && !pgStatsSkipped ? await pgStatsSnapshot(pgAdmin) : undefined;
 const stagesAtStart = args.stages ? await scrape(metricsUrls()) : undefined;
-const cpuAtStart = await cpuSnapshot();
+const { cpu: cpuAtStart, runs: runsAtStart } = await cpuSnapshot();
 const tStart = performance.now();
 const windowStartUs = Number(process.hrtime.bigint() / 1000n);
 await sleep(SECONDS * 1000);
 const confirmedInWindow = confirmed - confirmedAtStart;
 const windowEndUs = Number(process.hrtime.bigint() / 1000n);
-const cpuAtEnd = await cpuSnapshot();
+const { cpu: cpuAtEnd, runs: runsAtEnd } = await cpuSnapshot();
 const stagesAtEnd = stagesAtStart ? await scrape(metricsUrls()) : undefined;
 const pgStatsAtEnd = pgAdmin && pgStatsAtStart ? await pgStatsSnapshot(pgAdmin) : undefined;
 const cpuPerOrder: Record<string, number> = {};
@@ -412,6 +427,7 @@ for (const [name, end] of cpuAtEnd) {
   const start = cpuAtStart.get(name) ?? (name === 'postgres' || name.startsWith('pg:') ? 0 : undefined);
   if (start !== undefined && confirmedInWindow > 0) cpuPerOrder[name] = Number(((end - start) / confirmedInWindow).toFixed(1));
 }
+const runs = runsPerOrder(runDelta(runsAtStart, runsAtEnd), confirmedInWindow);
 const elapsed = (performance.now() - tStart) / 1000;
 measuring = false;
 stop = true;
@@ -497,6 +513,7 @@ const report = {
   points_short_users: pointsShort,
   stock_mismatched_skus: stockMismatch,
   cpu_ms_per_order: cpuPerOrder,
+  runs_per_order: Object.fromEntries(runs),
   /** The measured window on the monotonic clock, for bench/cpuprofile-summary.ts --from/--to. */
   window_monotonic_us: [windowStartUs, windowEndUs],
 };
@@ -525,6 +542,7 @@ if (Object.keys(cpuPerOrder).length) {
     );
   if (backends.length) console.log(`Postgres backend CPU ms per order by client: ${backends.sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k.slice(3)} ${v}`).join(', ')}`);
 }
+if (runs.length) console.log(runReport(runs));
 if (pgStatsAtStart && pgStatsAtEnd) console.log(pgStatsReport(pgStatsAtStart, pgStatsAtEnd, confirmedInWindow));
 else if (args['pg-stats']) console.log(`--pg-stats skipped: ${pgStatsSkipped}`);
 if (stagesAtStart && stagesAtEnd && confirmedInWindow > 0) console.log(stageReport(stagesAtStart, stagesAtEnd, confirmedInWindow));
