@@ -20,7 +20,7 @@ import { itemOutcome } from '../../mesh/batch-items.js';
 import { fieldViolations } from '../../mesh/errors.js';
 import { identityHeaders } from '../../mesh/identity.js';
 import { startMeshServer, serve, type MeshServer } from '../../mesh/server.js';
-import { createTestDatabase, sameOutcome, settle, type TestDatabase } from '../../mesh/testing/index.js';
+import { createTestDatabase, recordStatements, sameOutcome, settle, type TestDatabase } from '../../mesh/testing/index.js';
 import { createClient } from '@connectrpc/connect';
 import { outbox, reservations, stock } from './schema.js';
 import { inventoryService } from './service.js';
@@ -110,11 +110,18 @@ test('SetStock needs the admin role', async (t) => {
   );
 });
 
-test('SetStock refuses to go below what is reserved', async (t) => {
+// Serial: it counts the statements of the shared database client.
+test.serial('SetStock refuses to go below what is reserved, quoting the reserved count its one statement saw', async (t) => {
   const sku = await stocked(10);
   await client.reserveStock({ reservationId: 'below-1', lines: [{ sku, quantity: 6n }] });
+  const statements = recordStatements(t, database.db, '"stock"');
   const err = await rejects(t, client.setStock({ sku, onHand: 5n }, ADMIN), Code.FailedPrecondition);
   t.regex(err.message, new RegExp(sku));
+  t.regex(err.message, /below the 6 units currently reserved/);
+  // The refusal and the count it quotes come from one statement: a second read could quote a
+  // count a release had changed in between.
+  t.is(statements.length, 1);
+  t.deepEqual(await level(sku), { onHand: 10, reserved: 6, available: 4 }, 'a refusal changes nothing');
   const ok = await client.setStock({ sku, onHand: 6n }, ADMIN);
   t.is(ok.stock!.available, 0n);
 });

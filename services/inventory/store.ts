@@ -74,22 +74,24 @@ export class InventoryStore {
 
   /** Sets on_hand; refuses (FAILED_PRECONDITION) to go below what is reserved. */
   async setStock(sku: string, onHand: number): Promise<StockLevelRecord> {
-    const updated = await this.db
+    // One statement decides and answers: on a conflict the row is locked and updated only
+    // where reserved <= on_hand (otherwise rewritten as it was), and RETURNING gives the
+    // reserved count the decision saw. A second read for the refusal's message could quote
+    // a count a release or commit had changed in between.
+    const allowed = sql`${stock.reserved} <= excluded.on_hand`;
+    const [row] = await this.db
       .insert(stock)
       .values({ sku, onHand, reserved: 0, updateTime: new Date(this.now()) })
       .onConflictDoUpdate({
         target: stock.sku,
-        set: { onHand, updateTime: new Date(this.now()) },
-        setWhere: sql`${stock.reserved} <= ${onHand}`,
+        set: {
+          onHand: sql`case when ${allowed} then excluded.on_hand else ${stock.onHand} end`,
+          updateTime: sql`case when ${allowed} then excluded.update_time else ${stock.updateTime} end`,
+        },
       })
       .returning();
-    if (updated[0]) return level(updated[0]);
-    const current = await this.getStock(sku);
-    throw failedPrecondition(
-      'BELOW_RESERVED',
-      sku,
-      `on_hand ${onHand} is below the ${current.reserved} units currently reserved`,
-    );
+    if (row!.reserved <= onHand) return level(row!);
+    throw failedPrecondition('BELOW_RESERVED', sku, `on_hand ${onHand} is below the ${row!.reserved} units currently reserved`);
   }
 
   /** Stocks a SKU that has no row yet (the seed); answers false when it already had one. */
