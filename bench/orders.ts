@@ -20,6 +20,9 @@
  * pg_stat_statements loaded, best a private one (docs/performance.md says how).
  * --stages adds where the latency goes (bench/stage-times.ts): each service's RPCs made and
  * served and its statements in the window, as calls per order and mean ms, from /metrics.
+ * On Linux it always prints, per process (threads included; Postgres' backends of the bench's
+ * database together), the runs per order: times it got a CPU, the mean CPU of one run and the
+ * run-queue wait (bench/cpu-runs.ts). CPU per order = runs × CPU per run.
  *
  * By default it starts the whole shop as child processes (scripts/stack.ts)
  * on a fresh database of the local Postgres (DATABASE_URL's server) and a NATS
