@@ -26,7 +26,7 @@ import { pathToFileURL } from 'node:url';
 import type { DescMessage } from '@bufbuild/protobuf';
 import { connect, type JetStreamClient, type NatsConnection } from 'nats';
 import { ConfigError, duration, integer } from './config.js';
-import { databaseUnavailableError, openDatabase, type Database, type MeshDatabase } from './db.js';
+import { answerDatabaseError, openDatabase, type Database, type MeshDatabase } from './db.js';
 import { withEventSignals } from './events/commit-signal.js';
 import {
   DEFAULT_ACK_WAIT_MS,
@@ -317,10 +317,11 @@ export async function startServiceApp<C extends ServiceAppConfig, Exposed extend
       // events), so a NATS outage must not take every replica out of rotation.
       readiness: () => database.ping(),
       readinessIntervalMs: config.READINESS_INTERVAL,
-      // A database outage answers UNAVAILABLE (callers retry), not INTERNAL. An error
-      // mapper, not an interceptor: any interceptor makes every unary call build its
-      // whole Connect context (a few % of the order process's CPU under the orders bench).
-      mapError: databaseUnavailableError,
+      // A database outage answers UNAVAILABLE (callers retry), and a request string Postgres
+      // cannot store INVALID_ARGUMENT naming the field, not INTERNAL. An error mapper, not an
+      // interceptor: any interceptor makes every unary call build its whole Connect context
+      // (a few % of the order process's CPU under the orders bench).
+      mapError: answerDatabaseError,
       logger: log,
     });
     steps.push({ name: 'grpc', close: (graceMs) => server.close(graceMs) });

@@ -1,7 +1,12 @@
 import test from 'ava';
 import { rmSync } from 'node:fs';
 import { sql } from 'drizzle-orm';
-import { isDatabaseUnavailable, openDatabase, resultRows, type MeshDatabase } from './db.js';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { EchoService } from '../gen/protomesh/testing/v1/echo_pb.js';
+import { createMeshClient } from './client.js';
+import { answerDatabaseError, isDatabaseUnavailable, openDatabase, resultRows, type MeshDatabase } from './db.js';
+import { fieldViolations } from './errors.js';
+import { serve, startMeshServer } from './server.js';
 import { MigrationError } from './migrate.js';
 import { createTestDatabase, withAdmin } from './testing/index.js';
 import { first, migrationsFolder, second } from './testing/migrations-fixture.js';
@@ -90,4 +95,46 @@ test('isDatabaseUnavailable tells an unreachable database from a bad query', (t)
   t.false(isDatabaseUnavailable(wrapped('23505'))); // unique_violation
   t.false(isDatabaseUnavailable(wrapped('42P01'))); // undefined_table
   t.false(isDatabaseUnavailable(new Error('plain')));
+});
+
+test('answerDatabaseError: a request string Postgres cannot store is INVALID_ARGUMENT naming the field, and nothing is written', async (t) => {
+  const testDb = await createTestDatabase(t);
+  const folder = migrationsFolder([first]);
+  t.teardown(() => rmSync(folder, { recursive: true, force: true }));
+  const database: MeshDatabase = await openDatabase({ context: 'demo', url: testDb.url, migrationsFolder: folder });
+  t.teardown(() => database.close());
+  await database.db.execute(sql`create table demo.notes (label text not null)`);
+  const server = await startMeshServer({
+    name: 'demo',
+    host: '127.0.0.1',
+    port: 0,
+    services: [
+      serve(EchoService, {
+        // Two inserts in one transaction: the first lands before the second fails on the NUL.
+        async echo(req) {
+          await database.db.transaction(async (tx) => {
+            await tx.execute(sql`insert into demo.notes (label) values (${'before'})`);
+            await tx.execute(sql`insert into demo.notes (label) values (${req.id === 'ours' ? 'bad\u0000' : req.nested?.label ?? ''})`);
+          });
+          return { request: req };
+        },
+      }),
+    ],
+    mapError: answerDatabaseError,
+    onInternalError: () => {},
+  });
+  t.teardown(() => server.close(100));
+  const client = createMeshClient(EchoService, `127.0.0.1:${server.port}`, { retry: { maxAttempts: 1 } });
+
+  const refused = ConnectError.from(await t.throwsAsync(client.echo({ id: 'x', nested: { label: 'a\u0000b' } })));
+  t.is(refused.code, Code.InvalidArgument);
+  t.deepEqual(
+    fieldViolations(refused).map((v) => [v.field, v.reason]),
+    [['nested.label', 'NUL_CHARACTER']],
+  );
+  // A NUL the handler made itself is a bug of the service: still INTERNAL.
+  t.is(ConnectError.from(await t.throwsAsync(client.echo({ id: 'ours' }))).code, Code.Internal);
+  t.is((await client.echo({ id: 'fine', nested: { label: 'ok' } })).request?.id, 'fine');
+  const rows = resultRows<{ label: string }>(await database.db.execute(sql`select label from demo.notes order by label`));
+  t.deepEqual(rows.map((r) => r.label), ['before', 'ok'], 'the refused calls wrote nothing');
 });

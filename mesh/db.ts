@@ -21,6 +21,7 @@
  * newcomer's laptop and demos; anything with replicas sets DATABASE_URL.
  */
 import { mkdirSync } from 'node:fs';
+import type { DescMethod } from '@bufbuild/protobuf';
 import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
 import { join, resolve } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
@@ -28,6 +29,8 @@ import { sql } from 'drizzle-orm';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
+import { invalidArgument } from './errors.js';
+import { nulFieldPath } from './nul-field.js';
 import { openPostgres } from './postgres-url.js';
 import { preparedStatements } from './db-prepared.js';
 import { migrate, type MigrateResult } from './migrate.js';
@@ -201,6 +204,37 @@ export function isDatabaseUnavailable(err: unknown): boolean {
 export function databaseUnavailableError(err: unknown): unknown {
   if (!(err instanceof ConnectError) && isDatabaseUnavailable(err)) {
     return new ConnectError('database unavailable, try again later', Code.Unavailable, undefined, undefined, err);
+  }
+  return err;
+}
+
+/** SQLSTATEs of a string value Postgres cannot store: NUL in text (22021), in jsonb (22P05). */
+const REFUSED_STRING_SQLSTATES = new Set(['22021', '22P05']);
+
+function sqlState(err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code;
+  }
+  return undefined;
+}
+
+/**
+ * What a handler's database error is answered as, for startMeshServer({ mapError }), which
+ * mesh/app passes it to:
+ * - the database unreachable: UNAVAILABLE (databaseUnavailableError);
+ * - a string Postgres cannot store (U+0000) that came in the request: INVALID_ARGUMENT naming
+ *   the field (mesh/nul-field.ts), rather than INTERNAL. The statement failed, so its
+ *   transaction wrote nothing. A NUL from anywhere else stays INTERNAL: that is a bug here.
+ * Anything else as it is.
+ */
+export function answerDatabaseError(err: unknown, method?: DescMethod, request?: unknown): unknown {
+  if (err instanceof ConnectError) return err;
+  const unavailable = databaseUnavailableError(err);
+  if (unavailable !== err) return unavailable;
+  if (method && request !== undefined && REFUSED_STRING_SQLSTATES.has(sqlState(err) ?? '')) {
+    const field = nulFieldPath(method.input, request);
+    if (field) return invalidArgument(field, 'must not contain the NUL character (U+0000)', 'NUL_CHARACTER');
   }
   return err;
 }

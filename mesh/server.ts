@@ -92,9 +92,10 @@ export interface MeshServerOptions {
    * answered, e.g. a database outage into UNAVAILABLE. Unlike an interceptor it
    * costs nothing on calls that succeed: with any interceptor every unary call
    * builds its whole Connect context (AbortController, deadline timer, three
-   * Headers) and goes through Connect's promise chain.
+   * Headers) and goes through Connect's promise chain. It gets the method and, for unary and
+   * server-streaming calls, the request message, to name a field in its answer.
    */
-  mapError?: (error: unknown) => unknown;
+  mapError?: MapError;
   reflection?: boolean;
   maxMessageBytes?: number;
   onInternalError?: (error: unknown, method: DescMethod) => void;
@@ -130,10 +131,13 @@ export interface MeshServer {
   close(graceMs?: number): Promise<void>;
 }
 
+/** Turns what a handler threw into what is answered (see MeshServerOptions.mapError). */
+export type MapError = (error: unknown, method: DescMethod, request: unknown) => unknown;
+
 /** Options shared by every handler of a server. */
 export interface HandlerOptions {
   interceptors?: Interceptor[];
-  mapError?: (error: unknown) => unknown;
+  mapError?: MapError;
   onInternalError?: (error: unknown, method: DescMethod) => void;
   /** Aborts unary handler contexts: the grace period is over. */
   forceSignal?: AbortSignal;
@@ -261,7 +265,7 @@ class UnaryCall {
 
   fail(thrown: unknown): void {
     const { ctx } = this;
-    const e = this.opts.mapError ? this.opts.mapError(thrown) : thrown;
+    const e = this.opts.mapError ? this.opts.mapError(thrown, this.method, this.call.request) : thrown;
     sendHeader(this.call, ctx.touchedResponseHeader);
     const status = errorStatus(e, ctx.touchedResponseTrailer, this.method, this.opts.onInternalError, ctx.abortReason);
     this.callback(status);
@@ -353,7 +357,7 @@ function serverStreamingHandler(
       .catch((e: unknown) => {
         if (call.cancelled) return;
         const trailer = plain ? plain.responseTrailer : ctx.touchedResponseTrailer;
-        failed = errorStatus(opts.mapError ? opts.mapError(e) : e, trailer, spec.method, opts.onInternalError, ctx.abortReason);
+        failed = errorStatus(opts.mapError ? opts.mapError(e, spec.method, call.request) : e, trailer, spec.method, opts.onInternalError, ctx.abortReason);
         call.emit("error", failed);
       })
       .finally(() => {
