@@ -103,3 +103,12 @@ test.serial("the same service over Connect and gRPC through the gateway", async 
     t.is(res.product?.sku, "GW-1");
   }
 });
+
+test.serial("a NUL character in a query is refused as a bad field (400, field query), not an internal error", async (t) => {
+  // Postgres cannot store U+0000; the service's answer names the field that carried it.
+  const res = await fetch(`${gw.url}/v1/products?query=a%00b`);
+  const body = (await res.json()) as { code: string; details?: Array<{ debug?: { fieldViolations?: Array<{ field: string; reason?: string }> } }> };
+  t.is(res.status, 400, JSON.stringify(body));
+  t.is(body.code, "invalid_argument");
+  t.deepEqual(body.details?.flatMap((d) => d.debug?.fieldViolations ?? []).map((v) => [v.field, v.reason]), [["query", "NUL_CHARACTER"]]);
+});
