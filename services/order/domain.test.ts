@@ -49,6 +49,10 @@ test('PlaceOrder validation names the field', (t) => {
   t.is(fieldOf(() => validatePlaceOrder({ ...ok, lines: [{ sku: 'A', quantity: 101n }] })), 'lines[0].quantity');
   t.is(fieldOf(() => validatePlaceOrder({ ...ok, lines: [{ sku: ' ', quantity: 1n }] })), 'lines[0].sku');
   t.is(fieldOf(() => validatePlaceOrder({ ...ok, paymentToken: '' })), 'payment_token');
+  for (const token of ['tok-visa', 'tok', 'x'.repeat(65), 'tok visa', 'tok_visa\u0000']) {
+    t.is(fieldOf(() => validatePlaceOrder({ ...ok, paymentToken: token })), 'payment_token', token);
+  }
+  t.is(fieldOf(() => validatePlaceOrder({ ...ok, paymentToken: ' tok_visa ' })), undefined, 'trimmed, as before');
   t.is(fieldOf(() => validatePlaceOrder({ ...ok, idempotencyKey: 'x'.repeat(64), lines: [{ sku: 'A', quantity: 100n }] })), undefined);
 });
 

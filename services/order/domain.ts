@@ -96,7 +96,12 @@ export const IDEMPOTENCY_KEY_MAX = 64;
 export const MAX_LINES = 50;
 export const MAX_QUANTITY = 100n;
 export const MAX_CANCEL_REASON = 200;
-export const PAYMENT_TOKEN_MAX = 200;
+/**
+ * A card token as the payment service takes it (payment.proto, card_token; payment/domain.ts
+ * CARD_TOKEN_PATTERN). Checked at PlaceOrder: a token payment would refuse otherwise passes,
+ * reserves stock, and ends as an order cancelled for a declined payment.
+ */
+export const PAYMENT_TOKEN_PATTERN = /^[A-Za-z0-9_]{4,64}$/;
 
 // ---- status -----------------------------------------------------------------------
 
@@ -154,8 +159,8 @@ export function validatePlaceOrder(input: PlaceOrderInput): PlaceOrderInput {
   });
   const token = input.paymentToken.trim();
   if (token === '') throw invalidArgument('payment_token', 'is required', 'REQUIRED');
-  if (token.length > PAYMENT_TOKEN_MAX) {
-    throw invalidArgument('payment_token', `at most ${PAYMENT_TOKEN_MAX} characters`, 'LENGTH');
+  if (!PAYMENT_TOKEN_PATTERN.test(token)) {
+    throw invalidArgument('payment_token', 'must be 4-64 letters, digits or underscores (a card token such as tok_visa)', 'FORMAT');
   }
   return { idempotencyKey: key, lines, paymentToken: token };
 }

@@ -187,7 +187,9 @@ export type PlaceOrderRequest = Message<"shop.order.v1.PlaceOrderRequest"> & {
   lines: LineItem[];
 
   /**
-   * The card token to charge (see the payment service for test tokens).
+   * The card token to charge: 4-64 letters, digits or underscores, the payment
+   * service's card_token (see it for the test tokens). Checked here, so a
+   * malformed token is INVALID_ARGUMENT now, not a cancelled order later.
    *
    * @generated from field: string payment_token = 3;
    */

@@ -125,7 +125,7 @@ export type AuthorizePaymentRequest = Message<"shop.payment.v1.AuthorizePaymentR
   amount?: Money | undefined;
 
   /**
-   * The card token.
+   * The card token: 4-64 letters, digits or underscores.
    *
    * @generated from field: string card_token = 4;
    */
