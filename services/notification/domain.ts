@@ -123,6 +123,9 @@ export function encodePageToken(lastSeq: bigint): string {
   return Buffer.from(`${TOKEN_TAG}${lastSeq}`, 'utf8').toString('base64url');
 }
 
+/** The largest value of a Postgres bigint (the seq column). */
+const INT64_MAX = 2n ** 63n - 1n;
+
 /** The cursor in a token; undefined for an empty token (first page); a violation for a token we did not issue. */
 export function decodePageToken(token: string): bigint | undefined | FieldViolation {
   if (token === '') return undefined;
@@ -131,7 +134,9 @@ export function decodePageToken(token: string): bigint | undefined | FieldViolat
   const text = Buffer.from(token, 'base64url').toString('utf8');
   if (!text.startsWith(TOKEN_TAG)) return bad;
   const digits = text.slice(TOKEN_TAG.length);
-  if (!/^[1-9]\d{0,18}$/.test(digits)) return bad;
+  // Nineteen digits can pass a bigint column's maximum, which Postgres refuses (22003): no
+  // token this service issued holds such a seq.
+  if (!/^[1-9]\d{0,18}$/.test(digits) || BigInt(digits) > INT64_MAX) return bad;
   return BigInt(digits);
 }
 

@@ -146,6 +146,10 @@ test('page tokens round-trip and refuse forgeries; page sizes default and cap', 
   t.deepEqual(decodePageToken(encodePageToken({ seq: 42n })), { seq: 42n });
   t.is(decodePageToken(''), undefined);
   t.is(fieldOf(() => decodePageToken('bm9wZQ')), 'page_token');
+  const max = 2n ** 63n - 1n; // a bigint column's largest value
+  t.deepEqual(decodePageToken(encodePageToken({ seq: max })), { seq: max });
+  t.is(fieldOf(() => decodePageToken(encodePageToken({ seq: max + 1n }))), 'page_token', 'past int64: Postgres would refuse it');
+  t.is(fieldOf(() => decodePageToken(encodePageToken({ seq: 10n ** 19n - 1n }))), 'page_token');
   t.is(pageSize(0), 20);
   t.is(pageSize(500), 100);
   t.is(fieldOf(() => pageSize(-1)), 'page_size');

@@ -430,6 +430,9 @@ export function pageSize(requested: number): number {
   return Math.min(requested, MAX_PAGE_SIZE);
 }
 
+/** The largest value of a Postgres bigint (the seq column). */
+const INT64_MAX = 2n ** 63n - 1n;
+
 export function encodePageToken(cursor: PageCursor): string {
   return Buffer.from(`o1:${cursor.seq}`).toString('base64url');
 }
@@ -437,6 +440,8 @@ export function encodePageToken(cursor: PageCursor): string {
 export function decodePageToken(token: string): PageCursor | undefined {
   if (token === '') return undefined;
   const m = /^o1:(\d{1,19})$/.exec(Buffer.from(token, 'base64url').toString('utf8'));
-  if (!m) throw invalidArgument('page_token', 'is not a token this service issued', 'MALFORMED');
+  // Nineteen digits can pass a bigint column's maximum, which Postgres refuses (22003): no
+  // token this service issued holds such a seq.
+  if (!m || BigInt(m[1]!) > INT64_MAX) throw invalidArgument('page_token', 'is not a token this service issued', 'MALFORMED');
   return { seq: BigInt(m[1]!) };
 }
