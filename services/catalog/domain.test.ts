@@ -11,6 +11,8 @@ import {
 import {
   decodePageToken,
   encodePageToken,
+  MAX_PAGE_TOKEN_LENGTH,
+  MAX_QUERY_LENGTH,
   likePattern,
   sameContent,
   validateBatchGet,
@@ -114,6 +116,16 @@ test('page tokens round-trip and are bound to their filter', (t) => {
   invalid(t, () => decodePageToken(token, { category: 'coffee', query: 'green' }), 'page_token');
 });
 
+test('the second page of the longest query and category it accepts is served: every token ListProducts issues decodes', (t) => {
+  const category = 'c'.repeat(64);
+  for (const query of ['\u{1F375}'.repeat(MAX_QUERY_LENGTH), '\u0001'.repeat(MAX_QUERY_LENGTH), '"\\'.repeat(MAX_QUERY_LENGTH / 2)]) {
+    const first = validateListProducts(create(ListProductsRequestSchema, { category, query }));
+    const token = encodePageToken('ZZZ-' + '9'.repeat(28), { category, query: first.text ?? '' });
+    const second = validateListProducts(create(ListProductsRequestSchema, { category, query, pageToken: token }));
+    t.is(second.afterSku, 'ZZZ-' + '9'.repeat(28), `${token.length} characters`);
+  }
+});
+
 test('forged or garbled page tokens are INVALID_ARGUMENT page_token', (t) => {
   const filter = { category: '', query: '' };
   const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
@@ -124,7 +136,7 @@ test('forged or garbled page tokens are INVALID_ARGUMENT page_token', (t) => {
     b64({ v: 2, a: 'ESP-001', c: '', q: '' }),
     b64({ v: 1, a: "'; drop table products; --", c: '', q: '' }),
     b64({ v: 1, a: 'ESP-001' }),
-    'x'.repeat(600),
+    'x'.repeat(MAX_PAGE_TOKEN_LENGTH + 1),
   ]) {
     invalid(t, () => decodePageToken(token, filter), 'page_token');
   }

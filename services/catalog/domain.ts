@@ -230,10 +230,17 @@ export function encodePageToken(afterSku: string, filter: PageFilter): string {
   return Buffer.from(JSON.stringify(token), 'utf8').toString('base64url');
 }
 
+/**
+ * The longest token ListProducts can issue: the longest SKU and category, and a query of
+ * MAX_QUERY_LENGTH characters that JSON writes as six bytes each (control characters). A
+ * fixed 512 refused the second page of a long non-ASCII query.
+ */
+export const MAX_PAGE_TOKEN_LENGTH = encodePageToken('X'.repeat(32), { category: 'x'.repeat(64), query: '\u0001'.repeat(MAX_QUERY_LENGTH) }).length;
+
 /** Throws INVALID_ARGUMENT "page_token: ..." for a token the service did not issue for this filter. */
 export function decodePageToken(token: string, filter: PageFilter): { afterSku: string } {
   const bad = () => invalidArgument('page_token', 'is not a token returned by ListProducts');
-  if (token.length > 512 || !/^[A-Za-z0-9_-]+$/.test(token)) throw bad();
+  if (token.length > MAX_PAGE_TOKEN_LENGTH || !/^[A-Za-z0-9_-]+$/.test(token)) throw bad();
   let parsed: unknown;
   try {
     parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
