@@ -7,6 +7,7 @@ import {
   canTransition,
   cancelReason,
   decodePageToken,
+  MAX_TOTAL_MINOR,
   encodePageToken,
   expiredBeforeRun,
   isTransient,
@@ -54,6 +55,14 @@ test('PlaceOrder validation names the field', (t) => {
   }
   t.is(fieldOf(() => validatePlaceOrder({ ...ok, paymentToken: ' tok_visa ' })), undefined, 'trimmed, as before');
   t.is(fieldOf(() => validatePlaceOrder({ ...ok, idempotencyKey: 'x'.repeat(64), lines: [{ sku: 'A', quantity: 100n }] })), undefined);
+});
+
+test('pricing refuses a total over what an order can hold, naming lines; the cap itself is allowed', (t) => {
+  const price = (unitPriceMinor: bigint) => [{ sku: 'A', name: 'A', currency: 'EUR', unitPriceMinor }];
+  t.is(priceOrder([{ sku: 'A', quantity: 1n }], price(MAX_TOTAL_MINOR)).totalMinor, MAX_TOTAL_MINOR);
+  t.is(fieldOf(() => priceOrder([{ sku: 'A', quantity: 2n }], price(MAX_TOTAL_MINOR))), 'lines');
+  // 100 units at the catalog's largest price: within int64, past what a client holds exactly.
+  t.is(fieldOf(() => priceOrder([{ sku: 'A', quantity: 100n }], price(2n ** 53n - 1n))), 'lines');
 });
 
 test('pricing multiplies, sums, and refuses unknown SKUs and mixed currencies', (t) => {

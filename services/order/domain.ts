@@ -204,6 +204,13 @@ export interface PricedOrder {
  * cannot share an order (FAILED_PRECONDITION: the request is fine, the
  * catalog's state refuses it).
  */
+/**
+ * The largest total an order can have: what every client holds exactly (2^53, the catalog's
+ * cap on one price). Without it, 50 lines of 100 units at prices near that cap passed a
+ * bigint column's maximum and the insert failed as INTERNAL.
+ */
+export const MAX_TOTAL_MINOR = 2n ** 53n - 1n;
+
 export function priceOrder(lines: LineInput[], prices: CatalogPrice[], missingSkus: string[] = []): PricedOrder {
   const bySku = new Map(prices.map((p) => [p.sku, p]));
   const missing = new Set(missingSkus);
@@ -227,6 +234,9 @@ export function priceOrder(lines: LineInput[], prices: CatalogPrice[], missingSk
     total += lineTotal;
     priced.push({ sku: line.sku, name: p.name, quantity: line.quantity, unitPriceMinor: p.unitPriceMinor, lineTotalMinor: lineTotal });
   });
+  if (total > MAX_TOTAL_MINOR) {
+    throw invalidArgument('lines', `the order's total, ${total} minor units, is over the most an order can hold (${MAX_TOTAL_MINOR}): split the order`, 'TOTAL_TOO_LARGE');
+  }
   return { currency: currency!, lines: priced, totalMinor: total };
 }
 
