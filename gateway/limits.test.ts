@@ -2,6 +2,7 @@
 import test from "ava";
 import http from "node:http";
 import http2 from "node:http2";
+import net from "node:net";
 import type { MeshServer } from "../mesh/server.js";
 import { parseConfig } from "./config.js";
 import type { Gateway } from "./server.js";
@@ -79,4 +80,21 @@ test("gRPC fast path: a message over the body limit is RESOURCE_EXHAUSTED (buffe
   t.is(ConnectError.from(await t.throwsAsync(client.echo({ id: big }))).code, Code.ResourceExhausted);
   t.is(ConnectError.from(await t.throwsAsync(client.fail({ id: big }))).code, Code.ResourceExhausted);
   t.is((await client.echo({ id: "small" })).request?.id, "small");
+});
+
+test("a request target the URL parser refuses is a 400, and the gateway goes on serving", async (t) => {
+  const port = Number(new URL(gw.url).port);
+  // Node's HTTP parser accepts these targets; new URL() throws on them.
+  for (const target of ["//[", "//a:99999999/x"]) {
+    const head = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(port, "127.0.0.1", () => socket.write(`GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`));
+      let got = "";
+      socket.on("data", (d) => (got += d.toString()));
+      socket.on("end", () => resolve(got));
+      socket.on("error", reject);
+    });
+    t.regex(head, /^HTTP\/1\.1 400 /, target);
+    t.regex(head, /malformed request target/);
+  }
+  t.is((await fetch(`${gw.url}/healthz`)).status, 200);
 });

@@ -169,10 +169,12 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     const started = performance.now();
     let routeLabel = "other";
     res.once("finish", () => observeHttpRequest(req.method ?? "", routeLabel, res.statusCode, (performance.now() - started) / 1000));
-    const url = new URL(req.url ?? "/", "http://gateway");
     const origin = req.headers.origin;
     const base = corsResponseHeaders(config.cors, origin);
     try {
+      // Node's HTTP parser lets through request targets the URL parser refuses ("//[",
+      // "//a:99999999/"): inside the try, so they are a 400, not an unhandled rejection.
+      const url = parseTarget(req.url);
       if (req.method === "OPTIONS" && req.headers["access-control-request-method"]) {
         const p = preflight(config.cors, origin);
         (res as ServerResponse).writeHead(p.status, p.headers);
@@ -219,7 +221,15 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
     }
   };
 
-  const h1 = http.createServer({ maxHeaderSize: config.limits.maxHeaderBytes, requestTimeout: 60_000 }, handle);
+  // handle answers its own errors; this is the net under it: whatever still escapes is logged
+  // and the request answered or dropped, never an unhandled rejection that ends the process.
+  const serve = (req: AnyRequest, res: AnyResponse) =>
+    void handle(req, res).catch((e: unknown) => {
+      log.error({ err: (e as Error)?.message, url: req.url }, "gateway request failed outside its handler");
+      if (!res.headersSent) writeRestError(res, e, {});
+      else res.destroy();
+    });
+  const h1 = http.createServer({ maxHeaderSize: config.limits.maxHeaderBytes, requestTimeout: 60_000 }, serve);
   h1.headersTimeout = 10_000;
   const h2 = http2.createServer(
     {
@@ -230,7 +240,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
       },
       maxSendHeaderBlockLength: config.limits.maxHeaderBytes,
     },
-    (req, res) => void handle(req, res),
+    serve,
   );
   const fast = o.grpcFastPath ?? true;
   if (fast) {
@@ -326,6 +336,15 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
       for (const t of transports.values()) t.close?.();
     },
   };
+}
+
+/** The request target as a URL; a target the URL parser refuses is a 400. */
+function parseTarget(target: string | undefined): URL {
+  try {
+    return new URL(target ?? "/", "http://gateway");
+  } catch {
+    throw new EdgeError("malformed request target", Code.InvalidArgument, 400);
+  }
 }
 
 function sendJson(res: AnyResponse, status: number, body: unknown): void {
