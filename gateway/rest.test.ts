@@ -3,6 +3,9 @@
 // status, through a real gateway to a real upstream (the echo service on
 // mesh/server over grpc-js).
 import test from "ava";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { EchoService } from "../gen/protomesh/testing/v1/echo_pb.js";
 import type { MeshServer } from "../mesh/server.js";
 import type { Gateway } from "./server.js";
 import { startEcho, startEchoGateway, token } from "./testing/harness.js";
@@ -155,6 +158,23 @@ test("REST streaming as Server-Sent Events with Accept: text/event-stream", asyn
 test("REST streaming that completes has no error line", async (t) => {
   const text = await (await fetch(`${gw.url}/v1/echo/s/stream?count=2`)).text();
   t.deepEqual(text.trim().split("\n").map((l) => Object.keys(JSON.parse(l))[0]), ["result", "result"]);
+});
+
+test("a server stream that sends nothing ends cleanly (REST, Connect and gRPC-Web)", async (t) => {
+  // grpc-js answers such a stream trailers-only: its status comes in the response headers.
+  const rest = await fetch(`${gw.url}/v1/echo/s/stream?count=0`);
+  t.is(rest.status, 200);
+  t.is((await rest.text()).trim(), "", "no result and no error line");
+  const events = await (await fetch(`${gw.url}/v1/echo/s/stream?count=0`, { headers: { accept: "text/event-stream" } })).text();
+  t.notRegex(events, /event: error/);
+  for (const transport of [
+    createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1" }),
+    createGrpcWebTransport({ baseUrl: gw.url, httpVersion: "1.1" }),
+  ]) {
+    const got: number[] = [];
+    for await (const m of createClient(EchoService, transport).echoStream({ id: "s", count: 0 })) got.push(m.index);
+    t.deepEqual(got, []);
+  }
 });
 
 test("/openapi.json describes every binding", async (t) => {

@@ -243,7 +243,12 @@ export function createH2GrpcTransport(sessions: UpstreamSessions, target: string
           if (err) {
             finish(err);
             reject(err);
-          } else resolve(h);
+            return;
+          }
+          // Trailers-only: a stream that sent no message ends with its status in the headers
+          // (grpc-js does this), and no trailers event follows.
+          if (h["grpc-status"] !== undefined) trailers = h;
+          resolve(h);
         });
         s.once("error", () => reject(new ConnectError("upstream connection failed", Code.Unavailable)));
         s.once("close", () => {
@@ -264,10 +269,13 @@ export function createH2GrpcTransport(sessions: UpstreamSessions, target: string
       });
       s.on("trailers", (t) => (trailers = t));
       s.on("error", () => finish(new ConnectError("upstream connection failed", Code.Unavailable)));
-      s.on("close", () => {
+      const onClose = () => {
         if (!trailers) finish(new ConnectError("upstream closed the stream without a status", Code.Unavailable));
         else finish(statusError(trailers) ?? null);
-      });
+      };
+      s.on("close", onClose);
+      // A trailers-only stream can be closed before this line runs: finish it now.
+      if (s.closed) onClose();
       const trailer = new Headers();
       return {
         stream: true,
