@@ -82,6 +82,19 @@ test("gRPC fast path: a message over the body limit is RESOURCE_EXHAUSTED (buffe
   t.is((await client.echo({ id: "small" })).request?.id, "small");
 });
 
+// Serial: it counts on the echo service's circuit breaker (4 calls, 50 %) seeing only its calls.
+test.serial("gRPC fast path: requests refused as too large are the client's failures, not the upstream's, and end their streams: the breaker stays closed", async (t) => {
+  const { createClient, ConnectError, Code } = await import("@connectrpc/connect");
+  const { createGrpcTransport } = await import("@connectrpc/connect-node");
+  const { EchoService } = await import("../gen/protomesh/testing/v1/echo_pb.js");
+  const client = createClient(EchoService, createGrpcTransport({ baseUrl: gw.url }));
+  const big = "x".repeat(64_000); // streamed through (Fail is not idempotent) in several frames
+  // More than the connection's 7 concurrent streams: a refused stream left open would block the next call.
+  for (let i = 0; i < 10; i++) t.is(ConnectError.from(await t.throwsAsync(client.fail({ id: big }))).code, Code.ResourceExhausted);
+  // An open breaker would answer UNAVAILABLE here.
+  t.is((await client.echo({ id: "small" }, { timeoutMs: 5_000 })).request?.id, "small");
+});
+
 test("a request target the URL parser refuses is a 400, and the gateway goes on serving", async (t) => {
   const port = Number(new URL(gw.url).port);
   // Node's HTTP parser accepts these targets; new URL() throws on them.

@@ -25,6 +25,7 @@ const {
   HTTP2_HEADER_PATH,
   HTTP2_HEADER_STATUS,
   NGHTTP2_CANCEL,
+  NGHTTP2_NO_ERROR,
 } = http2.constants;
 
 /** Request headers forwarded as they are (besides the pipeline's). */
@@ -260,6 +261,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           settle(r);
         };
         settleCurrent = resolve;
+        let tooLarge = false;
         if (a.deadline !== undefined) out["grpc-timeout"] = formatGrpcTimeout(a.deadline - Date.now());
         let up: ClientHttp2Stream;
         try {
@@ -273,11 +275,15 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         let responded = false;
         let heldHeaders: http2.OutgoingHttpHeaders | undefined;
         const respondHeld = () => {
-          if (responded || stream.destroyed) return;
+          if (responded || stream.destroyed || stream.headersSent) return;
           responded = true;
           stream.respond(Object.assign(heldHeaders!, a.responseHeaders), { waitForTrailers: true });
         };
         up.on("response", (rh) => {
+          // The edge's deadline may have answered the client already (and settled this
+          // attempt) in the same turn the upstream's answer was read: never respond twice,
+          // which throws from this listener and would end the process.
+          if (settled || stream.headersSent) return;
           const status = Number(rh["grpc-status"] ?? NaN);
           if (!Number.isNaN(status)) {
             // Trailers-only answer.
@@ -310,6 +316,11 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         up.on("trailers", (t) => (trailers = t));
         up.on("end", () => {
           if (settled) return; // answered already (trailers-only)
+          if (tooLarge) {
+            // We cancelled it: the client's request was over the limit (answered already).
+            resolve({ code: Code.ResourceExhausted, sentAnything: true });
+            return;
+          }
           if (!trailers && (stream.destroyed || stream.closed)) {
             // Ended because the client went away and we canceled upstream.
             resolve({ code: Code.Canceled, sentAnything: true });
@@ -332,6 +343,11 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         });
         up.on("error", () => {
           if (settled) return;
+          if (tooLarge) {
+            // We cancelled it: the client's request was over the limit (answered already).
+            resolve({ code: Code.ResourceExhausted, sentAnything: true });
+            return;
+          }
           if (stream.destroyed || stream.closed) {
             // The client went away and we canceled upstream: not an upstream failure.
             resolve({ code: Code.Canceled, sentAnything: true });
@@ -351,8 +367,13 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         });
         if (buffered) up.end(buffered);
         else pipeLimited(stream, up, o.limits().maxBodyBytes, () => {
+          tooLarge = true;
           up.close(NGHTTP2_CANCEL);
           respondError(stream, new ConnectError(`request exceeds ${o.limits().maxBodyBytes} bytes`, Code.ResourceExhausted));
+          // The answer is complete; RST_STREAM(NO_ERROR) tells the client to stop sending
+          // (RFC 9113, 8.1). Left open, the stream counts against the connection's
+          // concurrent streams until the client has pushed the whole body into a paused read.
+          if (!stream.closed) stream.close(NGHTTP2_NO_ERROR);
         });
       });
 
@@ -440,10 +461,12 @@ function readAll(stream: ServerHttp2Stream, max: number, timeoutMs: number): Pro
 
 function pipeLimited(from: ServerHttp2Stream, to: ClientHttp2Stream, max: number, onTooLarge: () => void): void {
   let size = 0;
+  let refused = false;
   from.on("data", (c: Buffer) => {
+    if (refused) return; // what the client still sends is dropped
     size += c.length;
     if (size > max) {
-      from.off("data", () => {});
+      refused = true;
       onTooLarge();
       return;
     }
@@ -452,5 +475,7 @@ function pipeLimited(from: ServerHttp2Stream, to: ClientHttp2Stream, max: number
       to.once("drain", () => from.resume());
     }
   });
-  from.on("end", () => to.end());
+  from.on("end", () => {
+    if (!refused) to.end();
+  });
 }
