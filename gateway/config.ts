@@ -137,6 +137,25 @@ function trafficSection(raw: unknown): TrafficConfig {
   }
 }
 
+/**
+ * What the environment adds to a config from a file or the defaults: the replicas x worker
+ * processes that share a rate limit (GATEWAY_REPLICAS, GATEWAY_WORKERS) and the CORS origins of
+ * CORS_ORIGINS, after the file's own. Applied to every config the gateway takes, at start and
+ * on each reload of the file (as startGateway's overlay), never to one it already applied: a
+ * reloaded file then keeps them, and they are not counted twice.
+ */
+export function withEnvironment(c: GatewayConfig, env: { GATEWAY_REPLICAS?: string; CORS_ORIGINS?: string }, workers = 1): GatewayConfig {
+  const replicas = env.GATEWAY_REPLICAS ? Number(env.GATEWAY_REPLICAS) : c.rateLimit.replicas;
+  if (!Number.isInteger(replicas) || replicas < 1) throw new ConfigError(`GATEWAY_REPLICAS must be a whole number >= 1, got ${env.GATEWAY_REPLICAS}`);
+  const extraOrigins = (env.CORS_ORIGINS ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  return {
+    ...c,
+    // Every worker process enforces its share too.
+    rateLimit: { ...c.rateLimit, replicas: replicas * workers },
+    cors: { ...c.cors, allowedOrigins: [...c.cors.allowedOrigins, ...extraOrigins.filter((o) => !c.cors.allowedOrigins.includes(o))] },
+  };
+}
+
 export function readConfigFile(path: string, base: GatewayConfig = defaultConfig): GatewayConfig {
   const text = readFileSync(path, "utf8");
   let raw: unknown;

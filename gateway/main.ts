@@ -30,7 +30,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { DEV_JWT_SECRET, jwtSettings, loadConfig, servicePorts } from "../mesh/config.js";
 import { createLogger } from "../mesh/telemetry/logger.js";
-import { defaultConfig, readConfigFile, type GatewayConfig } from "./config.js";
+import { defaultConfig, readConfigFile, withEnvironment, type GatewayConfig } from "./config.js";
 import { describeService, loadServicesFromGen } from "./descriptors.js";
 import { startGateway } from "./server.js";
 import { overlayLiveValues, type MeshLiveConfig } from "./live-overrides.js";
@@ -98,18 +98,11 @@ async function runGateway(): Promise<void> {
     return true;
   });
 
+  // The file (or the defaults) as written; the environment's part goes on in the overlay
+  // below, so that a reloaded file keeps it.
   let config: GatewayConfig = defaultConfig;
   if (env.GATEWAY_CONFIG) config = readConfigFile(env.GATEWAY_CONFIG);
-  const withEnv = (c: GatewayConfig): GatewayConfig => ({
-    ...c,
-    // Every worker process enforces its share too.
-    rateLimit: { ...c.rateLimit, replicas: (env.GATEWAY_REPLICAS ? Number(env.GATEWAY_REPLICAS) : c.rateLimit.replicas) * workers },
-    cors: {
-      ...c.cors,
-      allowedOrigins: [...c.cors.allowedOrigins, ...(env.CORS_ORIGINS ?? "").split(",").map((s) => s.trim()).filter(Boolean)],
-    },
-  });
-  config = withEnv(config);
+  withEnvironment(config, env, workers); // a bad GATEWAY_REPLICAS fails the start, not the first reload
 
   // Live overrides: read before the gateway starts, so the first config already has them.
   let nats: NatsConnection | undefined;
@@ -133,7 +126,10 @@ async function runGateway(): Promise<void> {
       config,
       configPath: env.GATEWAY_CONFIG,
       staticDir: env.STATIC_DIR,
-      overlay: live ? (c) => overlayLiveValues(c, live, exposedMethods) : undefined,
+      overlay: (c) => {
+        const withEnv = withEnvironment(c, env, workers);
+        return live ? overlayLiveValues(withEnv, live, exposedMethods) : withEnv;
+      },
       // Upstream client for REST, Connect and gRPC-Web calls: the gateway's
       // lean HTTP/2 transport (default), mesh/client ("mesh", grpc-js) or
       // connect-node's gRPC transport ("connect").
