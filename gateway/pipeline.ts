@@ -155,7 +155,8 @@ export class Pipeline {
     // The upstream call continues the edge's trace (the HTTP server span when telemetry is on).
     injectTraceparent(upstreamHeaders);
     const xff = req.headers.get("x-forwarded-for");
-    upstreamHeaders["x-forwarded-for"] = xff && config.trustForwardedFor ? `${xff}, ${req.ip}` : req.ip;
+    // Trusted, the chain goes on as received (its last entry is req.ip); otherwise only the peer.
+    upstreamHeaders["x-forwarded-for"] = xff && config.trustForwardedFor ? xff : req.ip;
     // Identity only from a verified token: never what the client sent.
     if (caller) {
       upstreamHeaders["x-mesh-user-id"] = caller.userId;

@@ -128,14 +128,11 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
   const sessionIps = new WeakMap<http2.Http2Session, string>();
   const peerIp = (session: http2.Http2Session | undefined): string | undefined =>
     (session && sessionIps.get(session)) ?? session?.socket?.remoteAddress;
-  const clientIp = (req: AnyRequest): string => {
-    if (config.trustForwardedFor) {
-      const xff = req.headers["x-forwarded-for"];
-      const first = (Array.isArray(xff) ? xff[0] : xff)?.split(",")[0]?.trim();
-      if (first) return first;
-    }
-    return peerIp((req as Http2ServerRequest).stream?.session) ?? req.socket?.remoteAddress ?? "unknown";
-  };
+  const clientIp = (req: AnyRequest): string =>
+    (config.trustForwardedFor ? forwardedClient(req.headers["x-forwarded-for"]) : undefined) ??
+    peerIp((req as Http2ServerRequest).stream?.session) ??
+    req.socket?.remoteAddress ??
+    "unknown";
 
   const router = createRestRouter(methods);
   const rest = createRestHandler({ router, pipeline, transportFor, clientIp, config: () => config });
@@ -255,7 +252,8 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
         ? byPath.get(headers[":path"] ?? "")
         : undefined;
       if (m) {
-        void grpcProxy(stream, headers, m, peerIp(stream.session) ?? "unknown");
+        const ip = (config.trustForwardedFor ? forwardedClient(headers["x-forwarded-for"]) : undefined) ?? peerIp(stream.session) ?? "unknown";
+        void grpcProxy(stream, headers, m, ip);
         return;
       }
       for (const l of compat) l(stream, headers, ...rest);
@@ -336,6 +334,16 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
       for (const t of transports.values()) t.close?.();
     },
   };
+}
+
+/**
+ * The client behind the proxy in front of the gateway (trustForwardedFor): the address that
+ * proxy appended, the last X-Forwarded-For entry. The entries before it are whatever the client
+ * sent, so taking the first let a client pick its own rate-limit bucket and canary key.
+ */
+export function forwardedClient(xff: string | string[] | undefined): string | undefined {
+  const all = Array.isArray(xff) ? xff.join(",") : xff;
+  return all?.split(",").map((s) => s.trim()).filter(Boolean).pop();
 }
 
 /** The request target as a URL; a target the URL parser refuses is a 400. */
