@@ -251,3 +251,34 @@ test.serial("client resets (RST_STREAM INTERNAL_ERROR) mid-call do not take the 
     await up.close(0);
   }
 });
+
+test.serial("breaker: a long stream as the half-open probe is judged when it starts, so the calls behind it do not wait for its end", async (t) => {
+  const up = await startEcho();
+  const gw = await startEchoGateway(up.port);
+  try {
+    // Open it: INTERNAL counts as an upstream failure (4 calls, 50 %, open for 1 s).
+    for (let i = 0; i < 6; i++) await (await fetch(`${gw.url}/v1/fail/INTERNAL`)).text();
+    t.is(gw.breakers.state("echo"), "open");
+    await new Promise((r) => setTimeout(r, 1_100));
+
+    // The probe: a gRPC stream whose first message (and so its response headers) comes after
+    // 1.5 s, and which ends 1.5 s later.
+    const grpc = createClient(EchoService, createGrpcTransport({ baseUrl: gw.url }));
+    const streamed: number[] = [];
+    const stream = (async () => {
+      for await (const m of grpc.echoStream({ id: "probe", count: 2, delay: { seconds: 1n, nanos: 500_000_000 } })) streamed.push(m.index);
+    })();
+    await new Promise((r) => setTimeout(r, 100));
+    // Behind it, a unary call: answered once the stream has started, not after it ended.
+    const started = Date.now();
+    // Judged at its end, the probe would hold it ~2.9 s.
+    t.is((await grpc.echo({ id: "behind" }, { timeoutMs: 2_400 })).request?.id, "behind");
+    t.log(`answered after ${Date.now() - started} ms`);
+    t.is(gw.breakers.state("echo"), "closed");
+    await stream;
+    t.deepEqual(streamed, [0, 1], "the probe stream itself ran to its end");
+  } finally {
+    await gw.close();
+    await up.close(0);
+  }
+});

@@ -301,6 +301,7 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           heldHeaders = stripHop(rh);
           // Retryable calls hold their headers until a message shows the call succeeded.
           if (!canRetry) respondHeld();
+          onStreamStarted?.();
         });
         up.on("data", (chunk: Buffer) => {
           if (settled) return;
@@ -397,8 +398,24 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
       }
     };
 
+    // A stream is judged by the circuit breaker when the upstream starts answering (its response
+    // headers), not when it ends: a watch stream can run for an hour, and as the one probe of a
+    // half-open breaker it held every other call to the upstream waiting until it ended. It
+    // ends in its own time after that; its end is not counted again.
+    let onStreamStarted: (() => void) | undefined;
+    let whole: Promise<Outcome> | undefined;
+    const task =
+      m.method.methodKind === "unary"
+        ? run
+        : () =>
+            new Promise<Outcome>((resolve, reject) => {
+              onStreamStarted = () => resolve({ code: 0 /* OK */, sentAnything: true });
+              whole = run();
+              whole.then(resolve, reject);
+            });
     try {
-      const result = await throughBreaker(a.breaker, a.breakerName, a.breakerRetryAfterSec, run, (r) => !failureCodes.has(r.code));
+      let result = await throughBreaker(a.breaker, a.breakerName, a.breakerRetryAfterSec, task, (r) => !failureCodes.has(r.code));
+      if (whole) result = await whole;
       if (traffic && buffered) {
         traffic.shadow(a.route!, { kind: "raw", method: m.method, headers: out, body: buffered, code: result.code, response: mirrored && Buffer.concat(mirrored) });
       }
