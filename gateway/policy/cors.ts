@@ -35,13 +35,21 @@ export function allowedOrigin(settings: CorsSettings, origin: string | undefined
   return settings.allowedOrigins.includes(origin) ? origin : undefined;
 }
 
+/**
+ * Credentials (cookies, HTTP auth) only for an origin the config names: an origin let in by "*"
+ * is any site, and a browser sending it the user's credentials is what CORS exists to stop.
+ */
+function credentialsFor(settings: CorsSettings, origin: string): Record<string, string> {
+  return settings.allowedOrigins.includes(origin) ? { "access-control-allow-credentials": "true" } : {};
+}
+
 /** Headers for an actual (non-preflight) cross-origin response. */
 export function corsResponseHeaders(settings: CorsSettings, origin: string | undefined): Record<string, string> {
   const o = allowedOrigin(settings, origin);
   if (!o) return origin ? { vary: "Origin" } : {};
   return {
     "access-control-allow-origin": o,
-    "access-control-allow-credentials": "true",
+    ...credentialsFor(settings, o),
     "access-control-expose-headers": exposeHeaders,
     vary: "Origin",
   };
@@ -61,7 +69,7 @@ export function preflight(
     status: 204,
     headers: {
       "access-control-allow-origin": o,
-      "access-control-allow-credentials": "true",
+      ...credentialsFor(settings, o),
       "access-control-allow-methods": allowMethods,
       "access-control-allow-headers": allowHeaders,
       "access-control-max-age": String(settings.maxAgeSec ?? 7200),

@@ -215,6 +215,16 @@ test("CORS: preflight for an allowed origin, 403 for others", (t) => {
   t.regex(ok.headers["access-control-allow-methods"], /POST/);
   t.is(preflight(s, "https://evil.example").status, 403);
   t.regex(corsResponseHeaders(s, "https://shop.example")["access-control-expose-headers"], /Grpc-Status/);
+  t.is(ok.headers["access-control-allow-credentials"], "true", "a named origin may send credentials");
+});
+
+test("CORS: \"*\" lets any origin in without credentials; an origin also named keeps them", (t) => {
+  const any = { allowedOrigins: ["*", "https://shop.example"] };
+  for (const h of [preflight(any, "https://elsewhere.example").headers, corsResponseHeaders(any, "https://elsewhere.example")]) {
+    t.is(h["access-control-allow-origin"], "https://elsewhere.example");
+    t.false("access-control-allow-credentials" in h);
+  }
+  t.is(corsResponseHeaders(any, "https://shop.example")["access-control-allow-credentials"], "true");
 });
 
 test("config: overrides and precise errors", (t) => {
