@@ -44,7 +44,14 @@ const env = process.env;
 
 
 function upstreamAddress(name: string): string | undefined {
-  const direct = env[`${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}_ADDR`];
+  const variable = `${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}_ADDR`;
+  const direct = env[variable];
+  if (direct?.startsWith("mesh:")) {
+    // The services' clients resolve mesh:/// through the NATS registry; the edge's own HTTP/2
+    // transport does not. Refused at start, rather than every call failing later.
+    log.error(`${variable}=${direct}: the gateway dials host:port or dns:///host:port, not mesh:/// (that is for the services' clients)`);
+    process.exit(1);
+  }
   if (direct) return direct;
   for (const pair of (env.UPSTREAMS ?? "").split(",")) {
     const [k, v] = pair.split("=").map((s) => s.trim());

@@ -5,6 +5,7 @@
 import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { create, toBinary } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
 import { sql } from 'drizzle-orm';
 import { pgSchema } from 'drizzle-orm/pg-core';
 import type { NatsConnection } from 'nats';
@@ -55,6 +56,8 @@ interface Seen {
   stopped: string[];
   db?: Database;
   nats?: NatsConnection;
+  /** A client to `mesh:///apptest`, made in setup as a service's clients are (order's are). */
+  selfByName?: ReturnType<typeof createMeshClient<typeof CatalogService>>;
 }
 
 function startApp(config: ServiceAppConfig, seen: Seen, consumerName = CONSUMER) {
@@ -68,6 +71,7 @@ function startApp(config: ServiceAppConfig, seen: Seen, consumerName = CONSUMER)
     setup: async ({ db, nats }) => {
       seen.db = db;
       seen.nats = nats;
+      seen.selfByName = createMeshClient(CatalogService, 'mesh:///apptest', { retry: { maxAttempts: 1 } });
       return {
         services: [serve(CatalogService, {})],
         consumers: [
@@ -163,6 +167,10 @@ test.serial('a started app relays its outbox, consumes with metrics, answers hea
   const entry = await registry.get(`apptest.${app.registration.record.instance}`);
   t.is(entry?.json<{ address: string }>().address, `127.0.0.1:${app.server.port}`);
   t.like(app.listening, { address: app.server.address, driver: 'postgres', extra: 'yes' });
+  // A client made in setup, before the app joined the mesh, dials by name: the call reaches the
+  // service (which does not implement the method) instead of failing to resolve the target.
+  const byName = ConnectError.from(await t.throwsAsync(seen.selfByName!.getProduct({ id: 'x' }, { timeoutMs: 5_000 })));
+  t.is(byName.code, Code.Unimplemented, byName.message);
 
   // Closing: leave the registry, drain, then the inbox pruner, consumers, relay, background
   // work, the live config watcher, NATS, database.

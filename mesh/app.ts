@@ -44,6 +44,7 @@ import { DEFAULT_DUPLICATE_WINDOW_MS, ensureStreams } from './events/streams.js'
 import type { InboxTable, OutboxTable } from './events/tables.js';
 import { joinMesh } from './registry/announce.js';
 import type { Registration } from './registry/registry.js';
+import { registerMeshResolver } from './registry/resolver.js';
 import { startMeshServer, type MeshServer, type ServiceRegistration } from './server.js';
 import { createShutdown } from './shutdown.js';
 import { createLogger, type Logger } from './telemetry/logger.js';
@@ -259,6 +260,10 @@ export async function startServiceApp<C extends ServiceAppConfig, Exposed extend
     const nats = await connect({ servers: config.NATS_URL ?? DEFAULT_NATS_URL, name, maxReconnectAttempts: -1, noAsyncTraces: true });
     steps.push({ name: 'nats', close: () => drainNats(nats) });
     const js = nats.jetstream();
+    // `mesh:///<service>` must be dialable before setup: grpc-js picks a channel's resolver when
+    // the channel is made, and a service makes its clients in setup. Made before this, a
+    // mesh:/// target went to the DNS resolver and failed for the life of the process.
+    registerMeshResolver(nats, { bucket: registryBucketFor(prefix) });
 
     const parts = await options.setup({ config, db, database, nats, js, prefix, log });
     for (const task of parts.background ?? []) steps.push({ name: task.name, close: () => task.stop() });
