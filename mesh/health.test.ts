@@ -4,7 +4,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { CatalogService } from "../gen/shop/catalog/v1/catalog_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import { closeMeshClients, createMeshClient } from "./client.js";
-import { HealthState, ServingStatus } from "./health.js";
+import { HealthState, LIVENESS_SERVICE, ServingStatus } from "./health.js";
 import { serve, startMeshServer } from "./server.js";
 import type { MeshServer } from "./server.js";
 
@@ -67,6 +67,8 @@ test.serial("Check and Watch follow the readiness probe: SERVING, NOT_SERVING wh
   t.is((await health().check({ service: "shop.catalog.v1.CatalogService" })).status, ServingStatus.NOT_SERVING);
   const list = await health().list({});
   t.is(list.statuses[""]?.status, ServingStatus.NOT_SERVING);
+  // Liveness is not readiness: the process is alive, and restarting it would not bring the database back.
+  t.is((await health().check({ service: LIVENESS_SERVICE })).status, ServingStatus.SERVING);
 
   databaseUp = true;
   await until(async () => (await health().check({ service: "" })).status === ServingStatus.SERVING);

@@ -22,6 +22,13 @@
  *     stop(): void                                      stop probing, end all Watch streams
  *   createHealthImpl(state): ServiceImpl<typeof Health>
  *   ServingStatus (re-exported enum)
+ *   LIVENESS_SERVICE                                  "protomesh.liveness"
+ *
+ * Liveness is not readiness: LIVENESS_SERVICE answers SERVING whenever the process can answer
+ * at all, whatever the probe says. It is the name for an orchestrator's liveness check
+ * (Kubernetes: `livenessProbe: grpc: { port, service: protomesh.liveness }`): checking "" there
+ * restarts every replica while the database is down, and a restarted replica then cannot run
+ * its migrations and crash-loops. Readiness ("" and the services) takes it out of rotation.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
@@ -31,6 +38,9 @@ import {
 } from "../gen/grpc/health/v1/health_pb.js";
 
 export { ServingStatus };
+
+/** The health "service" that reports the process alive, never the readiness probe's outcome. */
+export const LIVENESS_SERVICE = "protomesh.liveness";
 
 /** Readiness check: ready unless it throws, rejects or returns false. */
 export type ReadinessProbe = () => unknown | Promise<unknown>;
@@ -57,7 +67,7 @@ export class HealthState {
   private lastReady?: boolean;
 
   constructor(services: string[] = []) {
-    for (const s of ["", ...services]) this.statuses.set(s, ServingStatus.SERVING);
+    for (const s of ["", ...services, LIVENESS_SERVICE]) this.statuses.set(s, ServingStatus.SERVING);
   }
 
   /** Aborted by stop(): ends Watch streams so a graceful shutdown is not held up by them. */
@@ -81,8 +91,9 @@ export class HealthState {
     for (const l of this.listeners.get(service) ?? []) l(status);
   }
 
+  /** "" and every service: readiness. Liveness (LIVENESS_SERVICE) is left as it is. */
   setAll(status: ServingStatus): void {
-    for (const s of [...this.statuses.keys()]) this.set(s, status);
+    for (const s of [...this.statuses.keys()]) if (s !== LIVENESS_SERVICE) this.set(s, status);
   }
 
   watch(service: string, listener: Listener): () => void {
