@@ -18,6 +18,7 @@ import {
   eventConsumerSettings,
   registryBucketFor,
   serviceAppSettings,
+  serviceShutdown,
   startServiceApp,
   type ServiceAppConfig,
 } from './app.js';
@@ -222,4 +223,24 @@ test.serial('an INBOX_RETENTION shorter than a consumer can see a copy of an eve
   t.true(err instanceof ConfigError);
   t.regex(err!.message, /INBOX_RETENTION must be longer than the \d+ s in which consumer apptest-order-confirmed/);
   t.true(seen.nats!.isClosed());
+});
+
+test('serviceShutdown bounds the steps by SHUTDOWN_GRACE plus the time after the drain, not a fixed limit', async (t) => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const run = async (grpcMs: number) => {
+    const closed: string[] = [];
+    const lines: Record<string, unknown>[] = [];
+    const steps = [
+      { name: 'grpc', close: () => sleep(grpcMs).then(() => void closed.push('grpc')) },
+      { name: 'nats', close: () => sleep(50).then(() => void closed.push('nats')) },
+    ];
+    // A grace of 600 ms and 200 ms after it: a drain of 550 ms leaves the NATS step its time.
+    const code = await serviceShutdown({ closeSteps: steps, shutdownGraceMs: 600 }, { afterDrainMs: 200, exit: false, log: (l) => void lines.push(l) }).run('test');
+    return { code, closed, failed: lines.filter((l) => l.msg === 'close failed').map((l) => l.closer) };
+  };
+  t.deepEqual(await run(550), { code: 0, closed: ['grpc', 'nats'], failed: [] });
+  // A drain that overruns grace + after is cut, and the steps after it fail rather than hang.
+  const over = await run(1_200);
+  t.is(over.code, 1);
+  t.deepEqual(over.failed, ['grpc', 'nats']);
 });

@@ -46,7 +46,7 @@ import { joinMesh } from './registry/announce.js';
 import type { Registration } from './registry/registry.js';
 import { registerMeshResolver } from './registry/resolver.js';
 import { startMeshServer, type MeshServer, type ServiceRegistration } from './server.js';
-import { createShutdown } from './shutdown.js';
+import { createShutdown, type Shutdown, type ShutdownOptions } from './shutdown.js';
 import { createLogger, type Logger } from './telemetry/logger.js';
 import { consumerMetricsHooks, observeOutboxPublishLag, setOutboxBacklog } from './telemetry/metrics.js';
 
@@ -403,6 +403,25 @@ async function drainNats(nats: NatsConnection, boundMs = 5_000): Promise<void> {
   if (!nats.isClosed()) await nats.close();
 }
 
+/** Time the steps after the drain get on a signal: NATS drains and Postgres ends within 5 s each. */
+export const AFTER_DRAIN_MS = 15_000;
+
+/**
+ * What a signal runs: the app's close steps in order, bounded together by the drain
+ * (SHUTDOWN_GRACE) plus AFTER_DRAIN_MS for the rest (consumers, relay, NATS, database). A
+ * fixed 15 s cut a longer grace short and left the later steps no time at all. Keep the sum
+ * under the orchestrator's own limit (Kubernetes: terminationGracePeriodSeconds, 30 s in deploy/).
+ */
+export function serviceShutdown(
+  app: Pick<ServiceApp, 'closeSteps' | 'shutdownGraceMs'>,
+  options: Omit<ShutdownOptions, 'timeoutMs'> & { afterDrainMs?: number } = {},
+): Shutdown {
+  const shutdown = createShutdown({ ...options, timeoutMs: app.shutdownGraceMs + (options.afterDrainMs ?? AFTER_DRAIN_MS) });
+  // mesh/shutdown runs closers in reverse order of adding: add the last step first.
+  for (const step of [...app.closeSteps].reverse()) shutdown.add(step.name, () => step.close(app.shutdownGraceMs));
+  return shutdown;
+}
+
 /**
  * The body of a service's main.ts: when `moduleUrl` is the entry script (not imported by a
  * test), start the app, close it step by step on SIGTERM/SIGINT, log "<name> listening";
@@ -413,10 +432,7 @@ export function runServiceMain(moduleUrl: string, start: () => Promise<ServiceAp
   const log = createLogger();
   start().then(
     (app) => {
-      const shutdown = createShutdown();
-      // mesh/shutdown runs closers in reverse order of adding: add the last step first.
-      for (const step of [...app.closeSteps].reverse()) shutdown.add(step.name, () => step.close(app.shutdownGraceMs));
-      shutdown.listen();
+      serviceShutdown(app).listen();
       app.log.info(app.listening, `${app.name} listening`);
     },
     (err: unknown) => {
