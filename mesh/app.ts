@@ -54,7 +54,7 @@ export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 
 /** Settings read by startServiceApp beyond meshSettings; spread them into a service's spec. */
 export const serviceAppSettings = {
-  READINESS_INTERVAL: duration('5s', 'How often the health check pings the database'),
+  READINESS_INTERVAL: duration('5s', 'How often the health check pings the database', { min: '10ms', max: '24d' }),
 };
 
 /** Settings of a service that consumes events (spread next to serviceAppSettings). */
@@ -70,7 +70,7 @@ export const eventConsumerSettings = {
     '7d',
     "How long a handled event's inbox row is kept (it makes a redelivered copy change nothing). Must exceed the time a copy can still come back by itself (JetStream's duplicate window plus every redelivery's ack wait and backoff: checked at start); days, so dead-letter replays and a relay republishing after a long NATS outage are still deduplicated",
   ),
-  INBOX_PRUNE_INTERVAL: duration('1h', 'How often inbox rows older than INBOX_RETENTION are deleted (in batches of 1000)'),
+  INBOX_PRUNE_INTERVAL: duration('1h', 'How often inbox rows older than INBOX_RETENTION are deleted (in batches of 1000)', { min: '10ms', max: '24d' }),
 };
 
 const DEFAULT_INBOX_RETENTION_MS = 7 * 86_400_000;

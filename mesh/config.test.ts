@@ -84,6 +84,17 @@ test('a bad value names the variable and what was expected', (t) => {
   }
 });
 
+test('a duration with limits refuses what a timer cannot run: 0 where a floor is set, more than 24 days', (t) => {
+  const timers = { INTERVAL: duration('5s', 'how often', { min: '100ms', max: '24d' }) };
+  t.is(parseConfig(timers, { INTERVAL: '250ms' }).INTERVAL, 250);
+  t.is(parseConfig(timers, { INTERVAL: '24d' }).INTERVAL, 24 * 86_400_000);
+  for (const raw of ['0s', '50ms', '30d']) {
+    const err = t.throws(() => parseConfig(timers, { INTERVAL: raw }), { instanceOf: ConfigError });
+    t.is(err?.message, `config: INTERVAL must be a duration like 250ms, 5s, 2m from 100ms to 24d, got "${raw}"`);
+  }
+  t.throws(() => duration('1s', 'x', { min: '5s' }), { message: /not a duration within its limits/ }, 'a default outside its own limits');
+});
+
 test('a missing required variable is reported, and all problems share one line', (t) => {
   const err = t.throws(() => parseConfig(spec, { PORT: 'x' }), { instanceOf: ConfigError });
   t.is(err?.message, 'config: PORT must be a TCP port (0-65535), got "x"; NAME is required: expected a non-empty string');

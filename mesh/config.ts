@@ -226,14 +226,26 @@ export function boolean(defaultValue: boolean, doc?: string): Setting<boolean> {
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /** A duration such as "250ms", "5s", "2m", "1h", "7d"; the value is milliseconds. */
-export function duration(defaultValue: string, doc?: string): Setting<number> {
-  const parse = (raw: string): number | Invalid => {
+/**
+ * A duration like 250ms, 5s, 2m, 1h, 7d. `limits` bound it: an interval that drives a timer
+ * wants a floor (0s would spin) and a ceiling of 24 days (Node turns a longer timer into 1 ms).
+ */
+export function duration(defaultValue: string, doc?: string, limits: { min?: string; max?: string } = {}): Setting<number> {
+  const read = (raw: string): number | undefined => {
     const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(raw);
-    return m ? Math.round(Number(m[1]) * DURATION_UNITS[m[2]!]!) : new Invalid();
+    return m ? Math.round(Number(m[1]) * DURATION_UNITS[m[2]!]!) : undefined;
+  };
+  const min = limits.min === undefined ? 0 : read(limits.min);
+  const max = limits.max === undefined ? Infinity : read(limits.max);
+  if (min === undefined || max === undefined) throw new TypeError(`duration limits ${limits.min} / ${limits.max} are not durations`);
+  const parse = (raw: string): number | Invalid => {
+    const ms = read(raw);
+    return ms !== undefined && ms >= min && ms <= max ? ms : new Invalid();
   };
   const fallback = parse(defaultValue);
-  if (fallback instanceof Invalid) throw new TypeError(`duration default ${defaultValue} is not a duration`);
-  return setting<number>('a duration like 250ms, 5s, 2m', parse, {
+  if (fallback instanceof Invalid) throw new TypeError(`duration default ${defaultValue} is not a duration within its limits`);
+  const range = limits.min || limits.max ? ` from ${limits.min ?? '0ms'}${limits.max ? ` to ${limits.max}` : ''}` : '';
+  return setting<number>(`a duration like 250ms, 5s, 2m${range}`, parse, {
     fallback,
     defaultText: defaultValue,
     optional: true,
@@ -275,7 +287,7 @@ export const meshSettings = {
   NATS_SUBJECT_PREFIX: optionalString('Prefix for every NATS subject and stream name (tests use a unique one)'),
   LOG_LEVEL: oneOf(LOG_LEVELS, 'info', 'Minimum level of the JSON logs'),
   OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl('OTLP/HTTP endpoint for traces; unset = spans are not exported (trace ids still reach logs and headers)'),
-  SHUTDOWN_GRACE: duration('10s', 'How long shutdown waits for in-flight calls before cancelling them'),
+  SHUTDOWN_GRACE: duration('10s', "How long shutdown waits for in-flight calls before cancelling them; the rest of the shutdown (consumers, relay, NATS, database) gets 15 s more, so keep it 15 s under the orchestrator's limit (terminationGracePeriodSeconds)"),
   DB_POOL: integer({ min: 1, max: 200, default: 10, doc: 'Postgres connections in the pool (DATABASE_URL only)' }),
   DB_PREPARE: boolean(
     true,

@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
 import { connect, type NatsConnection } from "nats";
 import { startLiveConfig, putLiveValue, deleteLiveValue, meshLiveSettings, type MeshLiveConfig, type LiveChange } from "./live-config.js";
+import { Invalid } from "./config.js";
 import { createRootLogger, logger } from "./telemetry/logger.js";
 
 const bucket = `test_config_${randomBytes(4).toString("hex")}`;
@@ -105,4 +106,12 @@ test.serial("log_level follows the service's key and falls back to the global on
   await deleteLiveValue(nc, "log_level.live-test", bucket);
   await until("back to the global level", () => logger.level === "warn");
   t.pass();
+});
+
+test("an object family refuses a field named like something every object inherits", (t) => {
+  // "constructor" and "toString" are found on Object.prototype, not among the family's fields.
+  for (const raw of ['{"constructor": 1}', '{"toString": 5}', '{"errorPercent": 30, "__proto__": 1}']) {
+    t.true(meshLiveSettings.breaker.parse(raw) instanceof Invalid, raw);
+  }
+  t.deepEqual(meshLiveSettings.breaker.parse('{"errorPercent": 30}'), { errorPercent: 30 });
 });

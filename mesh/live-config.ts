@@ -271,7 +271,8 @@ export function partialObject<K extends string>(fields: Record<K, FieldRule>, do
       if (typeof obj !== "object" || obj === null || Array.isArray(obj)) return new Invalid(expected);
       const out: Partial<Record<K, number>> = {};
       for (const [k, v] of Object.entries(obj)) {
-        const rule = fields[k as K];
+        // Own keys only: "constructor" or "toString" would find Object.prototype's.
+        const rule = Object.hasOwn(fields, k) ? fields[k as K] : undefined;
         if (!rule) return new Invalid(`${expected}; "${k}" is not one of them`);
         const integer = rule.integer ?? true;
         const within = `${integer ? "an integer" : "a number"}${rule.min !== undefined || rule.max !== undefined ? ` in [${rule.min ?? "…"}, ${rule.max ?? "…"}]` : ""}`;

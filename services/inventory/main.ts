@@ -21,7 +21,7 @@ export const inventorySettings = {
   ...serviceAppSettings,
   PORT: port(servicePorts.inventory, 'gRPC listen port of the inventory service'),
   RESERVATION_TTL: duration('15m', 'How long a reservation holds stock if neither committed nor released'),
-  RESERVATION_SWEEP_INTERVAL: duration('5s', 'How often expired reservations are looked for and released'),
+  RESERVATION_SWEEP_INTERVAL: duration('5s', 'How often expired reservations are looked for and released', { min: '10ms', max: '24d' }),
   SEED_INVENTORY: boolean(false, 'Stock the catalog seed SKUs at start (idempotent)'),
 };
 export type InventoryConfig = Config<typeof inventorySettings>;

@@ -66,12 +66,16 @@ export const orderSettings = {
     'An order is CONFIRMED or CANCELLED at most this long after it was placed (plus one downstream call), even while inventory or payment is down; what is left to release, refund or commit keeps retrying in the background. Longer than SAGA_DEADLINE, far shorter than inventory\'s RESERVATION_TTL',
   ),
   SAGA_LEASE: duration('15s', "How long a worker holds a saga without renewing it; a crashed replica's sagas resume after it"),
-  SAGA_POLL: duration('500ms', "How often due sagas (retries, crashed replicas' work) are looked for"),
+  SAGA_POLL: duration('500ms', "How often due sagas (retries, crashed replicas' work) are looked for", { min: '10ms', max: '24d' }),
   SAGA_CONCURRENCY: integer({ min: 1, max: 10_000, default: 64, doc: 'Sagas the poller runs at once' }),
   SAGA_RETRY_BASE: duration('100ms', 'First retry delay of a step that failed transiently'),
   SAGA_RETRY_MAX: duration('5s', 'Largest retry delay'),
   SAGA_CRASH_AFTER: crashPoint,
-  WATCH_POLL: duration('1s', "WatchOrder and WatchMyOrders re-read this often (they see other replicas' changes then)"),
+  WATCH_POLL: duration(
+    '1s',
+    "WatchOrder and WatchMyOrders re-read this often (they see other replicas' changes then); the WatchMyOrders streams of a process re-read together, in one statement",
+    { min: '10ms', max: '24d' },
+  ),
 };
 export type OrderConfig = Config<typeof orderSettings>;
 
