@@ -44,14 +44,7 @@ const env = process.env;
 
 
 function upstreamAddress(name: string): string | undefined {
-  const variable = `${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}_ADDR`;
-  const direct = env[variable];
-  if (direct?.startsWith("mesh:")) {
-    // The services' clients resolve mesh:/// through the NATS registry; the edge's own HTTP/2
-    // transport does not. Refused at start, rather than every call failing later.
-    log.error(`${variable}=${direct}: the gateway dials host:port or dns:///host:port, not mesh:/// (that is for the services' clients)`);
-    process.exit(1);
-  }
+  const direct = env[`${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}_ADDR`];
   if (direct) return direct;
   for (const pair of (env.UPSTREAMS ?? "").split(",")) {
     const [k, v] = pair.split("=").map((s) => s.trim());
@@ -59,6 +52,34 @@ function upstreamAddress(name: string): string | undefined {
   }
   const port = (servicePorts as Record<string, number>)[name];
   return port ? `127.0.0.1:${port}` : undefined;
+}
+
+/**
+ * What the environment gets wrong, checked before anything starts (in the cluster primary
+ * too: a worker that exits at start would be forked again and again): a bad GATEWAY_REPLICAS,
+ * and a mesh:/// upstream, which the services' clients resolve through the NATS registry and
+ * the edge's own HTTP/2 transport does not.
+ */
+function environmentProblem(): string | undefined {
+  try {
+    withEnvironment(defaultConfig, env);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  // Every address given: <NAME>_ADDR variables and the pairs of UPSTREAMS.
+  const given: [where: string, address: string][] = [
+    ...Object.entries(env).flatMap(([k, v]): [string, string][] => (k.endsWith("_ADDR") && v ? [[k, v]] : [])),
+    ...(env.UPSTREAMS ?? "").split(",").map((pair): [string, string] => [`UPSTREAMS ${pair.trim()}`, pair.split("=")[1]?.trim() ?? ""]),
+  ];
+  const mesh = given.find(([, address]) => address.startsWith("mesh:"));
+  if (mesh) return `${mesh[0]}${mesh[0].startsWith("UPSTREAMS") ? "" : `=${mesh[1]}`}: the gateway dials host:port or dns:///host:port, not mesh:/// (that is for the services' clients)`;
+  return undefined;
+}
+
+const problem = environmentProblem();
+if (problem) {
+  log.error(problem);
+  process.exit(1);
 }
 
 const workers = Math.max(1, Number(env.GATEWAY_WORKERS ?? 1));
@@ -109,7 +130,6 @@ async function runGateway(): Promise<void> {
   // below, so that a reloaded file keeps it.
   let config: GatewayConfig = defaultConfig;
   if (env.GATEWAY_CONFIG) config = readConfigFile(env.GATEWAY_CONFIG);
-  withEnvironment(config, env, workers); // a bad GATEWAY_REPLICAS fails the start, not the first reload
 
   // Live overrides: read before the gateway starts, so the first config already has them.
   let nats: NatsConnection | undefined;

@@ -301,7 +301,8 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           heldHeaders = stripHop(rh);
           // Retryable calls hold their headers until a message shows the call succeeded.
           if (!canRetry) respondHeld();
-          onStreamStarted?.();
+          // A gRPC answer has begun (an HTTP error page from something in between has not).
+          if (rh[":status"] === 200 && String(rh["content-type"] ?? "").startsWith("application/grpc")) onStreamStarted?.();
         });
         up.on("data", (chunk: Buffer) => {
           if (settled) return;

@@ -274,8 +274,10 @@ export function createH2GrpcTransport(sessions: UpstreamSessions, target: string
         else finish(statusError(trailers) ?? null);
       };
       s.on("close", onClose);
-      // A trailers-only stream can be closed before this line runs: finish it now.
-      if (s.closed) onClose();
+      // A trailers-only stream can be closed before this line runs, its close event gone.
+      // Finish it after whatever the stream still has queued (its data, its trailers) has
+      // been emitted, not now: finish() is once only, so the close event may still win.
+      if (s.closed) setImmediate(onClose);
       const trailer = new Headers();
       return {
         stream: true,
