@@ -1,4 +1,6 @@
 import test from 'ava';
+import { existsSync, readFileSync } from 'node:fs';
+import net from 'node:net';
 import postgres from 'postgres';
 import { createTestDatabase, freePort, testNatsPrefix, withAdmin } from './index.js';
 
@@ -24,7 +26,16 @@ test('testNatsPrefix is unique per call and valid for subjects and stream names'
   t.regex(a.streamPrefix, /^[A-Z0-9_]+_$/);
 });
 
-test('freePort returns a bindable port', async (t) => {
+test('freePort returns a port a service can then listen on, below the ephemeral range where there is one', async (t) => {
   const port = await freePort();
   t.true(port > 0 && port < 65536);
+  // Bound where the services bind (every interface).
+  await new Promise<void>((resolve, reject) => {
+    const server = net.createServer().once('error', reject);
+    server.listen(port, () => server.close(() => resolve()));
+  });
+  // Outgoing connections take their local port from the ephemeral range: below it, none can
+  // take this port between freePort() and the listen.
+  const range = '/proc/sys/net/ipv4/ip_local_port_range';
+  if (existsSync(range)) t.true(port < Number(readFileSync(range, 'utf8').trim().split(/\s+/)[0]), `port ${port}`);
 });
