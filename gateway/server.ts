@@ -128,11 +128,11 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
   const sessionIps = new WeakMap<http2.Http2Session, string>();
   const peerIp = (session: http2.Http2Session | undefined): string | undefined =>
     (session && sessionIps.get(session)) ?? session?.socket?.remoteAddress;
+  /** The client: behind a trusted proxy the address it appended, else the peer. */
+  const ipOf = (xff: string | string[] | undefined, session: http2.Http2Session | undefined, socketIp?: string): string =>
+    (config.trustForwardedFor ? forwardedClient(xff) : undefined) ?? peerIp(session) ?? socketIp ?? "unknown";
   const clientIp = (req: AnyRequest): string =>
-    (config.trustForwardedFor ? forwardedClient(req.headers["x-forwarded-for"]) : undefined) ??
-    peerIp((req as Http2ServerRequest).stream?.session) ??
-    req.socket?.remoteAddress ??
-    "unknown";
+    ipOf(req.headers["x-forwarded-for"], (req as Http2ServerRequest).stream?.session, req.socket?.remoteAddress);
 
   const router = createRestRouter(methods);
   const rest = createRestHandler({ router, pipeline, transportFor, clientIp, config: () => config });
@@ -252,8 +252,7 @@ export async function startGateway(o: GatewayOptions, port = 8080, host = "0.0.0
         ? byPath.get(headers[":path"] ?? "")
         : undefined;
       if (m) {
-        const ip = (config.trustForwardedFor ? forwardedClient(headers["x-forwarded-for"]) : undefined) ?? peerIp(stream.session) ?? "unknown";
-        void grpcProxy(stream, headers, m, ip);
+        void grpcProxy(stream, headers, m, ipOf(headers["x-forwarded-for"], stream.session));
         return;
       }
       for (const l of compat) l(stream, headers, ...rest);

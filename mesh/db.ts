@@ -184,13 +184,18 @@ const UNAVAILABLE_CLIENT_CODES = new Set([
   'CONNECT_TIMEOUT',
 ]);
 
-/** True when an error (or one of its causes) says the database is unreachable. */
-export function isDatabaseUnavailable(err: unknown): boolean {
+/** The string `code`s of an error and its causes (drizzle wraps the driver's error), outermost first. */
+function* errorCodes(err: unknown): Generator<string> {
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
     const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string' && (code.startsWith('08') || UNAVAILABLE_SQLSTATES.has(code) || UNAVAILABLE_CLIENT_CODES.has(code))) {
-      return true;
-    }
+    if (typeof code === 'string') yield code;
+  }
+}
+
+/** True when an error (or one of its causes) says the database is unreachable. */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  for (const code of errorCodes(err)) {
+    if (code.startsWith('08') || UNAVAILABLE_SQLSTATES.has(code) || UNAVAILABLE_CLIENT_CODES.has(code)) return true;
   }
   return false;
 }
@@ -211,14 +216,6 @@ export function databaseUnavailableError(err: unknown): unknown {
 /** SQLSTATEs of a string value Postgres cannot store: NUL in text (22021), in jsonb (22P05). */
 const REFUSED_STRING_SQLSTATES = new Set(['22021', '22P05']);
 
-function sqlState(err: unknown): string | undefined {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code;
-  }
-  return undefined;
-}
-
 /**
  * What a handler's database error is answered as, for startMeshServer({ mapError }), which
  * mesh/app passes it to:
@@ -232,7 +229,7 @@ export function answerDatabaseError(err: unknown, method?: DescMethod, request?:
   if (err instanceof ConnectError) return err;
   const unavailable = databaseUnavailableError(err);
   if (unavailable !== err) return unavailable;
-  if (method && request !== undefined && REFUSED_STRING_SQLSTATES.has(sqlState(err) ?? '')) {
+  if (method && request !== undefined && [...errorCodes(err)].some((code) => REFUSED_STRING_SQLSTATES.has(code))) {
     const field = nulFieldPath(method.input, request);
     if (field) return invalidArgument(field, 'must not contain the NUL character (U+0000)', 'NUL_CHARACTER');
   }

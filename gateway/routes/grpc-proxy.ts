@@ -261,7 +261,6 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
           settle(r);
         };
         settleCurrent = resolve;
-        let tooLarge = false;
         if (a.deadline !== undefined) out["grpc-timeout"] = formatGrpcTimeout(a.deadline - Date.now());
         let up: ClientHttp2Stream;
         try {
@@ -318,11 +317,6 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         up.on("trailers", (t) => (trailers = t));
         up.on("end", () => {
           if (settled) return; // answered already (trailers-only)
-          if (tooLarge) {
-            // We cancelled it: the client's request was over the limit (answered already).
-            resolve({ code: Code.ResourceExhausted, sentAnything: true });
-            return;
-          }
           if (!trailers && (stream.destroyed || stream.closed)) {
             // Ended because the client went away and we canceled upstream.
             resolve({ code: Code.Canceled, sentAnything: true });
@@ -345,11 +339,6 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         });
         up.on("error", () => {
           if (settled) return;
-          if (tooLarge) {
-            // We cancelled it: the client's request was over the limit (answered already).
-            resolve({ code: Code.ResourceExhausted, sentAnything: true });
-            return;
-          }
           if (stream.destroyed || stream.closed) {
             // The client went away and we canceled upstream: not an upstream failure.
             resolve({ code: Code.Canceled, sentAnything: true });
@@ -369,7 +358,9 @@ export function createGrpcProxy(o: GrpcProxyOptions) {
         });
         if (buffered) up.end(buffered);
         else pipeLimited(stream, up, o.limits().maxBodyBytes, () => {
-          tooLarge = true;
+          // Settled here, as the client's failure (not counted by the breaker): the upstream's
+          // end or error from the cancel below then changes nothing.
+          resolve({ code: Code.ResourceExhausted, sentAnything: true });
           up.close(NGHTTP2_CANCEL);
           respondError(stream, new ConnectError(`request exceeds ${o.limits().maxBodyBytes} bytes`, Code.ResourceExhausted));
           // The answer is complete; RST_STREAM(NO_ERROR) tells the client to stop sending
